@@ -1,0 +1,182 @@
+//! # chunk-forwarder
+//!
+//! **Role**: one per stream. Turns the turn's [`StreamEvent`]s into `token` frames on the
+//! connection's outbound queue, numbering them, and accumulates the answer for the transcript.
+//! **Inputs**: the receiving half of the turn's bounded token channel (given at spawn) and its own
+//! [`ForwarderMsg::Pump`], which it sends itself once per event so that mailbox chaos applies per
+//! chunk and the actor stays responsive to `stop` between chunks.
+//! **Outputs**: frames to [`Outbound`], and one [`Forwarded`] outcome to the turn when the stream
+//! ends.
+//! **Failure policy**: temporary: never restarted. If it fails, the turn's outcome channel closes
+//! and the turn ends with an `internal` error frame. Between receiving a token and queueing its
+//! frame it awaits nothing but the outbound queue (whose slow-client policy bounds that wait).
+
+use std::sync::Arc;
+
+use mangaassist_protocols::frame::FinishReason;
+use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::turn::{StreamEvent, Usage};
+use mangaassist_protocols::{ServerFrame, TurnId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chaos::Chaos;
+use crate::outbound::{Mark, Outbound};
+
+/// How a stream ended, as the forwarder saw it.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// The model finished (or the turn was cancelled) and every token was queued.
+    Finished {
+        /// The answer as sent.
+        answer: String,
+        /// Token counts.
+        usage: Usage,
+        /// Stop or cancelled.
+        finish_reason: FinishReason,
+        /// The seq the next frame of this turn takes.
+        next_seq: u64,
+    },
+    /// The model failed mid-way.
+    Failed {
+        /// What went wrong.
+        message: String,
+        /// The seq the error frame takes.
+        next_seq: u64,
+    },
+    /// The connection closed under the stream.
+    Disconnected,
+}
+
+/// Messages of a chunk-forwarder.
+#[derive(Debug)]
+pub enum ForwarderMsg {
+    /// Forward the next stream event.
+    Pump,
+}
+
+/// Arguments of a chunk-forwarder.
+pub struct ForwarderArgs {
+    /// The turn whose stream this is.
+    pub turn_id: TurnId,
+    /// The turn's bounded token channel.
+    pub events: mpsc::Receiver<StreamEvent>,
+    /// The connection's outbound queue.
+    pub outbound: Outbound,
+    /// Seq of the first token frame (`turn_started` took 0).
+    pub first_seq: u64,
+    /// Where the outcome goes.
+    pub done: oneshot::Sender<Forwarded>,
+    /// Mailbox chaos.
+    pub chaos: Arc<Chaos>,
+}
+
+/// The chunk-forwarder actor.
+#[derive(Debug, Default)]
+pub struct ForwarderActor;
+
+/// State of one stream.
+pub struct ForwarderState {
+    turn_id: TurnId,
+    events: mpsc::Receiver<StreamEvent>,
+    outbound: Outbound,
+    next_seq: u64,
+    answer: String,
+    done: Option<oneshot::Sender<Forwarded>>,
+    chaos: Arc<Chaos>,
+}
+
+impl ForwarderState {
+    fn finish(&mut self, myself: &ActorRef<ForwarderMsg>, outcome: Forwarded) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+        myself.stop(None);
+    }
+}
+
+impl Actor for ForwarderActor {
+    type Msg = ForwarderMsg;
+    type State = ForwarderState;
+    type Arguments = ForwarderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(ForwarderMsg::Pump)?;
+        Ok(ForwarderState {
+            turn_id: args.turn_id,
+            events: args.events,
+            outbound: args.outbound,
+            next_seq: args.first_seq,
+            answer: String::new(),
+            done: Some(args.done),
+            chaos: args.chaos,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
+        let event = tokio::select! {
+            event = state.events.recv() => event,
+            () = state.outbound.closing().cancelled() => {
+                state.finish(&myself, Forwarded::Disconnected);
+                return Ok(());
+            }
+        };
+        match event {
+            Some(StreamEvent::Token(text)) => {
+                state.answer.push_str(&text);
+                let frame = ServerFrame::Token {
+                    turn_id: state.turn_id.clone(),
+                    seq: state.next_seq,
+                    text,
+                };
+                state.next_seq += 1;
+                if state.outbound.send(&frame, Mark::Token).await.is_err() {
+                    state.finish(&myself, Forwarded::Disconnected);
+                } else {
+                    myself.send_message(ForwarderMsg::Pump)?;
+                }
+            }
+            Some(StreamEvent::End {
+                usage,
+                finish_reason,
+            }) => {
+                let answer = std::mem::take(&mut state.answer);
+                let next_seq = state.next_seq;
+                state.finish(
+                    &myself,
+                    Forwarded::Finished {
+                        answer,
+                        usage,
+                        finish_reason,
+                        next_seq,
+                    },
+                );
+            }
+            Some(StreamEvent::Failed { message }) => {
+                let next_seq = state.next_seq;
+                state.finish(&myself, Forwarded::Failed { message, next_seq });
+            }
+            None => {
+                let next_seq = state.next_seq;
+                state.finish(
+                    &myself,
+                    Forwarded::Failed {
+                        message: "generation stopped without finishing".into(),
+                        next_seq,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}

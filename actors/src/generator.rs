@@ -1,0 +1,165 @@
+//! # generator
+//!
+//! **Role**: opens model streams and pumps their tokens into a turn's bounded token channel.
+//! **Inputs**: [`GeneratorMsg::Open`] with the assembled [`ModelRequest`], the sending half of
+//! the turn's bounded channel, and the turn's cancellation token.
+//! **Outputs**: [`StreamEvent`]s on that channel, ending with exactly one `End` or `Failed` (or
+//! nothing, if the forwarder went away first).
+//! **Failure policy**: the actor only starts streams; each stream runs in a generation task owned
+//! by the actor's [`TaskTracker`], so a restart of the actor (permanent child of the root
+//! supervisor) does not cut streams already flowing. Cancellation drops the model stream at once,
+//! which stops upstream generation, and reports the partial usage. The channel is bounded: a slow
+//! forwarder slows this task, never the other way round, and nothing here awaits anything but the
+//! model and the channel.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use mangaassist_protocols::frame::FinishReason;
+use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::ports::{ModelBackend, ModelEvent};
+use mangaassist_protocols::turn::{ModelRequest, StreamEvent, Usage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chaos::Chaos;
+
+/// Messages of the generator.
+pub enum GeneratorMsg {
+    /// Start streaming an answer.
+    Open {
+        /// The assembled request.
+        request: ModelRequest,
+        /// The turn's bounded token channel.
+        events: mpsc::Sender<StreamEvent>,
+        /// Cancelled when the client cancels or goes away.
+        cancel: CancellationToken,
+        /// Answered once the generation task runs.
+        reply: RpcReplyPort<()>,
+    },
+}
+
+/// Arguments of the generator.
+#[derive(Clone)]
+pub struct GeneratorArgs {
+    /// The model.
+    pub backend: Arc<dyn ModelBackend>,
+    /// Mailbox chaos.
+    pub chaos: Arc<Chaos>,
+}
+
+/// The generator actor.
+#[derive(Debug, Default)]
+pub struct GeneratorActor;
+
+/// State: the arguments plus the owner of running generation tasks.
+pub struct GeneratorState {
+    args: GeneratorArgs,
+    tasks: TaskTracker,
+}
+
+impl Actor for GeneratorActor {
+    type Msg = GeneratorMsg;
+    type State = GeneratorState;
+    type Arguments = GeneratorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(GeneratorState {
+            args,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let GeneratorMsg::Open {
+            request,
+            events,
+            cancel,
+            reply,
+        } = msg;
+        state.args.chaos.before(ActorKind::Generator, "open").await;
+        let backend = state.args.backend.clone();
+        state
+            .tasks
+            .spawn(generate(backend, request, events, cancel));
+        let _ = reply.send(());
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.tasks.close();
+        Ok(())
+    }
+}
+
+/// One generation: model stream -> bounded channel, until the end, a failure or cancellation.
+pub async fn generate(
+    backend: Arc<dyn ModelBackend>,
+    request: ModelRequest,
+    events: mpsc::Sender<StreamEvent>,
+    cancel: CancellationToken,
+) {
+    let input_tokens = request.estimated_input_tokens;
+    let mut stream = backend.stream(request);
+    let mut produced: u32 = 0;
+    let mut reported: Option<Usage> = None;
+    let end = loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break StreamEvent::End {
+                usage: Usage { input_tokens, output_tokens: produced },
+                finish_reason: FinishReason::Cancelled,
+            },
+            next = stream.next() => next,
+        };
+        match next {
+            Some(Ok(ModelEvent::Token(text))) => {
+                produced = produced.saturating_add(1);
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break StreamEvent::End {
+                        usage: Usage { input_tokens, output_tokens: produced },
+                        finish_reason: FinishReason::Cancelled,
+                    },
+                    sent = events.send(StreamEvent::Token(text)) => {
+                        if sent.is_err() {
+                            return; // The forwarder is gone; dropping the stream stops the model.
+                        }
+                    }
+                }
+            }
+            Some(Ok(ModelEvent::Usage(u))) => reported = Some(u),
+            Some(Err(e)) => {
+                break StreamEvent::Failed {
+                    message: e.to_string(),
+                };
+            }
+            None => {
+                break StreamEvent::End {
+                    usage: reported.unwrap_or(Usage {
+                        input_tokens,
+                        output_tokens: produced,
+                    }),
+                    finish_reason: FinishReason::Stop,
+                };
+            }
+        }
+    };
+    drop(stream);
+    let _ = events.send(end).await;
+}

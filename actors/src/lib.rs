@@ -1,0 +1,32 @@
+//! # mangaassist-actors
+//!
+//! The seven actors of a MangaAssist runtime, on [ractor], and the pieces that bind them:
+//!
+//! - [`session`]: one per session; runs turns, one at a time.
+//! - [`classifier`], [`retriever`], [`enricher`], [`generator`]: shared workers, each a
+//!   permanent child of the root supervisor, each doing its backend call in a task it owns.
+//! - [`forwarder`]: one chunk-forwarder per stream, fed by a **bounded** channel from the
+//!   generation task (ractor mailboxes are unbounded; the token path is not).
+//! - [`metrics_sink`]: aggregates typed metric events; stages reach it through a non-blocking,
+//!   admission-bounded [`metrics_sink::MetricsHandle`].
+//! - [`turn`]: the path of one turn through those actors, with every deadline.
+//! - [`context`]: token-budgeted context assembly (pure functions).
+//! - [`supervisor`]: explicit restart policy, and [`supervisor::WorkerSlot`]s that always point
+//!   at a worker's current incarnation.
+//! - [`outbound`]: the per-connection bounded frame queue and its slow-client policy.
+//! - [`chaos`]: latency and panics injected into any actor's mailbox.
+//!
+//! Each actor module opens with its role, inputs, outputs and failure policy.
+
+pub mod chaos;
+pub mod classifier;
+pub mod context;
+pub mod enricher;
+pub mod forwarder;
+pub mod generator;
+pub mod metrics_sink;
+pub mod outbound;
+pub mod retriever;
+pub mod session;
+pub mod supervisor;
+pub mod turn;

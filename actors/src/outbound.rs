@@ -1,0 +1,153 @@
+//! The per-connection outbound queue: the last hop of the token path before the socket.
+//!
+//! Frames are encoded once, by whoever produces them, and queued as text with a [`Mark`] that lets
+//! the socket writer time what it writes (TTFT, chunk gaps) without parsing. The queue is bounded;
+//! a producer that cannot queue within the slow-client timeout closes the connection with
+//! [`CloseReason::SlowConsumer`] instead of buffering without limit.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use mangaassist_protocols::ServerFrame;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the writer should time when it writes a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Nothing to time.
+    Plain,
+    /// `turn_started`: the turn's clock started at `received_at` (the `user_message` arrival).
+    TurnStart {
+        /// When the user message was read from the socket.
+        received_at: Instant,
+    },
+    /// A `token` frame: time to first token, or the gap since the previous one.
+    Token,
+    /// The turn's last frame (`done` or `error`): stop timing.
+    TurnEnd,
+}
+
+/// One encoded frame waiting for the socket.
+#[derive(Debug)]
+pub struct OutFrame {
+    /// JSON text of the frame.
+    pub text: String,
+    /// What to time.
+    pub mark: Mark,
+}
+
+/// Why a connection was closed by the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client stopped reading; the queue stayed full past the slow-client timeout.
+    SlowConsumer,
+    /// The runtime is shutting down.
+    ServerShutdown,
+}
+
+/// The queue is gone: the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection closed")]
+pub struct Closed;
+
+/// Producer side of a connection's outbound queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Bounded queue to the socket writer.
+    tx: mpsc::Sender<OutFrame>,
+    /// Cancelled when the connection must close; the reader and writer watch it.
+    closing: CancellationToken,
+    /// The first reason given for closing.
+    reason: Arc<OnceLock<CloseReason>>,
+    /// How long a producer may wait for queue space before the client counts as slow.
+    slow_client_timeout: Duration,
+}
+
+impl Outbound {
+    /// A queue of `capacity` frames and the receiver the socket writer drains.
+    pub fn channel(
+        capacity: usize,
+        slow_client_timeout: Duration,
+    ) -> (Self, mpsc::Receiver<OutFrame>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                closing: CancellationToken::new(),
+                reason: Arc::new(OnceLock::new()),
+                slow_client_timeout,
+            },
+            rx,
+        )
+    }
+
+    /// Queues an encoded frame, waiting at most the slow-client timeout for space.
+    pub async fn send_text(&self, text: String, mark: Mark) -> Result<(), Closed> {
+        let frame = OutFrame { text, mark };
+        // Fast path: no timer when there is room.
+        let frame = match self.tx.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Closed),
+            Err(mpsc::error::TrySendError::Full(f)) => f,
+        };
+        tokio::select! {
+            sent = tokio::time::timeout(self.slow_client_timeout, self.tx.send(frame)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Closed),
+                Err(_elapsed) => {
+                    self.close(CloseReason::SlowConsumer);
+                    Err(Closed)
+                }
+            },
+            () = self.closing.cancelled() => Err(Closed),
+        }
+    }
+
+    /// Encodes and queues a frame.
+    pub async fn send(&self, frame: &ServerFrame, mark: Mark) -> Result<(), Closed> {
+        self.send_text(frame.encode(), mark).await
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.closing.cancel();
+    }
+
+    /// The token the connection's tasks watch to know it is closing.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Why the server closed the connection, if it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_closes_as_slow_consumer() {
+        let (out, _rx) = Outbound::channel(1, Duration::from_secs(5));
+        out.send_text("a".into(), Mark::Plain).await.unwrap();
+        let t0 = Instant::now();
+        assert_eq!(out.send_text("b".into(), Mark::Plain).await, Err(Closed));
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        assert_eq!(out.close_reason(), Some(CloseReason::SlowConsumer));
+        assert!(out.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order() {
+        let (out, mut rx) = Outbound::channel(4, Duration::from_secs(5));
+        out.send(&ServerFrame::Pong, Mark::Plain).await.unwrap();
+        out.send_text("x".into(), Mark::Token).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().text, r#"{"type":"pong"}"#);
+        assert_eq!(rx.recv().await.unwrap().mark, Mark::Token);
+    }
+}

@@ -1,0 +1,309 @@
+//! # session
+//!
+//! **Role**: one per session. Owns the conversation: its recent history, which turn is
+//! streaming, and the task that runs it.
+//! **Inputs**: [`SessionMsg`] from the connection (user messages, cancels) and from its own turn
+//! tasks (`TurnEnded`).
+//! **Outputs**: a turn task per accepted message ([`crate::turn::run_turn`]), which writes the
+//! turn's frames to the connection's [`Outbound`]; `error` frames go out through the connection
+//! when a message is refused (the reply says why).
+//! **Failure policy**: transient child of the sessions supervisor: restarted with the same
+//! arguments if it fails, reloading its history from the transcript store; a normal stop (the
+//! connection closed) is final. If it fails while a turn streams, the turn is cancelled and ends
+//! with an `internal` error frame (see [`SessionState`]'s `Drop`). Its chunk-forwarders are linked
+//! to it as temporary children: their failures end their turn, never the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use mangaassist_protocols::frame::{ErrorCode, UserMessage};
+use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::turn::TurnRecord;
+use mangaassist_protocols::{SessionId, TurnId, UserId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::outbound::Outbound;
+use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
+
+/// Most turns a session keeps in memory for context assembly; older ones stay in the store.
+pub const HISTORY_IN_MEMORY: usize = 32;
+
+/// A refused message: becomes an `error` frame on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// Messages of a session.
+pub enum SessionMsg {
+    /// The connection attached; replies with how many turns the transcript already holds.
+    Attach(RpcReplyPort<u32>),
+    /// Start a turn; replies once it runs, or with why not.
+    UserMessage {
+        /// The message.
+        message: UserMessage,
+        /// When it was read from the socket.
+        received_at: Instant,
+        /// Accepted, or refused.
+        reply: RpcReplyPort<Result<(), Refusal>>,
+    },
+    /// Cancel the streaming turn.
+    Cancel {
+        /// Which turn.
+        turn_id: TurnId,
+        /// Whether it was streaming.
+        reply: RpcReplyPort<Result<(), Refusal>>,
+    },
+    /// A turn task finished.
+    TurnEnded {
+        /// Which turn.
+        turn_id: TurnId,
+        /// Its transcript record, when it completed.
+        record: Option<TurnRecord>,
+    },
+    /// The connection closed: cancel what runs and stop.
+    Close,
+}
+
+/// Arguments of a session (cloned on restart).
+#[derive(Clone)]
+pub struct SessionArgs {
+    /// The session.
+    pub session_id: SessionId,
+    /// Its user.
+    pub user_id: UserId,
+    /// Shared pipeline.
+    pub pipeline: Pipeline,
+    /// The connection's outbound queue.
+    pub outbound: Outbound,
+}
+
+/// The session actor.
+#[derive(Debug, Default)]
+pub struct SessionActor;
+
+/// A streaming turn.
+struct ActiveTurn {
+    turn_id: TurnId,
+    control: TurnControl,
+}
+
+/// State of one session.
+pub struct SessionState {
+    args: SessionArgs,
+    /// Recent turns, oldest first; shared with the turn task without copying.
+    history: Arc<[TurnRecord]>,
+    /// Index the next turn takes.
+    next_index: u32,
+    /// The streaming turn, if any: at most one per session.
+    active: Option<ActiveTurn>,
+    /// Owner of this session's turn tasks.
+    tasks: TaskTracker,
+}
+
+impl Drop for SessionState {
+    /// Runs on normal stop and while unwinding from a failure: a turn must not outlive the
+    /// session actor that owns it, and must not end as if nothing happened.
+    fn drop(&mut self) {
+        if let Some(active) = self.active.take() {
+            active.control.session_failed.store(true, Ordering::Release);
+            active.control.cancel.cancel();
+        }
+        self.tasks.close();
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let all = args
+            .pipeline
+            .transcripts
+            .load_session(&args.session_id)
+            .await?;
+        let next_index = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        let keep = all.len().saturating_sub(HISTORY_IN_MEMORY);
+        Ok(SessionState {
+            args,
+            history: all[keep..].to_vec().into(),
+            next_index,
+            active: None,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let chaos = state.args.pipeline.chaos.clone();
+        match msg {
+            SessionMsg::Attach(reply) => {
+                chaos.before(ActorKind::Session, "attach").await;
+                let _ = reply.send(state.next_index);
+            }
+            SessionMsg::UserMessage {
+                message,
+                received_at,
+                reply,
+            } => {
+                chaos.before(ActorKind::Session, "user_message").await;
+                if let Some(active) = &state.active {
+                    let _ = reply.send(Err(Refusal {
+                        code: ErrorCode::Busy,
+                        message: format!(
+                            "turn `{}` is still streaming; wait for its `done` or send `cancel`",
+                            active.turn_id
+                        ),
+                    }));
+                    return Ok(());
+                }
+                let control = TurnControl::default();
+                let ctx = TurnCtx {
+                    pipeline: state.args.pipeline.clone(),
+                    session_id: state.args.session_id.clone(),
+                    user_id: state.args.user_id.clone(),
+                    index: state.next_index,
+                    turn_id: message.turn_id.clone(),
+                    text: Arc::from(message.text),
+                    received_at,
+                    history: state.history.clone(),
+                    outbound: state.args.outbound.clone(),
+                    control: control.clone(),
+                    session: myself.get_cell(),
+                };
+                state.next_index += 1;
+                state.active = Some(ActiveTurn {
+                    turn_id: message.turn_id.clone(),
+                    control,
+                });
+                let me = myself.clone();
+                let turn_id = message.turn_id;
+                state.tasks.spawn(async move {
+                    let record = run_turn(ctx).await;
+                    let _ = me.send_message(SessionMsg::TurnEnded { turn_id, record });
+                });
+                let _ = reply.send(Ok(()));
+            }
+            SessionMsg::Cancel { turn_id, reply } => {
+                chaos.before(ActorKind::Session, "cancel").await;
+                match &state.active {
+                    Some(active) if active.turn_id == turn_id => {
+                        active.control.cancel.cancel();
+                        let _ = reply.send(Ok(()));
+                    }
+                    _ => {
+                        let _ = reply.send(Err(Refusal {
+                            code: ErrorCode::UnknownTurn,
+                            message: format!("turn `{turn_id}` is not streaming"),
+                        }));
+                    }
+                }
+            }
+            SessionMsg::TurnEnded { turn_id, record } => {
+                if state.active.as_ref().is_some_and(|a| a.turn_id == turn_id) {
+                    state.active = None;
+                }
+                if let Some(record) = record {
+                    let mut history: Vec<TurnRecord> = state.history.to_vec();
+                    history.push(record);
+                    let keep = history.len().saturating_sub(HISTORY_IN_MEMORY);
+                    state.history = history.split_off(keep).into();
+                }
+            }
+            SessionMsg::Close => {
+                if let Some(active) = state.active.take() {
+                    active.control.cancel.cancel();
+                }
+                myself.stop(Some("connection closed".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Chunk-forwarders are temporary children: a failed one ends its own turn (the turn
+        // task sees its outcome channel close), never the session.
+        if let SupervisionEvent::ActorFailed(_, err) = event {
+            tracing::warn!(error = %err, "chunk-forwarder failed; its turn ends with an error frame");
+        }
+        Ok(())
+    }
+}
+
+/// Which sessions are open on some connection of this process, so one session is never driven
+/// from two connections at once.
+///
+/// A std `Mutex` is right here: the critical sections are a hash-map insert or remove, never
+/// held across an `.await`.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    open: Mutex<HashMap<SessionId, ()>>,
+}
+
+/// Proof that a session is open here; releases it on drop.
+#[derive(Debug)]
+pub struct SessionLease {
+    registry: Arc<SessionRegistry>,
+    id: SessionId,
+}
+
+impl SessionRegistry {
+    /// A new, empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Claims `id`, or `None` if another connection holds it.
+    pub fn claim(self: &Arc<Self>, id: &SessionId) -> Option<SessionLease> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.contains_key(id) {
+            return None;
+        }
+        open.insert(id.clone(), ());
+        Some(SessionLease {
+            registry: self.clone(),
+            id: id.clone(),
+        })
+    }
+
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for SessionLease {
+    fn drop(&mut self) {
+        self.registry
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}

@@ -1,0 +1,521 @@
+//! One turn, end to end, as the session runs it:
+//!
+//! ```text
+//! classify ─► turn_started ─► ┬ retrieve ─────────────┬─► enrich retrieved ids ─► assemble
+//!                             └ enrich named series ──┘   (all inside one preflight budget)
+//!          ─► generator opens the stream ─► bounded channel ─► chunk-forwarder ─► frames
+//!          ─► product cards ─► transcript write ─► done
+//! ```
+//!
+//! Every stage that can be slow is awaited under a deadline, and every failure becomes a reply
+//! value: a turn ends with `done` or with one `error` frame, and the session goes on either way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
+use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
+use mangaassist_protocols::ports::TranscriptStore;
+use mangaassist_protocols::turn::{
+    ContextItem, Enrichment, EnrichmentField, Intent, ProductCard, RetrievedDoc, TurnRecord,
+};
+use mangaassist_protocols::{ServerFrame, SessionId, TraceId, TurnId, UserId};
+use ractor::{Actor, ActorCell, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::chaos::Chaos;
+use crate::classifier::ClassifierMsg;
+use crate::context::{self, ContextBudget};
+use crate::enricher::EnricherMsg;
+use crate::forwarder::{Forwarded, ForwarderActor, ForwarderArgs};
+use crate::generator::GeneratorMsg;
+use crate::metrics_sink::MetricsHandle;
+use crate::outbound::{Mark, Outbound};
+use crate::retriever::RetrieverMsg;
+use crate::supervisor::{CallError, WorkerSlot};
+
+/// Per-turn limits, from config.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// Deadline for classification.
+    pub classify_timeout: Duration,
+    /// One budget for retrieval and mandatory enrichment together.
+    pub preflight_budget: Duration,
+    /// Documents retrieved per turn.
+    pub retrieval_limit: usize,
+    /// Capacity of the generator -> forwarder token channel.
+    pub token_channel_capacity: usize,
+    /// Deadline for the generator to accept a stream.
+    pub open_timeout: Duration,
+    /// Deadline for the transcript write before `done`.
+    pub transcript_timeout: Duration,
+    /// Context budget.
+    pub context: ContextBudget,
+}
+
+impl Default for TurnSettings {
+    fn default() -> Self {
+        Self {
+            classify_timeout: Duration::from_secs(2),
+            preflight_budget: Duration::from_millis(800),
+            retrieval_limit: 5,
+            token_channel_capacity: 64,
+            open_timeout: Duration::from_secs(2),
+            transcript_timeout: Duration::from_secs(5),
+            context: ContextBudget::default(),
+        }
+    }
+}
+
+/// Everything a turn needs from the runtime; shared by every session, cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Classifier worker.
+    pub classifier: WorkerSlot<ClassifierMsg>,
+    /// Retriever worker.
+    pub retriever: WorkerSlot<RetrieverMsg>,
+    /// Enricher worker.
+    pub enricher: WorkerSlot<EnricherMsg>,
+    /// Generator worker.
+    pub generator: WorkerSlot<GeneratorMsg>,
+    /// Metrics, fire and forget.
+    pub metrics: MetricsHandle,
+    /// Durable transcript.
+    pub transcripts: Arc<dyn TranscriptStore>,
+    /// Mailbox chaos.
+    pub chaos: Arc<Chaos>,
+    /// Limits.
+    pub settings: Arc<TurnSettings>,
+}
+
+/// Cancellation of one turn; `failed` marks that the session itself died under it.
+#[derive(Debug, Clone, Default)]
+pub struct TurnControl {
+    /// Cancelled by `cancel`, disconnect or session failure.
+    pub cancel: CancellationToken,
+    /// Set (before cancelling) when the owning session actor failed.
+    pub session_failed: Arc<AtomicBool>,
+}
+
+/// One turn's inputs.
+pub struct TurnCtx {
+    /// Shared pipeline.
+    pub pipeline: Pipeline,
+    /// Session.
+    pub session_id: SessionId,
+    /// User.
+    pub user_id: UserId,
+    /// Position in the session.
+    pub index: u32,
+    /// Client's turn id.
+    pub turn_id: TurnId,
+    /// The message.
+    pub text: Arc<str>,
+    /// When the message was read from the socket.
+    pub received_at: Instant,
+    /// Recent turns, oldest first.
+    pub history: Arc<[TurnRecord]>,
+    /// The connection's outbound queue.
+    pub outbound: Outbound,
+    /// Cancellation.
+    pub control: TurnControl,
+    /// The session actor, supervisor of this turn's forwarder.
+    pub session: ActorCell,
+}
+
+/// A turn that could not finish normally: becomes one `error` frame.
+#[derive(Debug)]
+struct TurnFailure {
+    code: ErrorCode,
+    message: String,
+    seq: Option<u64>,
+}
+
+impl TurnFailure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            seq: None,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Calls a worker through its slot, mapping every way it can fail to a [`TurnFailure`].
+async fn ask<M, T>(
+    slot: &WorkerSlot<M>,
+    who: ActorKind,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, TurnFailure>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    slot.call(timeout, build).await.map_err(|e| {
+        let code = match e {
+            CallError::Unavailable => ErrorCode::Unavailable,
+            CallError::Timeout => ErrorCode::Timeout,
+            CallError::Failed => ErrorCode::Internal,
+        };
+        let message = match e {
+            CallError::Unavailable => format!("{} is restarting", who.as_str()),
+            CallError::Timeout => {
+                format!(
+                    "{} did not answer within {} ms",
+                    who.as_str(),
+                    timeout.as_millis()
+                )
+            }
+            CallError::Failed => format!("{} failed while serving this turn", who.as_str()),
+        };
+        TurnFailure::new(code, message)
+    })
+}
+
+/// Runs one turn to its last frame. Returns the transcript record when it completed.
+pub async fn run_turn(ctx: TurnCtx) -> Option<TurnRecord> {
+    let metrics = ctx.pipeline.metrics.clone();
+    let result = tokio::select! {
+        r = turn_body(&ctx) => r,
+        // A closed connection ends the turn quietly: nobody is left to tell.
+        () = ctx.outbound.closing().cancelled() => Err(None),
+    };
+    match result {
+        Ok((record, intent)) => {
+            let outcome = match record.finish_reason {
+                FinishReason::Stop => TurnOutcome::Completed,
+                FinishReason::Cancelled => TurnOutcome::Cancelled,
+            };
+            metrics.emit(MetricEvent::TurnFinished { intent, outcome });
+            Some(record)
+        }
+        Err(Some((failure, intent))) => {
+            let frame = ServerFrame::error(
+                Some(ctx.turn_id.clone()),
+                failure.seq,
+                failure.code,
+                failure.message,
+            );
+            let _ = ctx.outbound.send(&frame, Mark::TurnEnd).await;
+            metrics.emit(MetricEvent::ErrorSent { code: failure.code });
+            metrics.emit(MetricEvent::TurnFinished {
+                intent: intent.unwrap_or(Intent::Other),
+                outcome: TurnOutcome::Failed,
+            });
+            None
+        }
+        Err(None) => None,
+    }
+}
+
+type BodyError = Option<(TurnFailure, Option<Intent>)>;
+
+async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent), BodyError> {
+    let p = &ctx.pipeline;
+    let s = &p.settings;
+    let fail = |f: TurnFailure, intent: Option<Intent>| Some((f, intent));
+
+    // 1. Classify.
+    let t0 = Instant::now();
+    let text = ctx.text.clone();
+    let classification = ask(
+        &p.classifier,
+        ActorKind::Classifier,
+        s.classify_timeout,
+        |reply| ClassifierMsg::Classify { text, reply },
+    )
+    .await
+    .and_then(|r| r.map_err(|e| TurnFailure::new(ErrorCode::Internal, e.to_string())));
+    p.metrics.emit(MetricEvent::StageLatency {
+        stage: Stage::Classify,
+        us: micros(t0.elapsed()),
+    });
+    let intent = classification.map_err(|f| fail(f, None))?.intent;
+    let trace_id = TraceId::new_xray(unix_ms() / 1000);
+    p.metrics.emit(MetricEvent::TurnStarted { intent });
+    let started = ServerFrame::TurnStarted {
+        turn_id: ctx.turn_id.clone(),
+        seq: 0,
+        intent,
+        trace_id,
+    };
+    ctx.outbound
+        .send(
+            &started,
+            Mark::TurnStart {
+                received_at: ctx.received_at,
+            },
+        )
+        .await
+        .map_err(|_| None)?;
+
+    // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget.
+    let items = preflight(ctx, intent).await;
+
+    // 3. Assemble.
+    let t_asm = Instant::now();
+    let (request, _report) =
+        context::assemble(intent, &ctx.text, &ctx.history, items.clone(), s.context);
+    p.metrics.emit(MetricEvent::StageLatency {
+        stage: Stage::Assemble,
+        us: micros(t_asm.elapsed()),
+    });
+
+    // 4. Stream: generator -> bounded channel -> forwarder -> outbound.
+    let (events_tx, events_rx) = mpsc::channel(s.token_channel_capacity.max(1));
+    let cancel = ctx.control.cancel.clone();
+    ask(
+        &p.generator,
+        ActorKind::Generator,
+        s.open_timeout,
+        |reply| GeneratorMsg::Open {
+            request,
+            events: events_tx,
+            cancel,
+            reply,
+        },
+    )
+    .await
+    .map_err(|f| fail(f, Some(intent)))?;
+    let (done_tx, done_rx) = oneshot::channel();
+    Actor::spawn_linked(
+        None,
+        ForwarderActor,
+        ForwarderArgs {
+            turn_id: ctx.turn_id.clone(),
+            events: events_rx,
+            outbound: ctx.outbound.clone(),
+            first_seq: 1,
+            done: done_tx,
+            chaos: p.chaos.clone(),
+        },
+        ctx.session.clone(),
+    )
+    .await
+    .map_err(|e| {
+        fail(
+            TurnFailure::new(
+                ErrorCode::Internal,
+                format!("could not start forwarder: {e}"),
+            ),
+            Some(intent),
+        )
+    })?;
+    let forwarded = done_rx.await.map_err(|_| {
+        fail(
+            TurnFailure::new(
+                ErrorCode::Internal,
+                "chunk-forwarder failed while streaming",
+            ),
+            Some(intent),
+        )
+    })?;
+    let (answer, usage, finish_reason, mut seq) = match forwarded {
+        Forwarded::Finished {
+            answer,
+            usage,
+            finish_reason,
+            next_seq,
+        } => (answer, usage, finish_reason, next_seq),
+        Forwarded::Failed { message, next_seq } => {
+            let mut f = TurnFailure::new(
+                ErrorCode::Internal,
+                format!("model stream failed: {message}"),
+            );
+            f.seq = Some(next_seq);
+            return Err(fail(f, Some(intent)));
+        }
+        Forwarded::Disconnected => return Err(None),
+    };
+    if ctx.control.session_failed.load(Ordering::Acquire) {
+        let mut f = TurnFailure::new(ErrorCode::Internal, "session actor failed while streaming");
+        f.seq = Some(seq);
+        return Err(fail(f, Some(intent)));
+    }
+
+    // 5. Product cards for what the answer was grounded on.
+    if finish_reason == FinishReason::Stop && !items.is_empty() {
+        let cards = ServerFrame::Append {
+            turn_id: ctx.turn_id.clone(),
+            seq,
+            kind: AppendKind::ProductCards,
+            items: items.iter().map(product_card).collect(),
+        };
+        seq += 1;
+        ctx.outbound
+            .send(&cards, Mark::Plain)
+            .await
+            .map_err(|_| None)?;
+    }
+
+    // 6. Transcript, durably, before `done`.
+    let record = TurnRecord {
+        session_id: ctx.session_id.clone(),
+        user_id: ctx.user_id.clone(),
+        turn_id: ctx.turn_id.clone(),
+        index: ctx.index,
+        user_text: ctx.text.to_string(),
+        answer_text: answer,
+        intent,
+        started_at_ms: unix_ms().saturating_sub(micros(ctx.received_at.elapsed()) / 1000),
+        finished_at_ms: unix_ms(),
+        usage,
+        finish_reason,
+    };
+    let t_tx = Instant::now();
+    let saved =
+        tokio::time::timeout(s.transcript_timeout, p.transcripts.append(record.clone())).await;
+    p.metrics.emit(MetricEvent::StageLatency {
+        stage: Stage::TranscriptWrite,
+        us: micros(t_tx.elapsed()),
+    });
+    let save_error = match saved {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("transcript write timed out".to_owned()),
+    };
+    if let Some(message) = save_error {
+        let mut f = TurnFailure::new(ErrorCode::Internal, message);
+        f.seq = Some(seq);
+        return Err(fail(f, Some(intent)));
+    }
+    let done = ServerFrame::Done {
+        turn_id: ctx.turn_id.clone(),
+        seq,
+        usage,
+        finish_reason,
+    };
+    ctx.outbound
+        .send(&done, Mark::TurnEnd)
+        .await
+        .map_err(|_| None)?;
+    Ok((record, intent))
+}
+
+/// Retrieval and mandatory enrichment under one budget. Never fails: what misses the budget is
+/// left out, counted, and framed in the prompt by context assembly.
+async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
+    let p = &ctx.pipeline;
+    let s = &p.settings;
+    let start = Instant::now();
+    let deadline = start + s.preflight_budget;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+
+    let retrieve = async {
+        if !intent.wants_retrieval() {
+            return Vec::new();
+        }
+        let query = ctx.text.clone();
+        let limit = s.retrieval_limit;
+        let docs = ask(&p.retriever, ActorKind::Retriever, remaining(), |reply| {
+            RetrieverMsg::Search {
+                query,
+                limit,
+                reply,
+            }
+        })
+        .await;
+        p.metrics.emit(MetricEvent::StageLatency {
+            stage: Stage::Retrieve,
+            us: micros(start.elapsed()),
+        });
+        match docs {
+            Ok(Ok(docs)) => docs,
+            Ok(Err(e)) => {
+                tracing::warn!(turn = %ctx.turn_id, error = %e, "retrieval failed; answering without grounding");
+                Vec::new()
+            }
+            Err(f) => {
+                tracing::warn!(turn = %ctx.turn_id, error = %f.message, "retrieval missed; answering without grounding");
+                Vec::new()
+            }
+        }
+    };
+    let mentions = async {
+        let text = ctx.text.clone();
+        ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
+            EnricherMsg::Mentions { text, reply }
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+    };
+    let (docs, named) = tokio::join!(retrieve, mentions);
+
+    let mut facts: HashMap<String, Enrichment> = named
+        .into_iter()
+        .map(|e| (e.series_id.clone(), e))
+        .collect();
+    let missing: Vec<String> = docs
+        .iter()
+        .filter(|d| !facts.contains_key(&d.series_id))
+        .map(|d| d.series_id.clone())
+        .collect();
+    if !missing.is_empty() && !remaining().is_zero() {
+        let looked_up = ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
+            EnricherMsg::Lookup {
+                series_ids: missing,
+                reply,
+            }
+        })
+        .await;
+        if let Ok(Ok(found)) = looked_up {
+            facts.extend(found.into_iter().map(|e| (e.series_id.clone(), e)));
+        }
+    }
+    p.metrics.emit(MetricEvent::StageLatency {
+        stage: Stage::Enrich,
+        us: micros(start.elapsed()),
+    });
+
+    let items: Vec<ContextItem> = docs
+        .into_iter()
+        .map(|doc: RetrievedDoc| {
+            let f = facts.get(&doc.series_id);
+            ContextItem {
+                price_jpy: f.and_then(|f| f.price_jpy),
+                stock: f.and_then(|f| f.stock),
+                doc,
+            }
+        })
+        .collect();
+    if items.iter().any(|i| i.price_jpy.is_none()) {
+        p.metrics.emit(MetricEvent::EnrichmentOmitted {
+            field: EnrichmentField::Price,
+        });
+    }
+    if items.iter().any(|i| i.stock.is_none()) {
+        p.metrics.emit(MetricEvent::EnrichmentOmitted {
+            field: EnrichmentField::Stock,
+        });
+    }
+    items
+}
+
+fn product_card(item: &ContextItem) -> ProductCard {
+    ProductCard {
+        series_id: item.doc.series_id.clone(),
+        title: item.doc.title.clone(),
+        author: item.doc.author.clone(),
+        volumes: item.doc.volumes,
+        price_jpy: item.price_jpy,
+        stock: item.stock,
+    }
+}

@@ -1,0 +1,338 @@
+//! # mangaassist-load
+//!
+//! Load generator for a running MangaAssist server. It speaks wire protocol v1 over WebSocket
+//! exactly as a client would and measures what a client sees; it targets only the `--url` given.
+//!
+//! - [`client`]: one session's connection (`hello` -> `welcome`), its turns (`user_message` ->
+//!   frames until `done`/`error`, protocol-checked) and idle holding.
+//! - [`stats`]: per-turn timing (TTFT, chunk gaps, turn latency), HDR histograms, run counters
+//!   and the shared recorder.
+//! - [`rss`]: the server's resident memory from `/proc/<pid>/status` or its `/metrics` text.
+//! - [`scenario`]: what a run does — [`scenario::run`] (N sessions x M turns) and
+//!   [`scenario::idle`] (bytes per idle session) — plus the progress line.
+//! - [`report`]: the aligned stdout table and the JSON report.
+//! - [`queries`]: the built-in shop queries.
+//!
+//! This file is the command line: clap types, validation into scenario configs, the open-file
+//! limit, and printing.
+
+mod client;
+mod queries;
+mod report;
+mod rss;
+mod scenario;
+mod stats;
+#[cfg(test)]
+mod testserver;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::{CommandLine, IdleReport, RunReport, unix_ms_now, write_json};
+use crate::rss::RssSource;
+use crate::scenario::idle::IdleConfig;
+use crate::scenario::run::RunConfig;
+
+/// File descriptors kept beyond one per session (stdio, runtime, metrics GETs).
+const FD_HEADROOM: u64 = 64;
+
+/// Load generator for a running MangaAssist server (WebSocket, protocol v1).
+///
+/// Measures what clients see: time to first token, gaps between streamed chunks, turn latency,
+/// error frames, and the server's resident memory. Progress goes to stderr once a second, the
+/// report to stdout (and to a JSON file with --json).
+#[derive(Debug, Parser)]
+#[command(name = "mangaassist-load", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// N concurrent sessions each send M turns; report TTFT, chunk gaps, turn latency, errors.
+    ///
+    /// Each session opens its own connection (starts spread over --ramp-secs), says hello, then
+    /// sends turns t1..tM in sequence with built-in shop queries, waiting for each turn's done
+    /// or error. The run stops when all turns are sent or after --max-secs, and reports what it
+    /// measured either way.
+    #[command(after_help = "Example (server on this machine):\n  \
+        mangaassist-load run --sessions 200 --turns 10 --server-pid <PID> --json run.json")]
+    Run(RunArgs),
+    /// Open N sessions that only say hello, and report server memory per idle session.
+    ///
+    /// Reads the server's RSS, opens the sessions, waits --settle-secs, reads the RSS twice
+    /// (1 s apart) and reports (second reading - baseline) / open sessions; then closes them.
+    #[command(after_help = "Example:\n  \
+        mangaassist-load idle --sessions 5000 --ramp-secs 10 --server-pid <PID> --json idle.json")]
+    Idle(IdleArgs),
+}
+
+/// Options shared by every scenario.
+#[derive(Debug, Args)]
+struct Target {
+    /// Server WebSocket URL (ws:// only; TLS is not supported).
+    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+
+    /// Prometheus metrics URL exposing process_resident_memory_bytes
+    /// [default: same host:port as --url, path /metrics].
+    #[arg(long, value_name = "URL")]
+    metrics_url: Option<String>,
+
+    /// Read the server's RSS from /proc/PID/status instead of the metrics URL (preferred when the
+    /// server runs on this machine).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+
+    /// Connect + WebSocket upgrade + hello -> welcome must finish within this.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    connect_timeout_secs: Duration,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "OUT.json")]
+    json: Option<PathBuf>,
+
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Concurrent sessions, one connection each.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sessions: u64,
+
+    /// Turns each session sends, one after another.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    turns: u64,
+
+    /// Spread session starts evenly over this many seconds.
+    #[arg(long, value_name = "S", default_value = "2", value_parser = parse_secs)]
+    ramp_secs: Duration,
+
+    /// Think time between a turn's end and the next turn, in milliseconds.
+    #[arg(long, value_name = "MS", default_value = "0", value_parser = parse_ms)]
+    think_ms: Duration,
+
+    /// Stop the whole run after this many seconds and report what was measured.
+    #[arg(long, value_name = "T", default_value = "600", value_parser = parse_secs)]
+    max_secs: Duration,
+
+    /// Abandon a turn (and close its session) with no done/error after this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    turn_timeout_secs: Duration,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Idle sessions to open.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sessions: u64,
+
+    /// Spread session starts evenly over this many seconds.
+    #[arg(long, value_name = "S", default_value = "2", value_parser = parse_secs)]
+    ramp_secs: Duration,
+
+    /// Wait this long after the last session opened before reading the server's RSS.
+    #[arg(long, value_name = "S", default_value = "2", value_parser = parse_secs)]
+    settle_secs: Duration,
+
+    /// Keep the sessions open this many more seconds after measuring, then close them.
+    #[arg(long, value_name = "H", default_value = "0", value_parser = parse_secs)]
+    hold_secs: Duration,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Parses a non-negative number of seconds (fractions allowed).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` must be a finite number >= 0"))
+}
+
+/// Parses a non-negative number of milliseconds (fractions allowed).
+fn parse_ms(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of milliseconds"))?;
+    Duration::try_from_secs_f64(v / 1000.0)
+        .map_err(|_| format!("`{s}` must be a finite number >= 0"))
+}
+
+/// Checks the URL is something this client can dial.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("wss://") {
+        bail!("--url {url}: wss:// is not supported (this tool speaks plain ws:// only)");
+    }
+    if !url.starts_with("ws://") || url.len() <= "ws://".len() {
+        bail!("--url {url}: expected ws://host:port/path");
+    }
+    Ok(())
+}
+
+/// Raises the open-file limit as far as allowed; warns when it stays below what `sessions` need.
+fn raise_nofile(sessions: u64) -> Option<u64> {
+    let needed = sessions.saturating_add(FD_HEADROOM);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            if limit < needed {
+                eprintln!(
+                    "warning: open-file limit is {limit}, but {sessions} sessions need about \
+                     {needed}; raise the hard limit (ulimit -Hn) or expect connect failures"
+                );
+            }
+            Some(limit)
+        }
+        Err(e) => {
+            eprintln!("warning: cannot raise the open-file limit: {e}");
+            None
+        }
+    }
+}
+
+impl Target {
+    fn rss_source(&self) -> anyhow::Result<RssSource> {
+        check_url(&self.url)?;
+        RssSource::choose(self.server_pid, self.metrics_url.as_deref(), &self.url)
+            .context("--metrics-url")
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let command_line = CommandLine::capture();
+    let rss = args.target.rss_source()?;
+    let nofile = raise_nofile(args.sessions);
+    let cfg = RunConfig {
+        url: args.target.url.clone(),
+        sessions: args.sessions,
+        turns: args.turns,
+        ramp: args.ramp_secs,
+        think: args.think_ms,
+        max: args.max_secs,
+        turn_timeout: args.turn_timeout_secs,
+        connect_timeout: args.target.connect_timeout_secs,
+        progress: !args.target.quiet,
+    };
+    let started = unix_ms_now();
+    let out = scenario::run::execute(&cfg, &rss).await?;
+    let report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
+    print!("{}", report.render(&out.stats));
+    if let Some(path) = &args.target.json {
+        write_json(path, &report).await?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(exit_code(out.stats.sessions_connected))
+}
+
+async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
+    let command_line = CommandLine::capture();
+    let rss = args.target.rss_source()?;
+    let nofile = raise_nofile(args.sessions);
+    let cfg = IdleConfig {
+        url: args.target.url.clone(),
+        sessions: args.sessions,
+        ramp: args.ramp_secs,
+        connect_timeout: args.target.connect_timeout_secs,
+        settle: args.settle_secs,
+        reread_after: Duration::from_secs(1),
+        hold: args.hold_secs,
+        progress: !args.target.quiet,
+    };
+    let started = unix_ms_now();
+    let out = scenario::idle::execute(&cfg, &rss).await?;
+    let report = IdleReport::new(command_line, started, &cfg, &rss, nofile, &out);
+    print!("{}", report.render(&out.stats));
+    if let Some(path) = &args.target.json {
+        write_json(path, &report).await?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(exit_code(out.stats.sessions_connected))
+}
+
+/// 0 when at least one session connected (the report has figures), 2 when none did.
+fn exit_code(connected: u64) -> ExitCode {
+    if connected == 0 {
+        eprintln!("error: no session could connect; is the server running at --url?");
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Idle(args) => idle(args).await,
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_parses() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "mangaassist-load",
+            "run",
+            "--sessions",
+            "3",
+            "--turns",
+            "2",
+            "--ramp-secs",
+            "0.5",
+            "--think-ms",
+            "250",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.ramp_secs, Duration::from_millis(500));
+        assert_eq!(args.think_ms, Duration::from_millis(250));
+        assert_eq!(args.max_secs, Duration::from_secs(600));
+        assert_eq!(args.target.url, "ws://127.0.0.1:8080/ws");
+        assert!(
+            Cli::try_parse_from(["mangaassist-load", "run", "--sessions", "0", "--turns", "1"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "mangaassist-load",
+                "idle",
+                "--sessions",
+                "2",
+                "--hold-secs",
+                "-1"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_url("ws://127.0.0.1:8080/ws").is_ok());
+        assert!(check_url("wss://127.0.0.1/ws").is_err());
+        assert!(check_url("http://127.0.0.1/ws").is_err());
+        assert!(check_url("ws://").is_err());
+    }
+}

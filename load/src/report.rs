@@ -1,0 +1,888 @@
+//! Reports: the figures of a scenario as a small aligned table (stdout) and as JSON (`--json`).
+//!
+//! [`RunReport`] and [`IdleReport`] are plain serde structs built from a scenario outcome, the
+//! settings and the exact [`CommandLine`], so a JSON file alone says how to reproduce it.
+//! Latencies appear in milliseconds: with two decimals in the table ([`fmt_ms`]), with microsecond
+//! precision in JSON ([`LatencyMs`]). Memory is in bytes in JSON, MiB/KiB in the table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use mangaassist_protocols::frame::ModelInfo;
+use serde::Serialize;
+
+use crate::rss::RssSource;
+use crate::scenario::RssReading;
+use crate::scenario::idle::{IdleConfig, IdleOutcome};
+use crate::scenario::run::{RunConfig, RunOutcome};
+use crate::stats::{LatencyHistogram, LatencySummary, RunStats, fmt_ms};
+
+/// The tool's name in reports.
+const TOOL: &str = env!("CARGO_PKG_NAME");
+/// The tool's version in reports.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The command line that produced a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandLine {
+    /// Every argument, program name first.
+    pub argv: Vec<String>,
+    /// The same, joined and quoted for a POSIX shell: paste it to run again.
+    pub shell: String,
+}
+
+impl CommandLine {
+    /// This process's command line.
+    pub fn capture() -> Self {
+        Self::from_args(
+            std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        )
+    }
+
+    /// A command line from its arguments.
+    pub fn from_args(argv: Vec<String>) -> Self {
+        let shell = argv
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self { argv, shell }
+    }
+}
+
+/// Quotes `arg` for a POSIX shell when it holds anything beyond a safe set.
+fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    if safe {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A latency summary in milliseconds (microsecond precision).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyMs {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest.
+    pub min_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl From<LatencySummary> for LatencyMs {
+    fn from(s: LatencySummary) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: s.count,
+            min_ms: ms(s.min_us),
+            mean_ms: ms(s.mean_us),
+            p50_ms: ms(s.p50_us),
+            p95_ms: ms(s.p95_us),
+            p99_ms: ms(s.p99_us),
+            p999_ms: ms(s.p999_us),
+            max_ms: ms(s.max_us),
+        }
+    }
+}
+
+fn latency(h: &LatencyHistogram) -> Option<LatencyMs> {
+    h.summary().map(LatencyMs::from)
+}
+
+/// The four latency histograms of a run; `null` when nothing was recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latencies {
+    /// Send of `user_message` to the first `token`.
+    pub ttft: Option<LatencyMs>,
+    /// Between consecutive `token` frames of a turn, the first token excluded.
+    pub chunk_gap: Option<LatencyMs>,
+    /// Send of `user_message` to `done`.
+    pub turn: Option<LatencyMs>,
+    /// TCP connect + upgrade + `hello` -> `welcome`.
+    pub connect: Option<LatencyMs>,
+}
+
+/// Settings of a `run`, as used.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSettings {
+    /// Server WebSocket URL.
+    pub url: String,
+    /// Concurrent sessions.
+    pub sessions: u64,
+    /// Turns per session.
+    pub turns: u64,
+    /// Ramp over which sessions start.
+    pub ramp_secs: f64,
+    /// Think time between turns.
+    pub think_ms: f64,
+    /// Run deadline.
+    pub max_secs: f64,
+    /// Per-turn timeout.
+    pub turn_timeout_secs: f64,
+    /// Connect + hello timeout.
+    pub connect_timeout_secs: f64,
+    /// Where server RSS was read.
+    pub rss_source: String,
+}
+
+/// Session counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionCounts {
+    /// Sessions asked for.
+    pub requested: u64,
+    /// Sessions that received `welcome`.
+    pub connected: u64,
+    /// Sessions that never received `welcome`.
+    pub connect_failures: u64,
+    /// Connections lost after `welcome`.
+    pub dropped: u64,
+    /// Sessions the deadline stopped before they finished connecting.
+    pub not_started: u64,
+}
+
+/// Turn counts of a `run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnCounts {
+    /// sessions x turns.
+    pub planned: u64,
+    /// Ended with `done`.
+    pub ok: u64,
+    /// Ended any way but `done` or the deadline: the four kinds below.
+    pub failed: u64,
+    /// Ended with an `error` frame.
+    pub error_frame: u64,
+    /// Abandoned on a protocol error.
+    pub protocol_error: u64,
+    /// Cut by the connection closing.
+    pub dropped: u64,
+    /// No `done`/`error` within the per-turn timeout.
+    pub timed_out: u64,
+    /// In flight when `--max-secs` ran out.
+    pub cut_by_max_secs: u64,
+    /// `ok` per second of run time.
+    pub ok_per_sec: f64,
+}
+
+/// Server RSS around a `run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRssReport {
+    /// Where it was read.
+    pub source: String,
+    /// Before the first connection.
+    pub before_bytes: Option<u64>,
+    /// After the last session closed.
+    pub after_bytes: Option<u64>,
+    /// after - before.
+    pub delta_bytes: Option<i64>,
+    /// Largest of the once-a-second samples and the two readings.
+    pub peak_bytes: Option<u64>,
+    /// Why a reading is missing, when one is.
+    pub errors: Vec<String>,
+}
+
+/// Everything a `run` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// `mangaassist-load`.
+    pub tool: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// `run`.
+    pub scenario: &'static str,
+    /// The exact command line.
+    pub command_line: CommandLine,
+    /// When the run started, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// The settings used.
+    pub settings: RunSettings,
+    /// The open-file limit after raising it.
+    pub nofile_limit: Option<u64>,
+    /// Run time: first connection attempt to last session done (or the deadline).
+    pub elapsed_secs: f64,
+    /// True when `--max-secs` cut the run short.
+    pub stopped_by_max_secs: bool,
+    /// The model the server announced in `welcome`.
+    pub server_model: Option<ModelInfo>,
+    /// Session counts.
+    pub sessions: SessionCounts,
+    /// Turn counts and throughput.
+    pub turns: TurnCounts,
+    /// `token` frames received.
+    pub tokens_received: u64,
+    /// `error` frames received, by code.
+    pub error_frames: BTreeMap<String, u64>,
+    /// Protocol errors (hello phase and turns).
+    pub protocol_errors: u64,
+    /// The first few failure messages.
+    pub failure_samples: Vec<String>,
+    /// Latency summaries.
+    pub latency_ms: Latencies,
+    /// Server memory.
+    pub server_rss: RunRssReport,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn reading_delta(before: &RssReading, after: &RssReading) -> Option<i64> {
+    let (Ok(b), Ok(a)) = (before, after) else {
+        return None;
+    };
+    Some(i64::try_from(*a).ok()? - i64::try_from(*b).ok()?)
+}
+
+fn reading_errors(readings: &[(&str, &RssReading)]) -> Vec<String> {
+    readings
+        .iter()
+        .filter_map(|(what, r)| r.as_ref().err().map(|e| format!("{what}: {e}")))
+        .collect()
+}
+
+fn error_frames(stats: &RunStats) -> BTreeMap<String, u64> {
+    stats
+        .error_frames
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect()
+}
+
+impl RunReport {
+    /// Builds the report of a finished run.
+    pub fn new(
+        command_line: CommandLine,
+        started_unix_ms: u64,
+        cfg: &RunConfig,
+        rss: &RssSource,
+        nofile_limit: Option<u64>,
+        out: &RunOutcome,
+    ) -> Self {
+        let s = &out.stats;
+        let elapsed = secs(out.elapsed);
+        Self {
+            tool: TOOL,
+            version: VERSION,
+            scenario: "run",
+            command_line,
+            started_unix_ms,
+            settings: RunSettings {
+                url: cfg.url.clone(),
+                sessions: cfg.sessions,
+                turns: cfg.turns,
+                ramp_secs: secs(cfg.ramp),
+                think_ms: secs(cfg.think) * 1000.0,
+                max_secs: secs(cfg.max),
+                turn_timeout_secs: secs(cfg.turn_timeout),
+                connect_timeout_secs: secs(cfg.connect_timeout),
+                rss_source: rss.describe(),
+            },
+            nofile_limit,
+            elapsed_secs: elapsed,
+            stopped_by_max_secs: out.stopped_by_max,
+            server_model: s.server_model.clone(),
+            sessions: SessionCounts {
+                requested: cfg.sessions,
+                connected: s.sessions_connected,
+                connect_failures: s.connect_failures,
+                dropped: s.dropped_connections,
+                not_started: cfg
+                    .sessions
+                    .saturating_sub(s.sessions_connected + s.connect_failures),
+            },
+            turns: TurnCounts {
+                planned: cfg.sessions.saturating_mul(cfg.turns),
+                ok: s.turns_ok,
+                failed: s.turns_failed(),
+                error_frame: s.turns_error,
+                protocol_error: s.turns_protocol,
+                dropped: s.turns_dropped,
+                timed_out: s.turns_timed_out,
+                cut_by_max_secs: s.turns_cut,
+                ok_per_sec: if elapsed > 0.0 {
+                    s.turns_ok as f64 / elapsed
+                } else {
+                    0.0
+                },
+            },
+            tokens_received: s.tokens,
+            error_frames: error_frames(s),
+            protocol_errors: s.protocol_errors,
+            failure_samples: s.failure_samples.clone(),
+            latency_ms: Latencies {
+                ttft: latency(&s.ttft),
+                chunk_gap: latency(&s.gap),
+                turn: latency(&s.turn),
+                connect: latency(&s.connect),
+            },
+            server_rss: RunRssReport {
+                source: rss.describe(),
+                before_bytes: out.rss.before.as_ref().ok().copied(),
+                after_bytes: out.rss.after.as_ref().ok().copied(),
+                delta_bytes: reading_delta(&out.rss.before, &out.rss.after),
+                peak_bytes: out.rss.peak,
+                errors: reading_errors(&[("before", &out.rss.before), ("after", &out.rss.after)]),
+            },
+        }
+    }
+
+    /// The human-readable table.
+    pub fn render(&self, stats: &RunStats) -> String {
+        let mut o = String::new();
+        let st = &self.settings;
+        let _ = writeln!(
+            o,
+            "mangaassist-load run: {} sessions x {} turns -> {}",
+            st.sessions, st.turns, st.url
+        );
+        model_line(&mut o, self.server_model.as_ref());
+        let _ = writeln!(
+            o,
+            "elapsed {:.2} s{}\n",
+            self.elapsed_secs,
+            if self.stopped_by_max_secs {
+                " (stopped by --max-secs)"
+            } else {
+                ""
+            }
+        );
+        latency_table(
+            &mut o,
+            &[
+                ("ttft", &stats.ttft),
+                ("chunk gap", &stats.gap),
+                ("turn", &stats.turn),
+                ("connect", &stats.connect),
+            ],
+        );
+        let ss = &self.sessions;
+        let t = &self.turns;
+        o.push('\n');
+        kv(
+            &mut o,
+            "sessions connected",
+            format!("{} / {}", ss.connected, ss.requested),
+        );
+        kv(
+            &mut o,
+            "connection failures",
+            format!(
+                "{} (connect {}, dropped {})",
+                ss.connect_failures + ss.dropped,
+                ss.connect_failures,
+                ss.dropped
+            ),
+        );
+        if ss.not_started > 0 {
+            kv(&mut o, "sessions not started", ss.not_started.to_string());
+        }
+        kv(
+            &mut o,
+            "turns ok",
+            format!("{} / {} planned", t.ok, t.planned),
+        );
+        kv(&mut o, "turns/s (ok)", format!("{:.1}", t.ok_per_sec));
+        kv(
+            &mut o,
+            "turns failed",
+            format!(
+                "{} (error frame {}, protocol {}, dropped {}, timed out {})",
+                t.failed, t.error_frame, t.protocol_error, t.dropped, t.timed_out
+            ),
+        );
+        if t.cut_by_max_secs > 0 {
+            kv(
+                &mut o,
+                "turns cut by --max-secs",
+                t.cut_by_max_secs.to_string(),
+            );
+        }
+        kv(&mut o, "tokens received", self.tokens_received.to_string());
+        kv(&mut o, "error frames", codes(&self.error_frames));
+        kv(&mut o, "protocol errors", self.protocol_errors.to_string());
+        if let Some(n) = self.nofile_limit {
+            kv(&mut o, "open-file limit", n.to_string());
+        }
+        let r = &self.server_rss;
+        let _ = writeln!(o, "\nserver RSS via {}", r.source);
+        kv(&mut o, "before", opt_mib(r.before_bytes));
+        kv(
+            &mut o,
+            "after",
+            match (r.after_bytes, r.delta_bytes) {
+                (Some(a), Some(d)) => format!("{} ({})", mib(a), signed_mib(d)),
+                (a, _) => opt_mib(a),
+            },
+        );
+        kv(&mut o, "peak (sampled 1/s)", opt_mib(r.peak_bytes));
+        for e in &r.errors {
+            let _ = writeln!(o, "  unavailable: {e}");
+        }
+        failures(&mut o, &self.failure_samples);
+        o
+    }
+}
+
+/// Settings of an `idle` run, as used.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleSettings {
+    /// Server WebSocket URL.
+    pub url: String,
+    /// Idle sessions asked for.
+    pub sessions: u64,
+    /// Ramp over which sessions start.
+    pub ramp_secs: f64,
+    /// Wait after opening before the first reading.
+    pub settle_secs: f64,
+    /// Wait between the two readings.
+    pub reread_after_secs: f64,
+    /// Extra hold after the readings.
+    pub hold_secs: f64,
+    /// Connect + hello timeout.
+    pub connect_timeout_secs: f64,
+    /// Where server RSS was read.
+    pub rss_source: String,
+}
+
+/// Idle-session counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleSessionCounts {
+    /// Sessions asked for.
+    pub requested: u64,
+    /// Sessions that received `welcome`.
+    pub opened: u64,
+    /// Sessions that never received `welcome`.
+    pub connect_failures: u64,
+    /// Open at the second reading (the divisor).
+    pub open_at_measurement: u64,
+    /// Open just before closing, after the hold.
+    pub open_at_end: u64,
+    /// Closed by the server (or failed) while idle.
+    pub dropped: u64,
+}
+
+/// Server memory of an `idle` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleRssReport {
+    /// Where it was read.
+    pub source: String,
+    /// Before any connection.
+    pub baseline_bytes: Option<u64>,
+    /// After all opened and the settle time.
+    pub first_bytes: Option<u64>,
+    /// A little later; the reading used.
+    pub second_bytes: Option<u64>,
+    /// second - baseline.
+    pub delta_bytes: Option<i64>,
+    /// delta / open_at_measurement.
+    pub bytes_per_idle_session: Option<f64>,
+    /// The same in KiB.
+    pub kib_per_idle_session: Option<f64>,
+    /// Why a reading is missing, when one is.
+    pub errors: Vec<String>,
+}
+
+/// Everything an `idle` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    /// `mangaassist-load`.
+    pub tool: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// `idle`.
+    pub scenario: &'static str,
+    /// The exact command line.
+    pub command_line: CommandLine,
+    /// When the run started, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// The settings used.
+    pub settings: IdleSettings,
+    /// The open-file limit after raising it.
+    pub nofile_limit: Option<u64>,
+    /// The model the server announced in `welcome`.
+    pub server_model: Option<ModelInfo>,
+    /// Session counts.
+    pub sessions: IdleSessionCounts,
+    /// First connection attempt until all had opened or failed.
+    pub open_elapsed_secs: f64,
+    /// Connect latency.
+    pub connect_latency_ms: Option<LatencyMs>,
+    /// `error` frames received, by code.
+    pub error_frames: BTreeMap<String, u64>,
+    /// Protocol errors.
+    pub protocol_errors: u64,
+    /// The first few failure messages.
+    pub failure_samples: Vec<String>,
+    /// Server memory.
+    pub server_rss: IdleRssReport,
+}
+
+impl IdleReport {
+    /// Builds the report of a finished idle run.
+    pub fn new(
+        command_line: CommandLine,
+        started_unix_ms: u64,
+        cfg: &IdleConfig,
+        rss: &RssSource,
+        nofile_limit: Option<u64>,
+        out: &IdleOutcome,
+    ) -> Self {
+        let s = &out.stats;
+        let per = out.bytes_per_session();
+        Self {
+            tool: TOOL,
+            version: VERSION,
+            scenario: "idle",
+            command_line,
+            started_unix_ms,
+            settings: IdleSettings {
+                url: cfg.url.clone(),
+                sessions: cfg.sessions,
+                ramp_secs: secs(cfg.ramp),
+                settle_secs: secs(cfg.settle),
+                reread_after_secs: secs(cfg.reread_after),
+                hold_secs: secs(cfg.hold),
+                connect_timeout_secs: secs(cfg.connect_timeout),
+                rss_source: rss.describe(),
+            },
+            nofile_limit,
+            server_model: s.server_model.clone(),
+            sessions: IdleSessionCounts {
+                requested: cfg.sessions,
+                opened: s.sessions_connected,
+                connect_failures: s.connect_failures,
+                open_at_measurement: out.open_at_measurement,
+                open_at_end: out.open_at_end,
+                dropped: s.dropped_connections,
+            },
+            open_elapsed_secs: secs(out.open_elapsed),
+            connect_latency_ms: latency(&s.connect),
+            error_frames: error_frames(s),
+            protocol_errors: s.protocol_errors,
+            failure_samples: s.failure_samples.clone(),
+            server_rss: IdleRssReport {
+                source: rss.describe(),
+                baseline_bytes: out.baseline.as_ref().ok().copied(),
+                first_bytes: out.first.as_ref().ok().copied(),
+                second_bytes: out.second.as_ref().ok().copied(),
+                delta_bytes: out.delta_bytes(),
+                bytes_per_idle_session: per,
+                kib_per_idle_session: per.map(|b| b / 1024.0),
+                errors: reading_errors(&[
+                    ("baseline", &out.baseline),
+                    ("first", &out.first),
+                    ("second", &out.second),
+                ]),
+            },
+        }
+    }
+
+    /// The human-readable table.
+    pub fn render(&self, stats: &RunStats) -> String {
+        let mut o = String::new();
+        let st = &self.settings;
+        let _ = writeln!(
+            o,
+            "mangaassist-load idle: {} sessions -> {}",
+            st.sessions, st.url
+        );
+        model_line(&mut o, self.server_model.as_ref());
+        o.push('\n');
+        latency_table(&mut o, &[("connect", &stats.connect)]);
+        let ss = &self.sessions;
+        o.push('\n');
+        kv(
+            &mut o,
+            "sessions opened",
+            format!(
+                "{} / {} in {:.2} s",
+                ss.opened, ss.requested, self.open_elapsed_secs
+            ),
+        );
+        kv(&mut o, "connect failures", ss.connect_failures.to_string());
+        kv(
+            &mut o,
+            "open at measurement",
+            ss.open_at_measurement.to_string(),
+        );
+        kv(
+            &mut o,
+            "dropped while idle",
+            format!("{} (open at end {})", ss.dropped, ss.open_at_end),
+        );
+        kv(&mut o, "error frames", codes(&self.error_frames));
+        kv(&mut o, "protocol errors", self.protocol_errors.to_string());
+        if let Some(n) = self.nofile_limit {
+            kv(&mut o, "open-file limit", n.to_string());
+        }
+        let r = &self.server_rss;
+        let _ = writeln!(o, "\nserver RSS via {}", r.source);
+        kv(&mut o, "baseline", opt_mib(r.baseline_bytes));
+        kv(
+            &mut o,
+            &format!("after settle {:.1} s", st.settle_secs),
+            opt_mib(r.first_bytes),
+        );
+        kv(
+            &mut o,
+            &format!("after +{:.1} s", st.reread_after_secs),
+            opt_mib(r.second_bytes),
+        );
+        kv(
+            &mut o,
+            "delta",
+            r.delta_bytes.map_or_else(|| "-".into(), signed_mib),
+        );
+        kv(
+            &mut o,
+            "per idle session",
+            r.kib_per_idle_session
+                .map_or_else(|| "unavailable".into(), |k| format!("{k:.1} KiB")),
+        );
+        if let (Some(a), Some(b)) = (r.first_bytes, r.second_bytes)
+            && a.abs_diff(b) > b / 50
+        {
+            let _ = writeln!(
+                o,
+                "  note: the two readings differ by more than 2%; the server had not settled"
+            );
+        }
+        for e in &r.errors {
+            let _ = writeln!(o, "  unavailable: {e}");
+        }
+        failures(&mut o, &self.failure_samples);
+        o
+    }
+}
+
+/// Writes `report` as pretty JSON to `path`.
+pub async fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(report).context("encoding the JSON report")?;
+    text.push('\n');
+    tokio::fs::write(path, text)
+        .await
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Width of the key column in the table.
+const KEY_WIDTH: usize = 24;
+
+fn kv(o: &mut String, key: &str, value: impl AsRef<str>) {
+    let _ = writeln!(o, "  {key:<KEY_WIDTH$} {}", value.as_ref());
+}
+
+fn model_line(o: &mut String, model: Option<&ModelInfo>) {
+    if let Some(m) = model {
+        let _ = writeln!(
+            o,
+            "server model: {} / {}{}",
+            m.backend,
+            m.model_id,
+            if m.simulated { " (SIMULATED)" } else { "" }
+        );
+    }
+}
+
+/// The latency table: one row per histogram, ms with two decimals, `-` when empty.
+pub fn latency_table(o: &mut String, rows: &[(&str, &LatencyHistogram)]) {
+    let _ = writeln!(
+        o,
+        "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "latency ms", "count", "p50", "p95", "p99", "p99.9", "max"
+    );
+    for (name, h) in rows {
+        match h.summary() {
+            Some(s) => {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    name,
+                    s.count,
+                    fmt_ms(s.p50_us),
+                    fmt_ms(s.p95_us),
+                    fmt_ms(s.p99_us),
+                    fmt_ms(s.p999_us),
+                    fmt_ms(s.max_us)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    name, 0, "-", "-", "-", "-", "-"
+                );
+            }
+        }
+    }
+}
+
+fn codes(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "0".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn failures(o: &mut String, samples: &[String]) {
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nfirst failures:");
+    for s in samples {
+        let _ = writeln!(o, "  {s}");
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+fn signed_mib(bytes: i64) -> String {
+    format!("{:+.1} MiB", bytes as f64 / MIB)
+}
+
+fn opt_mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unavailable".into(), mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::run::RunRss;
+    use crate::stats::TurnTimer;
+    use tokio::time::Instant;
+
+    #[test]
+    fn command_line_is_quoted_for_a_shell() {
+        let cl = CommandLine::from_args(
+            [
+                "mangaassist-load",
+                "run",
+                "--url",
+                "ws://127.0.0.1:8080/ws",
+                "it's",
+                "",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(
+            cl.shell,
+            r"mangaassist-load run --url ws://127.0.0.1:8080/ws 'it'\''s' ''"
+        );
+        assert_eq!(cl.argv.len(), 6);
+    }
+
+    fn sample_run() -> (RunConfig, RunOutcome) {
+        let cfg = RunConfig {
+            url: "ws://127.0.0.1:8080/ws".into(),
+            sessions: 2,
+            turns: 1,
+            ramp: Duration::from_secs(2),
+            think: Duration::ZERO,
+            max: Duration::from_secs(600),
+            turn_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            progress: false,
+        };
+        let mut stats = RunStats::new().unwrap();
+        let t0 = Instant::now();
+        let mut timer = TurnTimer::new(t0);
+        for ms in [10, 12, 14] {
+            timer.on_token(t0 + Duration::from_millis(ms));
+        }
+        timer.on_done(t0 + Duration::from_millis(15));
+        stats.record_timing(&timer.finish());
+        stats.turns_ok = 1;
+        stats.turns_error = 1;
+        stats.count_error_frame(mangaassist_protocols::ErrorCode::Busy);
+        let out = RunOutcome {
+            stats,
+            elapsed: Duration::from_secs(2),
+            stopped_by_max: false,
+            rss: RunRss {
+                before: Ok(10 * 1024 * 1024),
+                after: Ok(12 * 1024 * 1024),
+                peak: Some(13 * 1024 * 1024),
+            },
+        };
+        (cfg, out)
+    }
+
+    #[test]
+    fn run_report_has_every_figure() {
+        let (cfg, out) = sample_run();
+        let source = RssSource::Proc(1);
+        let report = RunReport::new(
+            CommandLine::from_args(vec!["x".into()]),
+            1,
+            &cfg,
+            &source,
+            Some(1024),
+            &out,
+        );
+        assert_eq!(report.turns.ok_per_sec, 0.5);
+        assert_eq!(report.turns.planned, 2);
+        assert_eq!(report.server_rss.delta_bytes, Some(2 * 1024 * 1024));
+        let json = serde_json::to_value(&report).unwrap();
+        // HDR reports the highest value equivalent to 10 ms at 3 significant figures.
+        let p50 = json["latency_ms"]["ttft"]["p50_ms"].as_f64().unwrap();
+        assert!((10.0..10.01).contains(&p50), "{p50}");
+        assert_eq!(json["latency_ms"]["chunk_gap"]["count"], 2);
+        assert_eq!(json["latency_ms"]["connect"], serde_json::Value::Null);
+        assert_eq!(json["error_frames"]["busy"], 1);
+        assert_eq!(json["command_line"]["shell"], "x");
+        assert_eq!(json["server_rss"]["source"], "/proc/1/status");
+        let text = report.render(&out.stats);
+        assert!(text.contains("ttft"), "{text}");
+        assert!(text.contains("     10.01"), "{text}");
+        assert!(text.contains("busy=1"), "{text}");
+        assert!(text.contains("+2.0 MiB"), "{text}");
+        assert!(text.contains("turns/s (ok)             0.5"), "{text}");
+    }
+
+    #[test]
+    fn table_rows_align() {
+        let (_, out) = sample_run();
+        let mut o = String::new();
+        latency_table(
+            &mut o,
+            &[("ttft", &out.stats.ttft), ("connect", &out.stats.connect)],
+        );
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{o}");
+        assert!(lines[2].ends_with('-'));
+    }
+}

@@ -1,0 +1,306 @@
+//! The `run` scenario: N concurrent sessions, each sending M turns in sequence.
+//!
+//! Sessions open on a ramp spread over [`RunConfig::ramp`], each on its own connection; a session
+//! sends turn `t<n>` with a built-in query ([`crate::queries`]), waits for its `done` or `error`,
+//! thinks for [`RunConfig::think`] and goes on. The run ends when every session has sent its turns
+//! or when [`RunConfig::max`] elapses, whichever is first; at the deadline in-flight turns are
+//! abandoned (counted as cut, not as failures) and what was measured is reported. The server's RSS
+//! is read before the first connection, sampled each second, and read again after the last close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mangaassist_protocols::TurnId;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{ProgressTask, RssReading, ramp_at, read_rss};
+use crate::client::{Connection, TurnEnd};
+use crate::queries::query_for;
+use crate::rss::RssSource;
+use crate::stats::{Progress, Recorder, RunStats, StatsError};
+
+/// What a `run` does; built from the command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// `ws://host:port/path` of the server.
+    pub url: String,
+    /// Concurrent sessions, one connection each.
+    pub sessions: u64,
+    /// Turns each session sends, one after another.
+    pub turns: u64,
+    /// Session starts are spread evenly over this.
+    pub ramp: Duration,
+    /// Pause between a turn's end and the next turn's send.
+    pub think: Duration,
+    /// The whole run stops after this, measured from the first connection attempt.
+    pub max: Duration,
+    /// A turn with neither `done` nor `error` after this is abandoned and its session closed.
+    pub turn_timeout: Duration,
+    /// Connect + upgrade + hello -> welcome must finish within this.
+    pub connect_timeout: Duration,
+    /// Print the progress line to stderr once a second.
+    pub progress: bool,
+}
+
+/// Server RSS around a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRss {
+    /// Before the first connection.
+    pub before: RssReading,
+    /// After every session closed.
+    pub after: RssReading,
+    /// Largest value seen: sampled once a second, plus before and after.
+    pub peak: Option<u64>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Every histogram and counter.
+    pub stats: RunStats,
+    /// From the first connection attempt until the last session finished (or the deadline).
+    pub elapsed: Duration,
+    /// True when `max` cut the run short.
+    pub stopped_by_max: bool,
+    /// Server memory.
+    pub rss: RunRss,
+}
+
+/// Runs the scenario against `cfg.url`, reading server RSS from `rss`.
+pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, StatsError> {
+    let before = read_rss(rss).await;
+    let recorder = Arc::new(Recorder::new()?);
+    let sampler = (!matches!(rss, RssSource::Unavailable(_))).then(|| rss.clone());
+    let ticker = ProgressTask::spawn(
+        Arc::clone(&recorder),
+        cfg.sessions,
+        true,
+        cfg.progress,
+        sampler,
+    );
+    let shared = Arc::new(cfg.clone());
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let start = Instant::now();
+    let deadline = start + cfg.max;
+
+    let mut stopped_by_max = false;
+    for index in 0..cfg.sessions {
+        tokio::select! {
+            () = sleep_until(ramp_at(start, cfg.ramp, index, cfg.sessions)) => {}
+            () = sleep_until(deadline) => {
+                stopped_by_max = true;
+                break;
+            }
+        }
+        tasks.spawn(session(
+            index,
+            Arc::clone(&shared),
+            Arc::clone(&recorder),
+            cancel.clone(),
+        ));
+    }
+    tasks.close();
+    if !stopped_by_max {
+        stopped_by_max = tokio::select! {
+            () = tasks.wait() => false,
+            () = sleep_until(deadline) => true,
+        };
+    }
+    let elapsed = start.elapsed();
+    if stopped_by_max {
+        cancel.cancel();
+        tasks.wait().await;
+    }
+
+    let sampled = ticker.stop().await;
+    let after = read_rss(rss).await;
+    let peak = [
+        sampled,
+        before.as_ref().ok().copied(),
+        after.as_ref().ok().copied(),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    Ok(RunOutcome {
+        stats: recorder.snapshot(),
+        elapsed,
+        stopped_by_max,
+        rss: RunRss {
+            before,
+            after,
+            peak,
+        },
+    })
+}
+
+/// One session: connect, send the turns, close. Stops early on `cancel` or when a turn's end
+/// leaves the connection unusable.
+async fn session(index: u64, cfg: Arc<RunConfig>, rec: Arc<Recorder>, cancel: CancellationToken) {
+    let progress = &rec.progress;
+    let opened = tokio::select! {
+        () = cancel.cancelled() => return,
+        opened = Connection::open(&cfg.url, cfg.connect_timeout) => opened,
+    };
+    let mut conn = match opened {
+        Ok(conn) => conn,
+        Err(e) => {
+            rec.with(|s| e.record_into(s));
+            Progress::bump(&progress.connect_failed);
+            Progress::bump(&progress.errors);
+            return;
+        }
+    };
+    rec.with(|s| s.record_connected(conn.connect_latency(), conn.model()));
+    Progress::bump(&progress.connected);
+
+    for n in 1..=cfg.turns {
+        if n > 1 && !cfg.think.is_zero() {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = sleep(cfg.think) => {}
+            }
+        }
+        let Ok(turn_id) = TurnId::parse(&format!("t{n}")) else {
+            break;
+        };
+        let record = conn
+            .turn(turn_id, query_for(index, n), cfg.turn_timeout, &cancel)
+            .await;
+        rec.with(|s| record.record_into(s));
+        if record.end != TurnEnd::Cancelled {
+            Progress::bump(&progress.turns_done);
+        }
+        if record.end == TurnEnd::Done {
+            Progress::bump(&progress.turns_ok);
+        } else if record.end.is_failure() {
+            Progress::bump(&progress.errors);
+        }
+        if !record.end.session_continues() {
+            break;
+        }
+    }
+    conn.close().await;
+    Progress::bump(&progress.closed);
+}
+
+#[cfg(test)]
+mod tests {
+    //! End to end against a scripted in-test WebSocket server speaking protocol v1.
+
+    use super::*;
+    use crate::testserver::{Script, TestServer};
+
+    fn config(url: String, sessions: u64, turns: u64) -> RunConfig {
+        RunConfig {
+            url,
+            sessions,
+            turns,
+            ramp: Duration::from_millis(20),
+            think: Duration::ZERO,
+            max: Duration::from_secs(5),
+            turn_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            progress: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn measures_a_scripted_server() {
+        let server = TestServer::start(Script::Stream {
+            tokens: 5,
+            gap: Duration::from_millis(2),
+        })
+        .await;
+        let cfg = config(server.url(), 2, 3);
+        let out = execute(&cfg, &RssSource::Proc(std::process::id()))
+            .await
+            .unwrap();
+        let s = &out.stats;
+        assert!(!out.stopped_by_max);
+        assert_eq!(s.sessions_connected, 2);
+        assert_eq!(s.turns_ok, 6, "{:?}", s.failure_samples);
+        assert_eq!(s.turns_failed(), 0);
+        assert_eq!(s.tokens, 30);
+        assert_eq!(s.ttft.len(), 6);
+        assert_eq!(s.gap.len(), 24, "first token of each turn has no gap");
+        assert_eq!(s.turn.len(), 6);
+        assert_eq!(s.connect.len(), 2);
+        let gap = s.gap.summary().unwrap();
+        assert!(gap.p50_us >= 1_000, "server paces 2 ms: {gap:?}");
+        assert!(gap.max_us < 1_000_000, "{gap:?}");
+        let ttft = s.ttft.summary().unwrap();
+        let turn = s.turn.summary().unwrap();
+        assert!(
+            turn.min_us >= ttft.min_us + 4 * 1_000,
+            "4 gaps after the first token"
+        );
+        assert_eq!(s.server_model.as_ref().map(|m| m.simulated), Some(true));
+        assert!(out.rss.before.is_ok() && out.rss.after.is_ok());
+        assert!(out.rss.peak.is_some());
+        assert_eq!(server.turns_seen(), 6);
+    }
+
+    #[tokio::test]
+    async fn counts_error_frames_and_protocol_errors() {
+        let server = TestServer::start(Script::ErrorEveryOther).await;
+        let out = execute(
+            &config(server.url(), 1, 4),
+            &RssSource::Unavailable("test".into()),
+        )
+        .await
+        .unwrap();
+        let s = &out.stats;
+        assert_eq!(s.turns_ok, 2);
+        assert_eq!(s.turns_error, 2);
+        assert_eq!(s.error_frames.get("busy"), Some(&2));
+        assert!(out.rss.before.is_err() && out.rss.peak.is_none());
+
+        let server = TestServer::start(Script::BadFrame).await;
+        let out = execute(
+            &config(server.url(), 2, 3),
+            &RssSource::Unavailable("test".into()),
+        )
+        .await
+        .unwrap();
+        let s = &out.stats;
+        assert_eq!(s.protocol_errors, 2, "one per session, then it closes");
+        assert_eq!(s.turns_protocol, 2);
+        assert_eq!(s.turns_ok, 0);
+    }
+
+    #[tokio::test]
+    async fn stops_at_max_and_reports_what_it_has() {
+        let server = TestServer::start(Script::Silent).await;
+        let mut cfg = config(server.url(), 2, 3);
+        cfg.max = Duration::from_millis(300);
+        let started = Instant::now();
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(out.stopped_by_max);
+        assert_eq!(out.stats.sessions_connected, 2);
+        assert_eq!(out.stats.turns_cut, 2);
+        assert_eq!(out.stats.turns_failed(), 0);
+    }
+
+    #[tokio::test]
+    async fn counts_connection_failures() {
+        // A port that was just free: nothing listens there.
+        let port = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = config(format!("ws://127.0.0.1:{port}/ws"), 3, 2);
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert_eq!(out.stats.connect_failures, 3);
+        assert_eq!(out.stats.sessions_connected, 0);
+        assert_eq!(out.stats.turns_ok, 0);
+    }
+}

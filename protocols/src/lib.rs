@@ -1,0 +1,28 @@
+//! # mangaassist-protocols
+//!
+//! The vocabulary every other MangaAssist crate speaks. Nothing here opens a socket or needs a
+//! tokio runtime; it is types, codecs and traits.
+//!
+//! - [`ids`]: newtype ids (`SessionId`, `TurnId`, `UserId`, `TraceId`), cheap to clone (`Arc<str>`),
+//!   validated on the way in.
+//! - [`frame`]: wire protocol v1. [`frame::ClientFrame`] is decoded from one JSON text frame with
+//!   [`frame::decode_client`]; [`frame::ServerFrame`] encodes to one. Decoding has its own small
+//!   error type, [`frame::FrameError`], whose [`frame::ErrorCode`] is the stable code clients see.
+//! - [`catalog`]: the catalog record (`Series`) shared by the retriever, enrichment and the
+//!   simulated model.
+//! - [`turn`]: the typed payloads that travel between actors during a turn: intents, retrieved
+//!   documents, enrichment facts, the assembled model request, stream events and usage.
+//! - [`metrics`]: typed metric events sent to the metrics-sink (never formatted metric names).
+//! - [`ports`]: the traits a backend implements — [`ports::ModelBackend`], [`ports::Retriever`],
+//!   [`ports::EnrichmentSource`], [`ports::IntentClassifier`], [`ports::TranscriptStore`] — each
+//!   with its own error enum.
+
+pub mod catalog;
+pub mod frame;
+pub mod ids;
+pub mod metrics;
+pub mod ports;
+pub mod turn;
+
+pub use frame::{ClientFrame, ErrorCode, FrameError, PROTOCOL_VERSION, ServerFrame};
+pub use ids::{SessionId, TraceId, TurnId, UserId};

@@ -1,0 +1,124 @@
+//! Port traits: what a backend implements to plug into the pipeline. One trait per external
+//! system, each with its own error enum; the runtime's `backends/` has one file per backend.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+
+use crate::frame::ModelInfo;
+use crate::ids::SessionId;
+use crate::turn::{Classification, Enrichment, ModelRequest, RetrievedDoc, TurnRecord, Usage};
+
+/// An event from a model stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelEvent {
+    /// A piece of answer text.
+    Token(String),
+    /// Final token counts; the stream ends after it.
+    Usage(Usage),
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The provider refused for rate (retry or fall back).
+    #[error("model throttled: {0}")]
+    Throttled(String),
+    /// A deadline passed (first token, chunk gap or total).
+    #[error("model timed out: {0}")]
+    Timeout(String),
+    /// The stream broke or carried something undecodable.
+    #[error("model stream failed: {0}")]
+    Stream(String),
+}
+
+impl ModelError {
+    /// Whether trying again (before any token was sent) can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ModelError::Throttled(_) | ModelError::Timeout(_))
+    }
+}
+
+/// A boxed model stream.
+pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, ModelError>> + Send>>;
+
+/// A streaming chat model.
+pub trait ModelBackend: Send + Sync + 'static {
+    /// Who answers: shown to clients in `welcome`.
+    fn info(&self) -> ModelInfo;
+    /// Opens a stream for one answer. Dropping the stream stops generation.
+    fn stream(&self, request: ModelRequest) -> ModelStream;
+}
+
+/// Why classification failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// The classifier backend failed.
+    #[error("classifier failed: {0}")]
+    Backend(String),
+}
+
+/// Decides the intent of a user message.
+#[async_trait]
+pub trait IntentClassifier: Send + Sync + 'static {
+    /// Classifies one message.
+    async fn classify(&self, text: &str) -> Result<Classification, ClassifyError>;
+}
+
+/// Why a search failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetrievalError {
+    /// The query could not be parsed or run.
+    #[error("search failed: {0}")]
+    Search(String),
+    /// The backend is unreachable.
+    #[error("retrieval backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Searches the catalog.
+#[async_trait]
+pub trait Retriever: Send + Sync + 'static {
+    /// Top `limit` documents for `query`, best first.
+    async fn search(&self, query: &str, limit: usize) -> Result<Vec<RetrievedDoc>, RetrievalError>;
+}
+
+/// Why an enrichment lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrichmentError {
+    /// The source is unreachable or answered badly.
+    #[error("enrichment source failed: {0}")]
+    Source(String),
+}
+
+/// Serves store facts (price, stock) for series.
+#[async_trait]
+pub trait EnrichmentSource: Send + Sync + 'static {
+    /// Facts for each id, in the same order; unknown ids get all-`None` entries.
+    async fn lookup(&self, series_ids: &[String]) -> Result<Vec<Enrichment>, EnrichmentError>;
+
+    /// Series ids the text names outright ("how much is Frieren?"), so their facts can be
+    /// fetched in parallel with retrieval. Must be cheap and must not block; the default finds none.
+    fn mentioned(&self, text: &str) -> Vec<String> {
+        let _ = text;
+        Vec::new()
+    }
+}
+
+/// Why a transcript operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed.
+    #[error("transcript store failed: {0}")]
+    Backend(String),
+}
+
+/// Durable, append-only record of finished turns.
+#[async_trait]
+pub trait TranscriptStore: Send + Sync + 'static {
+    /// Durably appends one turn; returns once it would survive a crash.
+    async fn append(&self, record: TurnRecord) -> Result<(), StoreError>;
+    /// The session's turns, oldest first.
+    async fn load_session(&self, session: &SessionId) -> Result<Vec<TurnRecord>, StoreError>;
+}

@@ -1,0 +1,347 @@
+//! The embedded transcript store: a durable [`TranscriptStore`] in one redb file, with group
+//! commit.
+//!
+//! A turn is not finished until its transcript would survive a crash, so [`append`] returns only
+//! after the write transaction holding it committed with `Durability::Immediate` (an fsync). One
+//! fsync per turn would cap throughput at the disk's sync rate, so a dedicated writer thread owns
+//! all writes: appends queue on a channel, the thread takes everything queued (up to
+//! [`MAX_BATCH`]), writes it in one transaction, commits once and then answers every waiting
+//! append. Under load many turns share one fsync; alone, a turn pays exactly one.
+//!
+//! Reads never go through the writer: redb readers run concurrently with the writer, so
+//! [`load_session`] scans the session's key range on the blocking pool. Keys are
+//! `(session id, turn index)`, so one session's turns are contiguous and come back in order.
+//! Values are the JSON of [`TurnRecord`]. The writer thread ends when the store is dropped.
+//!
+//! [`append`]: EmbeddedTranscriptStore::append
+//! [`load_session`]: EmbeddedTranscriptStore::load_session
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use mangaassist_protocols::ids::SessionId;
+use mangaassist_protocols::ports::{StoreError, TranscriptStore};
+use mangaassist_protocols::turn::TurnRecord;
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use tokio::sync::oneshot;
+
+/// `(session id, turn index)` -> JSON of the [`TurnRecord`].
+const TRANSCRIPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("transcripts");
+
+/// Most appends committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    /// The parent directory could not be created.
+    #[error("cannot create directory {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// redb could not open or create the file (or another handle in this process holds it).
+    #[error("cannot open transcript store {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::DatabaseError,
+    },
+    /// The transcripts table could not be created.
+    #[error("cannot initialise transcript store {}: {source}", path.display())]
+    Init {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the transcript writer thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// One queued append and where to send its outcome.
+struct Job {
+    session: String,
+    index: u32,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Durable transcript store on a redb file with a group-committing writer thread.
+pub struct EmbeddedTranscriptStore {
+    /// Shared with the writer thread and with read tasks; redb allows concurrent readers.
+    db: Arc<Database>,
+    /// Appends to the writer thread; `None` once the store is shutting down.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// The writer thread, joined on drop so the file is closed when the store is gone.
+    writer: Option<JoinHandle<()>>,
+    /// Transactions committed by the writer (each holding one or more appends).
+    commits: Arc<AtomicU64>,
+    /// The database file.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedTranscriptStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedTranscriptStore")
+            .field("path", &self.path)
+            .field("commits", &self.commits())
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Writes one batch in one transaction and commits it durably.
+fn write_batch(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut table = txn.open_table(TRANSCRIPTS)?;
+        for job in batch {
+            table.insert((job.session.as_str(), job.index), job.bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The writer thread: block for one append, sweep up whatever else is queued, commit once,
+/// answer everyone. Returns when every sender is gone.
+fn writer_loop(db: Arc<Database>, jobs: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_batch(&db, &batch).map_err(backend);
+        if outcome.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::error!(error = ?outcome, appends = batch.len(), "transcript commit failed");
+        }
+        for job in batch {
+            // The appender may have given up waiting; nothing to do then.
+            let _ = job.reply.send(outcome.clone());
+        }
+    }
+}
+
+impl EmbeddedTranscriptStore {
+    /// Opens (or creates) the store at `path`, creating parent directories, and starts the
+    /// writer thread. Blocking file IO: call at startup or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<Self, StoreOpenError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreOpenError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| StoreOpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let init = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(TRANSCRIPTS)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|source| StoreOpenError::Init {
+            path: path.to_path_buf(),
+            source,
+        })?;
+
+        let db = Arc::new(db);
+        let commits = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("transcript-writer".to_string())
+            .spawn({
+                let db = Arc::clone(&db);
+                let commits = Arc::clone(&commits);
+                move || writer_loop(db, rx, commits)
+            })
+            .map_err(StoreOpenError::Spawn)?;
+        Ok(Self {
+            db,
+            jobs: Some(tx),
+            writer: Some(writer),
+            commits,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Write transactions committed so far; fewer than appends when group commit batched them.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_session(db: &Database, session: &str) -> Result<Vec<TurnRecord>, StoreError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let table = txn.open_table(TRANSCRIPTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((session, 0u32)..=(session, u32::MAX))
+            .map_err(backend)?
+        {
+            let (_, value) = entry.map_err(backend)?;
+            let record: TurnRecord = serde_json::from_slice(value.value()).map_err(backend)?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EmbeddedTranscriptStore {
+    /// Closes the channel and waits for the writer to finish its last batch, so every append
+    /// that was accepted is answered and the file is closed when the store is gone.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("transcript writer thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl TranscriptStore for EmbeddedTranscriptStore {
+    async fn append(&self, record: TurnRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&record).map_err(backend)?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            session: record.session_id.as_str().to_string(),
+            index: record.index,
+            bytes,
+            reply,
+        };
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("transcript store is closed".to_string()))?;
+        jobs.send(job)
+            .map_err(|_| StoreError::Backend("transcript writer has stopped".to_string()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("transcript writer dropped the append".to_string()))?
+    }
+
+    async fn load_session(&self, session: &SessionId) -> Result<Vec<TurnRecord>, StoreError> {
+        let db = Arc::clone(&self.db);
+        let session = session.clone();
+        tokio::task::spawn_blocking(move || Self::read_session(&db, session.as_str()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("transcript read task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mangaassist_protocols::frame::FinishReason;
+    use mangaassist_protocols::ids::{TurnId, UserId};
+    use mangaassist_protocols::turn::{Intent, Usage};
+
+    use super::*;
+
+    fn record(session: &SessionId, index: u32) -> TurnRecord {
+        TurnRecord {
+            session_id: session.clone(),
+            user_id: UserId::anonymous(),
+            turn_id: TurnId::parse(&format!("t-{index}")).unwrap(),
+            index,
+            user_text: format!("question {index}"),
+            answer_text: format!("answer {index}"),
+            intent: Intent::Search,
+            started_at_ms: 1_700_000_000_000 + u64::from(index),
+            finished_at_ms: 1_700_000_000_500 + u64::from(index),
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: index,
+            },
+            finish_reason: FinishReason::Stop,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_load_in_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/transcripts.redb");
+        let session = SessionId::parse("s-1").unwrap();
+        let other = SessionId::parse("s-10").unwrap();
+        {
+            let store = EmbeddedTranscriptStore::open(&path).unwrap();
+            // Out of order on purpose: the key orders them.
+            for i in [2, 0, 1] {
+                store.append(record(&session, i)).await.unwrap();
+            }
+            store.append(record(&other, 0)).await.unwrap();
+            let got = store.load_session(&session).await.unwrap();
+            assert_eq!(got, (0..3).map(|i| record(&session, i)).collect::<Vec<_>>());
+            assert!(store.commits() >= 1);
+        }
+        let store = EmbeddedTranscriptStore::open(&path).unwrap();
+        let got = store.load_session(&session).await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], record(&session, 2));
+        assert_eq!(store.load_session(&other).await.unwrap().len(), 1);
+        let empty = SessionId::parse("s").unwrap();
+        assert!(store.load_session(&empty).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_group_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedTranscriptStore::open(&dir.path().join("t.redb")).unwrap());
+        let sessions: Vec<SessionId> = (0..5)
+            .map(|i| SessionId::parse(&format!("sess-{i}")).unwrap())
+            .collect();
+        let mut tasks = Vec::new();
+        for n in 0..200u32 {
+            let store = Arc::clone(&store);
+            let session = sessions[(n % 5) as usize].clone();
+            tasks.push(tokio::spawn(async move {
+                store.append(record(&session, n / 5)).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for session in &sessions {
+            let got = store.load_session(session).await.unwrap();
+            let indexes: Vec<u32> = got.iter().map(|r| r.index).collect();
+            assert_eq!(indexes, (0..40).collect::<Vec<_>>());
+        }
+        let commits = store.commits();
+        assert!((1..=200).contains(&commits), "{commits}");
+    }
+
+    #[test]
+    fn dropping_the_store_stops_the_writer_and_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedTranscriptStore::open(&path).unwrap();
+        assert!(EmbeddedTranscriptStore::open(&path).is_err(), "held open");
+        drop(store);
+        assert!(EmbeddedTranscriptStore::open(&path).is_ok());
+    }
+}

@@ -1,0 +1,12 @@
+//! Backends: one file per implementation of a port trait from `mangaassist_protocols::ports`.
+//!
+//! Embedded defaults (no service needed): [`simulated`] model, [`local_classifier`],
+//! [`tantivy`] retriever over the shipped [`catalog`], [`embedded_enrichment`] source, and the
+//! [`embedded_store`] durable transcript store.
+
+pub mod catalog;
+pub mod embedded_enrichment;
+pub mod embedded_store;
+pub mod local_classifier;
+pub mod simulated;
+pub mod tantivy;

@@ -1,0 +1,560 @@
+//! The embedded retriever: a [`Retriever`] over a tantivy BM25 index of the catalog, cached on
+//! disk and keyed by the catalog's fingerprint.
+//!
+//! Startup must not pay for indexing on every boot, and two processes starting at once must not
+//! corrupt each other's index, so [`TantivyRetriever::open_or_build`] looks for
+//! `index_root/catalog-{fingerprint}`: if it is there and holds one document per series it is
+//! reused as is; otherwise the index is built in a private temporary directory beside it and
+//! renamed into place in one step, so a reader only ever sees a complete index. The index is
+//! immutable once built, so the reader never reloads (`ReloadPolicy::Manual`).
+//!
+//! Queries are user chat text, not query syntax: they are parsed leniently (quotes, colons and
+//! stray operators never fail a search), terms are OR-ed, title matches count three times and
+//! author matches twice. Searching is CPU work, so the async path runs it on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mangaassist_protocols::catalog::Series;
+use mangaassist_protocols::ports::{RetrievalError, Retriever};
+use mangaassist_protocols::turn::RetrievedDoc;
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{
+    Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing,
+    TextOptions, Value,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyError};
+
+use super::catalog::catalog_fingerprint;
+
+/// Tokenizer for every text field: lowercasing plus English stemming ("volumes" finds "volume").
+const TOKENIZER: &str = "en_stem";
+
+/// Indexing memory budget; well above tantivy's 15 MB per-thread floor, far below what a catalog
+/// of a hundred thousand records needs to stay in one segment.
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+/// Largest `limit` honoured by a search; retrieval feeds a prompt, not a results page.
+const MAX_LIMIT: usize = 1000;
+
+/// Separator of the stored genres list.
+const GENRE_SEPARATOR: &str = ", ";
+
+/// Why the index could not be opened or built.
+#[derive(Debug, thiserror::Error)]
+pub enum TantivyBackendError {
+    /// A file-system operation on the index directory failed.
+    #[error("index directory {}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// tantivy refused to create, write or open the index.
+    #[error("index {}: {source}", path.display())]
+    Index {
+        /// The index directory.
+        path: PathBuf,
+        /// What tantivy said.
+        source: TantivyError,
+    },
+}
+
+/// The schema's fields, looked up once.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    id: Field,
+    title: Field,
+    author: Field,
+    genres: Field,
+    demographic: Field,
+    synopsis: Field,
+    volumes: Field,
+}
+
+impl Fields {
+    fn schema() -> (Schema, Fields) {
+        let text = TextOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(TOKENIZER)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            )
+            .set_stored();
+        let mut b = Schema::builder();
+        let fields = Fields {
+            id: b.add_text_field("id", STRING | STORED),
+            title: b.add_text_field("title", text.clone()),
+            author: b.add_text_field("author", text.clone()),
+            genres: b.add_text_field("genres", text.clone()),
+            demographic: b.add_text_field("demographic", text.clone()),
+            synopsis: b.add_text_field("synopsis", text),
+            volumes: b.add_u64_field("volumes", STORED),
+        };
+        (b.build(), fields)
+    }
+
+    /// The fields of an index opened from disk; `None` when it was built with another schema.
+    fn of(index: &Index) -> Option<Fields> {
+        let (expected, _) = Fields::schema();
+        let schema = index.schema();
+        if schema != expected {
+            return None;
+        }
+        let f = |name: &str| schema.get_field(name).ok();
+        Some(Fields {
+            id: f("id")?,
+            title: f("title")?,
+            author: f("author")?,
+            genres: f("genres")?,
+            demographic: f("demographic")?,
+            synopsis: f("synopsis")?,
+            volumes: f("volumes")?,
+        })
+    }
+}
+
+/// What a search needs; shared with blocking-pool tasks.
+struct Inner {
+    /// Kept open for the life of the retriever (its directory is mmapped).
+    _index: Index,
+    /// Never reloads: the index is immutable.
+    reader: IndexReader,
+    /// OR of title^3, author^2, genres, demographic, synopsis.
+    parser: QueryParser,
+    fields: Fields,
+    /// `index_root/catalog-{fingerprint}`.
+    dir: PathBuf,
+    /// True when the directory was found on disk rather than built.
+    reused: bool,
+}
+
+/// BM25 retrieval over the catalog with tantivy.
+#[derive(Clone)]
+pub struct TantivyRetriever {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TantivyRetriever {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TantivyRetriever")
+            .field("dir", &self.inner.dir)
+            .field("reused", &self.inner.reused)
+            .field("docs", &self.doc_count())
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TantivyBackendError + '_ {
+    move |source| TantivyBackendError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn index_err(path: &Path) -> impl FnOnce(TantivyError) -> TantivyBackendError + '_ {
+    move |source| TantivyBackendError::Index {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens an existing index directory if it is usable for a catalog of `expected_docs` records.
+fn open_existing(dir: &Path, expected_docs: u64) -> Option<(Index, IndexReader, Fields)> {
+    let index = match Index::open_in_dir(dir) {
+        Ok(index) => index,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cached index unreadable; rebuilding");
+            return None;
+        }
+    };
+    let Some(fields) = Fields::of(&index) else {
+        tracing::warn!(dir = %dir.display(), "cached index has another schema; rebuilding");
+        return None;
+    };
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()
+        .ok()?;
+    let docs = reader.searcher().num_docs();
+    if docs != expected_docs {
+        tracing::warn!(dir = %dir.display(), docs, expected_docs, "cached index incomplete; rebuilding");
+        return None;
+    }
+    Some((index, reader, fields))
+}
+
+/// Writes a complete index of `catalog` into the empty directory `dir`.
+fn build_into(dir: &Path, catalog: &[Series]) -> Result<(), TantivyBackendError> {
+    let (schema, f) = Fields::schema();
+    let index = Index::create_in_dir(dir, schema).map_err(index_err(dir))?;
+    let mut writer: IndexWriter = index
+        .writer_with_num_threads(1, WRITER_MEMORY)
+        .map_err(index_err(dir))?;
+    for s in catalog {
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.id, &s.id);
+        doc.add_text(f.title, &s.title);
+        doc.add_text(f.author, &s.author);
+        doc.add_text(f.genres, s.genres.join(GENRE_SEPARATOR));
+        doc.add_text(f.demographic, &s.demographic);
+        doc.add_text(f.synopsis, &s.synopsis);
+        doc.add_u64(f.volumes, u64::from(s.volumes));
+        writer.add_document(doc).map_err(index_err(dir))?;
+    }
+    writer.commit().map_err(index_err(dir))?;
+    writer.wait_merging_threads().map_err(index_err(dir))?;
+    Ok(())
+}
+
+impl TantivyRetriever {
+    /// Opens the cached index for this catalog under `index_root`, or builds it.
+    ///
+    /// The directory is `index_root/catalog-{fingerprint}`. A cached directory is reused when it
+    /// opens, has the expected schema and holds `catalog.len()` documents; otherwise it is
+    /// replaced. A fresh index is built in a temporary directory beside it and renamed into place,
+    /// so a concurrent opener sees either nothing or a complete index. Blocking (file IO and
+    /// indexing): call it at startup or from `spawn_blocking`.
+    pub fn open_or_build(
+        catalog: &[Series],
+        index_root: &Path,
+    ) -> Result<Self, TantivyBackendError> {
+        let fingerprint = catalog_fingerprint(catalog);
+        let dir = index_root.join(format!("catalog-{fingerprint}"));
+        let expected = catalog.len() as u64;
+
+        if dir.is_dir() {
+            if let Some((index, reader, fields)) = open_existing(&dir, expected) {
+                tracing::info!(dir = %dir.display(), docs = expected, "reusing cached catalog index");
+                return Ok(Self::assemble(index, reader, fields, dir, true));
+            }
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+
+        std::fs::create_dir_all(index_root).map_err(io_err(index_root))?;
+        let tmp = index_root.join(format!(
+            ".catalog-{fingerprint}.tmp-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        let built = build_into(&tmp, catalog);
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process may have won the race and renamed its own complete index first.
+            if !dir.is_dir() {
+                return Err(io_err(&dir)(e));
+            }
+        }
+        tracing::info!(dir = %dir.display(), docs = expected, "built catalog index");
+        let index = Index::open_in_dir(&dir).map_err(index_err(&dir))?;
+        let fields = Fields::of(&index).ok_or_else(|| TantivyBackendError::Index {
+            path: dir.clone(),
+            source: TantivyError::SchemaError("index schema does not match".to_string()),
+        })?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(index_err(&dir))?;
+        Ok(Self::assemble(index, reader, fields, dir, false))
+    }
+
+    fn assemble(
+        index: Index,
+        reader: IndexReader,
+        fields: Fields,
+        dir: PathBuf,
+        reused: bool,
+    ) -> Self {
+        let mut parser = QueryParser::for_index(
+            &index,
+            vec![
+                fields.title,
+                fields.author,
+                fields.genres,
+                fields.demographic,
+                fields.synopsis,
+            ],
+        );
+        // Terms are OR-ed (the parser's default; `set_conjunction_by_default` is not called).
+        parser.set_field_boost(fields.title, 3.0);
+        parser.set_field_boost(fields.author, 2.0);
+        Self {
+            inner: Arc::new(Inner {
+                _index: index,
+                reader,
+                parser,
+                fields,
+                dir,
+                reused,
+            }),
+        }
+    }
+
+    /// Documents in the index (one per series).
+    pub fn doc_count(&self) -> u64 {
+        self.inner.reader.searcher().num_docs()
+    }
+
+    /// The index directory in use (`index_root/catalog-{fingerprint}`).
+    pub fn index_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// True when the index was found on disk, false when this call built it.
+    pub fn reused_cache(&self) -> bool {
+        self.inner.reused
+    }
+
+    /// Searches synchronously on the calling thread (benches and blocking contexts only).
+    pub fn search_blocking(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<RetrievedDoc>, RetrievalError> {
+        self.inner.search(query, limit)
+    }
+}
+
+impl Inner {
+    fn search(&self, query: &str, limit: usize) -> Result<Vec<RetrievedDoc>, RetrievalError> {
+        let limit = limit.min(MAX_LIMIT);
+        if limit == 0 || query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let (parsed, errors) = self.parser.parse_query_lenient(query);
+        if !errors.is_empty() {
+            tracing::debug!(?errors, "lenient query parse skipped parts of the query");
+        }
+        let searcher = self.reader.searcher();
+        let hits = searcher
+            .search(&parsed, &TopDocs::with_limit(limit).order_by_score())
+            .map_err(|e| RetrievalError::Search(e.to_string()))?;
+        let f = &self.fields;
+        let mut docs = Vec::with_capacity(hits.len());
+        for (score, address) in hits {
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|e| RetrievalError::Search(e.to_string()))?;
+            let text = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let genres = text(f.genres);
+            docs.push(RetrievedDoc {
+                series_id: text(f.id),
+                title: text(f.title),
+                author: text(f.author),
+                genres: genres
+                    .split(GENRE_SEPARATOR)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                demographic: text(f.demographic),
+                volumes: doc
+                    .get_first(f.volumes)
+                    .and_then(|v| v.as_u64())
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0),
+                synopsis: text(f.synopsis),
+                score,
+            });
+        }
+        Ok(docs)
+    }
+}
+
+#[async_trait]
+impl Retriever for TantivyRetriever {
+    async fn search(&self, query: &str, limit: usize) -> Result<Vec<RetrievedDoc>, RetrievalError> {
+        let inner = Arc::clone(&self.inner);
+        let query = query.to_string();
+        tokio::task::spawn_blocking(move || inner.search(&query, limit))
+            .await
+            .map_err(|e| RetrievalError::Search(format!("search task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(id: &str, title: &str, author: &str, genres: &[&str], synopsis: &str) -> Series {
+        Series {
+            id: id.to_string(),
+            title: title.to_string(),
+            author: author.to_string(),
+            genres: genres.iter().map(|g| g.to_string()).collect(),
+            demographic: "shonen".to_string(),
+            volumes: 10,
+            status: "ongoing".to_string(),
+            year: 2000,
+            synopsis: synopsis.to_string(),
+            price_jpy: 528,
+            stock: 3,
+        }
+    }
+
+    fn catalog() -> Vec<Series> {
+        vec![
+            series(
+                "one-piece",
+                "One Piece",
+                "Eiichiro Oda",
+                &["adventure", "action", "comedy"],
+                "A rubber-bodied boy sails the seas in search of the legendary treasure.",
+            ),
+            series(
+                "uzumaki",
+                "Uzumaki",
+                "Junji Ito",
+                &["horror", "supernatural"],
+                "A small town is cursed by spirals that twist its people.",
+            ),
+            series(
+                "tomie",
+                "Tomie",
+                "Junji Ito",
+                &["horror", "psychological"],
+                "A girl who cannot die drives every man who meets her to murder.",
+            ),
+            series(
+                "frieren",
+                "Frieren: Beyond Journey's End",
+                "Kanehito Yamada & Tsukasa Abe",
+                &["fantasy", "adventure", "drama"],
+                "An elf mage outlives her party and sets out to understand humans.",
+            ),
+            series(
+                "blue-period",
+                "Blue Period",
+                "Tsubasa Yamaguchi",
+                &["drama", "school"],
+                "A bored student discovers painting and aims for the hardest art school in Japan.",
+            ),
+        ]
+    }
+
+    #[test]
+    fn ranks_title_author_and_genre_queries() {
+        let root = tempfile::tempdir().unwrap();
+        let r = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        assert_eq!(r.doc_count(), 5);
+        assert!(!r.reused_cache());
+
+        let hits = r.search_blocking("one piece", 3).unwrap();
+        assert_eq!(hits[0].series_id, "one-piece");
+        assert_eq!(hits[0].title, "One Piece");
+        assert_eq!(hits[0].author, "Eiichiro Oda");
+        assert_eq!(hits[0].genres, vec!["adventure", "action", "comedy"]);
+        assert_eq!(hits[0].volumes, 10);
+        assert!(hits[0].score > 0.0);
+
+        let hits = r.search_blocking("anything by Junji Ito?", 5).unwrap();
+        let ids: Vec<&str> = hits.iter().take(2).map(|d| d.series_id.as_str()).collect();
+        assert!(
+            ids.contains(&"uzumaki") && ids.contains(&"tomie"),
+            "{hits:?}"
+        );
+
+        let hits = r.search_blocking("horror", 5).unwrap();
+        let ids: Vec<&str> = hits.iter().map(|d| d.series_id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.contains(&"uzumaki") && ids.contains(&"tomie"));
+
+        // Stemming: "paintings" finds "painting".
+        let hits = r.search_blocking("paintings", 5).unwrap();
+        assert_eq!(hits[0].series_id, "blue-period");
+
+        let hits = r.search_blocking("frieren", 1).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].series_id, "frieren");
+    }
+
+    #[test]
+    fn gibberish_and_syntax_never_error() {
+        let root = tempfile::tempdir().unwrap();
+        let r = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        assert!(r.search_blocking("zxqvbnm wqrtplk", 5).unwrap().is_empty());
+        assert!(r.search_blocking("", 5).unwrap().is_empty());
+        assert!(r.search_blocking("one piece", 0).unwrap().is_empty());
+        for q in [
+            r#"one "piece: vol 3"#,
+            "title:",
+            "AND OR NOT",
+            "((( [ } ^2 ~ * -",
+            "synopsis:\"unterminated",
+            "¥528?? 値段",
+        ] {
+            assert!(r.search_blocking(q, 5).is_ok(), "{q}");
+        }
+        let hits = r.search_blocking(r#"one "piece: vol 3"#, 5).unwrap();
+        assert_eq!(
+            hits.first().map(|d| d.series_id.as_str()),
+            Some("one-piece")
+        );
+    }
+
+    #[test]
+    fn reopening_reuses_the_cached_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let first = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        let dir = first.index_dir().to_path_buf();
+        assert_eq!(
+            dir,
+            root.path()
+                .join(format!("catalog-{}", catalog_fingerprint(&catalog())))
+        );
+        let marker = dir.join("marker");
+        std::fs::write(&marker, b"kept").unwrap();
+        drop(first);
+
+        let second = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        assert!(second.reused_cache());
+        assert_eq!(second.index_dir(), dir);
+        assert!(marker.exists(), "a reused index is not rebuilt");
+        assert_eq!(second.doc_count(), 5);
+        // Nothing left behind but the index itself.
+        let entries: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+
+        // A different catalog gets its own directory.
+        let smaller = &catalog()[..3];
+        let third = TantivyRetriever::open_or_build(smaller, root.path()).unwrap();
+        assert!(!third.reused_cache());
+        assert_ne!(third.index_dir(), dir);
+        assert_eq!(third.doc_count(), 3);
+    }
+
+    #[test]
+    fn an_incomplete_cached_directory_is_rebuilt() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root
+            .path()
+            .join(format!("catalog-{}", catalog_fingerprint(&catalog())));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("garbage"), b"not an index").unwrap();
+        let r = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        assert!(!r.reused_cache());
+        assert_eq!(r.doc_count(), 5);
+        assert!(!dir.join("garbage").exists());
+    }
+
+    #[tokio::test]
+    async fn async_search_runs_on_the_blocking_pool() {
+        let root = tempfile::tempdir().unwrap();
+        let r = TantivyRetriever::open_or_build(&catalog(), root.path()).unwrap();
+        let hits = Retriever::search(&r, "Uzumaki spirals", 2).await.unwrap();
+        assert_eq!(hits[0].series_id, "uzumaki");
+    }
+}

@@ -1,0 +1,412 @@
+//! One client connection, transport-independent: the frame dispatcher ([`Connection`]) and the
+//! socket writer's loop ([`write_loop`]).
+//!
+//! The reader side of each transport yields whole text frames (or "too large"); the connection
+//! decodes them into [`ClientFrame`]s, binds a session on `hello`, and turns everything else into
+//! typed session messages. A bad frame costs one `error` frame, nothing more.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
+use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionLease, SessionMsg};
+use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
+use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
+use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Transport};
+use mangaassist_protocols::{
+    ClientFrame, PROTOCOL_VERSION, ServerFrame, SessionId, TurnId, UserId,
+};
+use ractor::rpc::CallResult;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::FrontState;
+
+/// How long the front waits for a session actor to accept a message.
+const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session bound to this connection.
+struct Bound {
+    /// Where the session actor lives (updated if it is restarted).
+    actor: WorkerSlot<SessionMsg>,
+    /// Held while the connection lives, so no other connection drives the session.
+    _lease: SessionLease,
+}
+
+/// The transport-independent half of a connection.
+pub struct Connection {
+    state: FrontState,
+    outbound: Outbound,
+    transport: Transport,
+    session: Option<Bound>,
+}
+
+/// Counts connections for log ids.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl Connection {
+    /// A new connection with its outbound queue; the caller runs [`write_loop`] on the receiver.
+    pub fn open(state: FrontState, transport: Transport) -> (Self, mpsc::Receiver<OutFrame>) {
+        let (outbound, rx) = Outbound::channel(
+            state.limits.outbound_queue,
+            state.limits.slow_client_timeout,
+        );
+        state.pipeline.metrics.emit(MetricEvent::Connection {
+            transport,
+            opened: true,
+        });
+        let conn = Self {
+            state,
+            outbound,
+            transport,
+            session: None,
+        };
+        tracing::debug!(
+            conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            transport = transport.as_str(),
+            "connection opened"
+        );
+        (conn, rx)
+    }
+
+    /// The connection's outbound queue.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
+    /// Handles one text frame read at `received_at`.
+    pub async fn on_text(&mut self, text: &str, received_at: Instant) {
+        match decode_client(text, self.state.limits.max_frame_bytes) {
+            Ok(frame) => self.on_frame(frame, received_at).await,
+            Err(e) => self.reject(&e).await,
+        }
+    }
+
+    /// A frame was larger than the limit (the transport stopped reading it at `len` bytes).
+    pub async fn on_too_large(&mut self, len: usize) {
+        let e = FrameError::TooLarge {
+            len,
+            max: self.state.limits.max_frame_bytes,
+        };
+        self.reject(&e).await;
+    }
+
+    /// A frame the transport cannot carry as text (a binary WebSocket message).
+    pub async fn on_binary(&mut self) {
+        self.send_error(
+            None,
+            ErrorCode::BadRequest,
+            "binary frames are not supported; send JSON text frames",
+        )
+        .await;
+    }
+
+    async fn reject(&mut self, e: &FrameError) {
+        self.state
+            .pipeline
+            .metrics
+            .emit(MetricEvent::ErrorSent { code: e.code() });
+        let _ = self.outbound.send(&e.to_server_frame(), Mark::Plain).await;
+    }
+
+    async fn send_error(
+        &self,
+        turn_id: Option<TurnId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.state
+            .pipeline
+            .metrics
+            .emit(MetricEvent::ErrorSent { code });
+        let frame = ServerFrame::error(turn_id, None, code, message);
+        let _ = self.outbound.send(&frame, Mark::Plain).await;
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame, received_at: Instant) {
+        match frame {
+            ClientFrame::Ping => {
+                let _ = self.outbound.send(&ServerFrame::Pong, Mark::Plain).await;
+            }
+            ClientFrame::Hello(hello) => self.on_hello(hello).await,
+            ClientFrame::UserMessage(message) => self.on_user_message(message, received_at).await,
+            ClientFrame::Cancel { turn_id } => self.on_cancel(turn_id).await,
+        }
+    }
+
+    async fn on_hello(&mut self, hello: Hello) {
+        if self.session.is_some() {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::HelloRequired,
+                    "this connection already said hello",
+                )
+                .await;
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::UnsupportedProtocol,
+                    format!(
+                        "protocol {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                        hello.protocol
+                    ),
+                )
+                .await;
+        }
+        let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
+        let Some(lease) = self.state.registry.claim(&session_id) else {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::SessionInUse,
+                    format!("session `{session_id}` is open on another connection"),
+                )
+                .await;
+        };
+        let slot = WorkerSlot::empty();
+        let args = SessionArgs {
+            session_id: session_id.clone(),
+            user_id: hello.user_id.unwrap_or_else(UserId::anonymous),
+            pipeline: self.state.pipeline.clone(),
+            outbound: self.outbound.clone(),
+        };
+        let spec = ChildSpec::new(
+            ActorKind::Session,
+            Restart::Transient,
+            || SessionActor,
+            args,
+            slot.clone(),
+        );
+        let started = self
+            .state
+            .sessions
+            .call(
+                |reply| SupervisorMsg::StartChild(spec, reply),
+                Some(SESSION_CALL_TIMEOUT),
+            )
+            .await;
+        if !matches!(started, Ok(CallResult::Success(Ok(_)))) {
+            tracing::warn!(session = %session_id, "could not start session actor");
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::Unavailable,
+                    "could not open the session; try again",
+                )
+                .await;
+        }
+        let Ok(resumed_turns) = slot.call(SESSION_CALL_TIMEOUT, SessionMsg::Attach).await else {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::Unavailable,
+                    "the session did not start; try again",
+                )
+                .await;
+        };
+        self.session = Some(Bound {
+            actor: slot,
+            _lease: lease,
+        });
+        let welcome = ServerFrame::Welcome {
+            session_id,
+            protocol: PROTOCOL_VERSION,
+            model: self.state.model.clone(),
+            resumed_turns,
+        };
+        let _ = self.outbound.send(&welcome, Mark::Plain).await;
+    }
+
+    async fn on_user_message(&mut self, message: UserMessage, received_at: Instant) {
+        let turn_id = message.turn_id.clone();
+        let Some(session) = &self.session else {
+            return self
+                .send_error(
+                    Some(turn_id),
+                    ErrorCode::HelloRequired,
+                    "send `hello` before `user_message`",
+                )
+                .await;
+        };
+        let result = session
+            .actor
+            .call(SESSION_CALL_TIMEOUT, |reply| SessionMsg::UserMessage {
+                message,
+                received_at,
+                reply,
+            })
+            .await;
+        self.answer_refusal(turn_id, result).await;
+    }
+
+    async fn on_cancel(&mut self, turn_id: TurnId) {
+        let Some(session) = &self.session else {
+            return self
+                .send_error(
+                    Some(turn_id),
+                    ErrorCode::HelloRequired,
+                    "send `hello` before `cancel`",
+                )
+                .await;
+        };
+        let id = turn_id.clone();
+        let result = session
+            .actor
+            .call(SESSION_CALL_TIMEOUT, |reply| SessionMsg::Cancel {
+                turn_id: id,
+                reply,
+            })
+            .await;
+        self.answer_refusal(turn_id, result).await;
+    }
+
+    async fn answer_refusal(
+        &self,
+        turn_id: TurnId,
+        result: Result<Result<(), Refusal>, CallError>,
+    ) {
+        let (code, message) = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(refusal)) => (refusal.code, refusal.message),
+            Err(CallError::Timeout) => (
+                ErrorCode::Timeout,
+                "the session did not answer in time".into(),
+            ),
+            Err(CallError::Unavailable) => (
+                ErrorCode::Unavailable,
+                "the session is restarting; try again".into(),
+            ),
+            Err(CallError::Failed) => (
+                ErrorCode::Internal,
+                "the session failed handling this message and has been restarted; try again".into(),
+            ),
+        };
+        self.send_error(Some(turn_id), code, message).await;
+    }
+
+    fn session_actor(&self) -> Option<ractor::ActorRef<SessionMsg>> {
+        self.session.as_ref().and_then(|b| b.actor.get())
+    }
+
+    /// The client went away or the server is closing: stop the session and account for it.
+    pub async fn close(self) {
+        if let Some(actor) = self.session_actor() {
+            let _ = actor.send_message(SessionMsg::Close);
+        }
+        self.outbound.closing().cancel();
+        self.state.pipeline.metrics.emit(MetricEvent::Connection {
+            transport: self.transport,
+            opened: false,
+        });
+    }
+}
+
+/// Why the server ended a connection, as an error frame (sent best-effort before closing).
+pub fn close_frame(reason: CloseReason) -> ServerFrame {
+    match reason {
+        CloseReason::SlowConsumer => ServerFrame::error(
+            None,
+            None,
+            ErrorCode::SlowConsumer,
+            "the client did not read its frames fast enough; closing",
+        ),
+        CloseReason::ServerShutdown => ServerFrame::error(
+            None,
+            None,
+            ErrorCode::ServerShutdown,
+            "the server is shutting down",
+        ),
+    }
+}
+
+/// Times frames as they are written: TTFT from `turn_started`'s clock to the first token frame,
+/// and the gap between consecutive token frames of the turn.
+#[derive(Debug, Default)]
+pub struct WriteTimer {
+    received_at: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl WriteTimer {
+    /// Records that a frame with `mark` finished writing at `now`.
+    pub fn written(&mut self, mark: Mark, now: Instant, state: &FrontState) {
+        match mark {
+            Mark::Plain => {}
+            Mark::TurnStart { received_at } => {
+                self.received_at = Some(received_at);
+                self.last_token = None;
+            }
+            Mark::Token => {
+                let ev = match self.last_token {
+                    Some(prev) => MetricEvent::ChunkGap {
+                        gap_us: micros(now.duration_since(prev)),
+                    },
+                    None => MetricEvent::FirstToken {
+                        ttft_us: micros(now.duration_since(self.received_at.unwrap_or(now))),
+                    },
+                };
+                self.last_token = Some(now);
+                state.pipeline.metrics.emit(ev);
+            }
+            Mark::TurnEnd => {
+                self.received_at = None;
+                self.last_token = None;
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Writes queued frames with `write` (which queues without flushing) and `flush`, batching what
+/// is already queued into one flush, and times them as they leave. Returns when the queue closes,
+/// a write fails, or the connection is closing.
+pub async fn write_loop<W, F>(
+    rx: &mut mpsc::Receiver<OutFrame>,
+    outbound: &Outbound,
+    state: &FrontState,
+    mut sink: W,
+) -> Result<W, ()>
+where
+    W: FrameSink<F>,
+{
+    let mut timer = WriteTimer::default();
+    let mut marks: Vec<Mark> = Vec::with_capacity(16);
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => f,
+            () = outbound.closing().cancelled() => return Ok(sink),
+        };
+        let Some(first) = first else { return Ok(sink) };
+        marks.clear();
+        marks.push(first.mark);
+        sink.feed(first.text).await.map_err(|_| ())?;
+        while marks.len() < 64 {
+            match rx.try_recv() {
+                Ok(f) => {
+                    marks.push(f.mark);
+                    sink.feed(f.text).await.map_err(|_| ())?;
+                }
+                Err(_) => break,
+            }
+        }
+        sink.flush().await.map_err(|_| ())?;
+        let now = Instant::now();
+        for m in &marks {
+            timer.written(*m, now, state);
+        }
+    }
+}
+
+/// A transport's write half, as [`write_loop`] drives it.
+pub trait FrameSink<F>: Send {
+    /// Queues one encoded frame without flushing.
+    fn feed(&mut self, text: String) -> impl std::future::Future<Output = Result<(), F>> + Send;
+    /// Flushes what was fed.
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), F>> + Send;
+}

@@ -1,0 +1,87 @@
+//! The HTTP listener: `GET /ws`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mangaassist_actors::metrics_sink::MetricsMsg;
+use ractor::rpc::CallResult;
+
+use super::{FrontState, ws};
+
+/// The router of the HTTP listener.
+pub fn router(state: FrontState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<FrontState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming up\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<FrontState>) -> Response {
+    let Some(sink) = state.pipeline.metrics.slot().get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics-sink is restarting\n",
+        )
+            .into_response();
+    };
+    let mut body = match sink
+        .call(MetricsMsg::Render, Some(Duration::from_secs(2)))
+        .await
+    {
+        Ok(CallResult::Success(text)) => text,
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics-sink did not answer\n",
+            )
+                .into_response();
+        }
+    };
+    let _ = writeln!(
+        body,
+        "# HELP sessions_open Sessions bound to a connection on this process.\n# TYPE sessions_open gauge\nsessions_open {}",
+        state.registry.len()
+    );
+    if let Some(rss) = resident_memory_bytes() {
+        let _ = writeln!(
+            body,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux only).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

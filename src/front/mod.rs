@@ -1,0 +1,57 @@
+//! The fronts: bytes in, frames out.
+//!
+//! - [`http`]: one axum listener with `GET /ws` (upgrades into [`ws`]), `GET /metrics`,
+//!   `GET /healthz`, `GET /readyz`.
+//! - [`tcp`]: the raw TCP listener, one JSON frame per line.
+//! - [`conn`]: what both share once bytes are frames: decoding, the session binding, error
+//!   frames, and the socket writer's timing of token frames (TTFT and chunk gaps are measured
+//!   where frames are written, not where they are produced).
+
+pub mod conn;
+pub mod http;
+pub mod tcp;
+pub mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use mangaassist_actors::session::SessionRegistry;
+use mangaassist_actors::supervisor::SupervisorMsg;
+use mangaassist_actors::turn::Pipeline;
+use mangaassist_protocols::frame::ModelInfo;
+use ractor::ActorRef;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Limits every connection obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontLimits {
+    /// Largest client frame.
+    pub max_frame_bytes: usize,
+    /// Outbound queue per connection.
+    pub outbound_queue: usize,
+    /// Slow-client timeout.
+    pub slow_client_timeout: Duration,
+}
+
+/// What the fronts need from the runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct FrontState {
+    /// The shared pipeline sessions run turns on.
+    pub pipeline: Pipeline,
+    /// Supervisor that owns session actors.
+    pub sessions: ActorRef<SupervisorMsg>,
+    /// Sessions open on this process.
+    pub registry: Arc<SessionRegistry>,
+    /// Connection limits.
+    pub limits: FrontLimits,
+    /// Shown in `welcome`.
+    pub model: ModelInfo,
+    /// True once warm; `/readyz` reports it.
+    pub ready: Arc<AtomicBool>,
+    /// Cancelled when the runtime shuts down.
+    pub shutdown: CancellationToken,
+    /// Owner of connection tasks.
+    pub tasks: TaskTracker,
+}

@@ -1,0 +1,18 @@
+//! # mangaassist
+//!
+//! The MangaAssist runtime: streaming RAG chat on supervised actors.
+//!
+//! - [`config`]: TOML settings, parsed raw then validated into [`config::Config`].
+//! - [`backends`]: one file per port implementation (simulated model, local classifier, tantivy,
+//!   embedded enrichment, embedded transcript store) and the catalog loader.
+//! - [`runtime`]: builds the backends, starts the supervision tree and the fronts; the entry point
+//!   for embedding ([`runtime::Runtime::start`]).
+//! - [`front`]: the HTTP listener (`/ws`, `/metrics`, `/healthz`, `/readyz`) and the raw TCP
+//!   listener; both turn bytes into frames, frames into typed session messages.
+//! - [`chat`]: the terminal client behind `mangaassist chat`.
+
+pub mod backends;
+pub mod chat;
+pub mod config;
+pub mod front;
+pub mod runtime;

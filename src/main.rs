@@ -1,0 +1,167 @@
+//! The `mangaassist` command: `serve`, `chat`, `catalog synth`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mangaassist::config::Config;
+use mangaassist::runtime::Runtime;
+
+/// MangaAssist: a streaming RAG chat runtime for a manga store's shopping assistant.
+///
+/// Runs the whole pipeline on one machine with no external service: a simulated model, a local
+/// intent classifier, a tantivy index over the built-in catalog, an embedded enrichment source
+/// and an embedded durable transcript store.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: WebSocket and /metrics on --listen, newline-delimited JSON on --tcp-listen.
+    Serve {
+        /// TOML config file (see mangaassist.example.toml and docs/config.md); defaults if absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// HTTP listener (overrides server.listen), e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// TCP listener (overrides server.tcp_listen), e.g. 127.0.0.1:8081.
+        #[arg(long)]
+        tcp_listen: Option<SocketAddr>,
+    },
+    /// Chat in the terminal with a running server; each line you type is one message.
+    Chat {
+        /// WebSocket URL of the server.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// Resume this session id instead of starting a new one.
+        #[arg(long)]
+        session: Option<String>,
+        /// Send these messages (repeatable) and exit instead of reading stdin.
+        #[arg(long = "message", short = 'm')]
+        messages: Vec<String>,
+    },
+    /// Catalog tools.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Write a synthetic catalog (JSON Lines) for load tests and ingest, deterministic per seed.
+    Synth {
+        /// Number of series.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Output file ("-" for stdout).
+        #[arg(long)]
+        out: PathBuf,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            tcp_listen,
+        } => {
+            init_logging();
+            let mut cfg = Config::load(config.as_deref())?;
+            if let Some(a) = listen {
+                cfg.listen = a;
+            }
+            if let Some(a) = tcp_listen {
+                cfg.tcp_listen = a;
+            }
+            if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+                tracing::warn!(error = %e, "could not raise the open-file limit");
+            }
+            let runtime = Runtime::start(cfg).await?;
+            eprintln!(
+                "mangaassist serving: ws://{}/ws  tcp://{}  metrics http://{}/metrics  (model: {}{})",
+                runtime.http_addr,
+                runtime.tcp_addr,
+                runtime.http_addr,
+                runtime.model.model_id,
+                if runtime.model.simulated {
+                    ", simulated"
+                } else {
+                    ""
+                }
+            );
+            eprintln!("chat with it: cargo run --release -- chat   (Ctrl-C to stop the server)");
+            shutdown_signal().await;
+            eprintln!("shutting down");
+            runtime.shutdown().await;
+            Ok(())
+        }
+        Command::Chat {
+            url,
+            session,
+            messages,
+        } => mangaassist::chat::run(&url, session, messages)
+            .await
+            .with_context(|| format!("chat with {url}")),
+        Command::Catalog {
+            command: CatalogCommand::Synth { count, out, seed },
+        } => {
+            use mangaassist::backends::catalog::{synthesize, write_jsonl};
+            let series = synthesize(count, seed);
+            let written = if out.as_os_str() == "-" {
+                write_jsonl(
+                    series,
+                    &mut std::io::BufWriter::new(std::io::stdout().lock()),
+                )?
+            } else {
+                let file = std::fs::File::create(&out)
+                    .with_context(|| format!("create {}", out.display()))?;
+                write_jsonl(series, &mut std::io::BufWriter::new(file))?
+            };
+            eprintln!("wrote {written} synthetic series");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

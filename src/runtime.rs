@@ -1,0 +1,342 @@
+//! The runtime: builds the embedded backends, starts the supervision tree, binds the fronts.
+//!
+//! ```text
+//! workers supervisor (permanent children, restart intensity 50 / 10 s)
+//!   ├─ metrics-sink      (first, so every other start can be counted)
+//!   ├─ classifier ─ retriever ─ enricher ─ generator
+//! sessions supervisor (transient children: one session actor per connection)
+//!   └─ session ─┬─ chunk-forwarder (temporary, one per stream)
+//! fronts: HTTP (/ws, /metrics, /healthz, /readyz) and TCP, connection tasks owned by a TaskTracker
+//! ```
+//!
+//! [`Runtime::start`] returns once everything is warm (index open, workers running, listeners
+//! bound) and `/readyz` answers 200. [`Runtime::shutdown`] stops accepting, closes connections
+//! with `server_shutdown`, then stops sessions and workers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use mangaassist_actors::chaos::Chaos;
+use mangaassist_actors::classifier::{ClassifierActor, ClassifierArgs};
+use mangaassist_actors::enricher::{EnricherActor, EnricherArgs};
+use mangaassist_actors::generator::{GeneratorActor, GeneratorArgs};
+use mangaassist_actors::metrics_sink::{MetricsHandle, MetricsSink, MetricsSinkArgs};
+use mangaassist_actors::retriever::{RetrieverActor, RetrieverArgs};
+use mangaassist_actors::session::SessionRegistry;
+use mangaassist_actors::supervisor::{
+    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, WorkerSlot,
+};
+use mangaassist_actors::turn::Pipeline;
+use mangaassist_protocols::catalog::{Series, parse_jsonl};
+use mangaassist_protocols::frame::ModelInfo;
+use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::ports::{ModelBackend, TranscriptStore};
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backends::catalog::load_catalog;
+use crate::backends::embedded_enrichment::EmbeddedEnrichment;
+use crate::backends::embedded_store::EmbeddedTranscriptStore;
+use crate::backends::local_classifier::LocalClassifier;
+use crate::backends::simulated::SimulatedModel;
+use crate::backends::tantivy::TantivyRetriever;
+use crate::config::Config;
+use crate::front::{FrontLimits, FrontState, http, tcp};
+
+/// The catalog shipped in `data/catalog.jsonl`, built into the binary so `serve` runs anywhere.
+pub const BUILTIN_CATALOG: &str = include_str!("../data/catalog.jsonl");
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The catalog could not be read or parsed.
+    #[error("catalog: {0}")]
+    Catalog(String),
+    /// The search index could not be opened or built.
+    #[error("search index under {dir}: {message}")]
+    Index {
+        /// Index root.
+        dir: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The transcript database could not be opened.
+    #[error("transcript store {path}: {message}")]
+    Store {
+        /// Database file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// An actor could not be spawned.
+    #[error("actor system: {0}")]
+    Actors(String),
+}
+
+/// A running runtime.
+pub struct Runtime {
+    /// Where the HTTP listener is bound (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// Where the TCP listener is bound.
+    pub tcp_addr: SocketAddr,
+    /// Mailbox chaos, for tests and (later) the admin routes.
+    pub chaos: Arc<Chaos>,
+    /// The shared pipeline.
+    pub pipeline: Pipeline,
+    /// Sessions open now.
+    pub registry: Arc<SessionRegistry>,
+    /// Who answers.
+    pub model: ModelInfo,
+    workers: ActorRef<SupervisorMsg>,
+    sessions: ActorRef<SupervisorMsg>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn actors_err(e: impl std::fmt::Display) -> StartError {
+    StartError::Actors(e.to_string())
+}
+
+impl Runtime {
+    /// Builds everything from `config` and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let catalog: Vec<Series> = match &config.catalog {
+            Some(path) => load_catalog(path).map_err(|e| StartError::Catalog(e.to_string()))?,
+            None => parse_jsonl(BUILTIN_CATALOG).map_err(|e| StartError::Catalog(e.to_string()))?,
+        };
+        let catalog = Arc::new(catalog);
+
+        // Backends. The index is opened (or built and cached) before readiness.
+        let index_root = config.data_dir.join("index");
+        let retriever = {
+            let catalog = catalog.clone();
+            let root = index_root.clone();
+            tokio::task::spawn_blocking(move || TantivyRetriever::open_or_build(&catalog, &root))
+                .await
+                .map_err(actors_err)?
+                .map_err(|e| StartError::Index {
+                    dir: index_root.clone(),
+                    message: e.to_string(),
+                })?
+        };
+        let store_path = config.data_dir.join("transcripts.redb");
+        let transcripts: Arc<dyn TranscriptStore> =
+            Arc::new(EmbeddedTranscriptStore::open(&store_path).map_err(|e| {
+                StartError::Store {
+                    path: store_path.clone(),
+                    message: e.to_string(),
+                }
+            })?);
+        let enrichment = Arc::new(EmbeddedEnrichment::new(&catalog, config.enrichment_latency));
+        let model: Arc<dyn ModelBackend> = Arc::new(SimulatedModel::new(config.model));
+        let model_info = model.info();
+        let classifier = Arc::new(LocalClassifier::new());
+
+        // Workers, under one supervisor with an explicit restart policy.
+        let chaos = Chaos::new();
+        let metrics_slot = WorkerSlot::empty();
+        let metrics = MetricsHandle::new(metrics_slot.clone(), config.metrics_queue);
+        let classifier_slot = WorkerSlot::empty();
+        let retriever_slot = WorkerSlot::empty();
+        let enricher_slot = WorkerSlot::empty();
+        let generator_slot = WorkerSlot::empty();
+        let children = vec![
+            ChildSpec::new(
+                ActorKind::MetricsSink,
+                Restart::Permanent,
+                || MetricsSink,
+                MetricsSinkArgs {
+                    handle: metrics.clone(),
+                    chaos: chaos.clone(),
+                },
+                metrics_slot,
+            ),
+            ChildSpec::new(
+                ActorKind::Classifier,
+                Restart::Permanent,
+                || ClassifierActor,
+                ClassifierArgs {
+                    backend: classifier,
+                    chaos: chaos.clone(),
+                },
+                classifier_slot.clone(),
+            ),
+            ChildSpec::new(
+                ActorKind::Retriever,
+                Restart::Permanent,
+                || RetrieverActor,
+                RetrieverArgs {
+                    backend: Arc::new(retriever),
+                    chaos: chaos.clone(),
+                },
+                retriever_slot.clone(),
+            ),
+            ChildSpec::new(
+                ActorKind::Enricher,
+                Restart::Permanent,
+                || EnricherActor,
+                EnricherArgs {
+                    source: enrichment,
+                    chaos: chaos.clone(),
+                },
+                enricher_slot.clone(),
+            ),
+            ChildSpec::new(
+                ActorKind::Generator,
+                Restart::Permanent,
+                || GeneratorActor,
+                GeneratorArgs {
+                    backend: model,
+                    chaos: chaos.clone(),
+                },
+                generator_slot.clone(),
+            ),
+        ];
+        let (workers, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                name: "workers",
+                children,
+                intensity: RestartIntensity::default(),
+                metrics: Some(metrics.clone()),
+            },
+        )
+        .await
+        .map_err(actors_err)?;
+        let (sessions, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                name: "sessions",
+                children: Vec::new(),
+                intensity: RestartIntensity {
+                    max_restarts: 1_000,
+                    within: Duration::from_secs(10),
+                },
+                metrics: Some(metrics.clone()),
+            },
+        )
+        .await
+        .map_err(actors_err)?;
+
+        let pipeline = Pipeline {
+            classifier: classifier_slot,
+            retriever: retriever_slot,
+            enricher: enricher_slot,
+            generator: generator_slot,
+            metrics,
+            transcripts,
+            chaos: chaos.clone(),
+            settings: Arc::new(config.turn.clone()),
+        };
+
+        // Fronts.
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let http_listener = bind(config.listen).await?;
+        let tcp_listener = bind(config.tcp_listen).await?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let tcp_addr = tcp_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.tcp_listen,
+                source,
+            })?;
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let registry = SessionRegistry::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let front = FrontState {
+            pipeline: pipeline.clone(),
+            sessions: sessions.clone(),
+            registry: registry.clone(),
+            limits: FrontLimits {
+                max_frame_bytes: config.max_frame_bytes,
+                outbound_queue: config.outbound_queue,
+                slow_client_timeout: config.slow_client_timeout,
+            },
+            model: model_info.clone(),
+            ready: ready.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let app = http::router(front.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            // Token frames are small and latency-bound: no Nagle delay on any connection.
+            let listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+        tasks.spawn(tcp::serve(tcp_listener, front));
+
+        ready.store(true, Ordering::Release);
+        tracing::info!(%http_addr, %tcp_addr, model = %model_info.model_id, simulated = model_info.simulated, series = catalog.len(), "ready");
+        Ok(Self {
+            http_addr,
+            tcp_addr,
+            chaos,
+            pipeline,
+            registry,
+            model: model_info,
+            workers,
+            sessions,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// A token cancelled when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes every connection with `server_shutdown`, stops the actors.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close within 10 s");
+        }
+        // Sessions first (they use the workers), then the workers.
+        for sup in [self.sessions, self.workers] {
+            let _ = sup
+                .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(10)))
+                .await;
+            let _ = sup.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        }
+    }
+}

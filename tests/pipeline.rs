@@ -1,0 +1,623 @@
+//! End-to-end tests of the whole runtime over real sockets: WebSocket and TCP turns, every kind
+//! of bad input, worker restarts, cancellation, transcripts and metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use mangaassist::config::Config;
+use mangaassist::runtime::Runtime;
+use mangaassist_actors::chaos::ChaosRule;
+use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
+use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::{ServerFrame, SessionId};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Server {
+    runtime: Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tcp_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    c.model.first_token_delay = Duration::from_millis(20);
+    c.model.token_pacing = Duration::from_millis(2);
+    c.enrichment_latency.min = Duration::ZERO;
+    c.enrichment_latency.max = Duration::from_millis(1);
+    c
+}
+
+async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    f(&mut config);
+    let runtime = Runtime::start(config).await.unwrap();
+    Server { runtime, _dir: dir }
+}
+
+async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+/// A frame-level client over either transport.
+enum Client {
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    Tcp {
+        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: tokio::net::tcp::OwnedWriteHalf,
+    },
+}
+
+static TURN: AtomicU64 = AtomicU64::new(1);
+
+fn next_turn_id() -> String {
+    format!("t{}", TURN.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Client {
+    async fn ws(server: &Server) -> Self {
+        let url = format!("ws://{}/ws", server.runtime.http_addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client::Ws(Box::new(ws))
+    }
+
+    async fn tcp(server: &Server) -> Self {
+        let stream = TcpStream::connect(server.runtime.tcp_addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        Client::Tcp {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        match self {
+            Client::Ws(ws) => ws
+                .send(Message::Text(text.to_owned().into()))
+                .await
+                .unwrap(),
+            Client::Tcp { writer, .. } => {
+                writer.write_all(text.as_bytes()).await.unwrap();
+                writer.write_all(b"\n").await.unwrap();
+            }
+        }
+    }
+
+    async fn send(&mut self, v: serde_json::Value) {
+        self.send_raw(&v.to_string()).await;
+    }
+
+    async fn next(&mut self) -> ServerFrame {
+        let text = tokio::time::timeout(FRAME_TIMEOUT, async {
+            match self {
+                Client::Ws(ws) => loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+                        Some(Ok(Message::Close(c))) => panic!("closed: {c:?}"),
+                        Some(Ok(_)) => continue,
+                        other => panic!("ws ended: {other:?}"),
+                    }
+                },
+                Client::Tcp { reader, .. } => {
+                    let mut line = String::new();
+                    let n = reader.read_line(&mut line).await.unwrap();
+                    assert!(n > 0, "tcp connection closed");
+                    line
+                }
+            }
+        })
+        .await
+        .expect("no frame within the timeout");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
+    }
+
+    async fn hello(&mut self) -> SessionId {
+        self.send(json!({"type": "hello", "protocol": 1})).await;
+        match self.next().await {
+            ServerFrame::Welcome {
+                session_id, model, ..
+            } => {
+                assert!(model.simulated, "the simulated model says so");
+                session_id
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    async fn expect_error(&mut self) -> ErrorFrame {
+        match self.next().await {
+            ServerFrame::Error(e) => e,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+}
+
+/// Everything one turn produced, checked for protocol invariants on the way.
+#[derive(Debug, Default)]
+struct TurnResult {
+    frames: Vec<ServerFrame>,
+    tokens: Vec<String>,
+    done: Option<(u32, FinishReason)>,
+    error: Option<ErrorFrame>,
+}
+
+impl TurnResult {
+    fn answer(&self) -> String {
+        self.tokens.concat()
+    }
+}
+
+async fn run_turn(client: &mut Client, text: &str) -> TurnResult {
+    let turn_id = next_turn_id();
+    client
+        .send(json!({"type": "user_message", "turn_id": turn_id, "text": text}))
+        .await;
+    collect_turn(client, &turn_id).await
+}
+
+async fn collect_turn(client: &mut Client, turn_id: &str) -> TurnResult {
+    let mut r = TurnResult::default();
+    let mut expected_seq = 0u64;
+    loop {
+        let f = client.next().await;
+        let seq = match &f {
+            ServerFrame::TurnStarted {
+                turn_id: t, seq, ..
+            }
+            | ServerFrame::Token {
+                turn_id: t, seq, ..
+            }
+            | ServerFrame::Append {
+                turn_id: t, seq, ..
+            }
+            | ServerFrame::Done {
+                turn_id: t, seq, ..
+            } => {
+                assert_eq!(t.as_str(), turn_id);
+                Some(*seq)
+            }
+            ServerFrame::Error(e) => e.seq,
+            _ => None,
+        };
+        if let Some(seq) = seq {
+            assert_eq!(seq, expected_seq, "seq rises by one per frame: {f:?}");
+            expected_seq += 1;
+        }
+        match &f {
+            ServerFrame::Token { text, .. } => r.tokens.push(text.clone()),
+            ServerFrame::Done {
+                usage,
+                finish_reason,
+                ..
+            } => r.done = Some((usage.output_tokens, *finish_reason)),
+            ServerFrame::Error(e) => r.error = Some(e.clone()),
+            _ => {}
+        }
+        let end = matches!(f, ServerFrame::Done { .. } | ServerFrame::Error(_));
+        r.frames.push(f);
+        if end {
+            return r;
+        }
+    }
+}
+
+fn assert_streamed(r: &TurnResult) {
+    assert!(r.error.is_none(), "turn failed: {:?}", r.error);
+    assert!(
+        matches!(r.frames.first(), Some(ServerFrame::TurnStarted { .. })),
+        "{:?}",
+        r.frames.first()
+    );
+    assert!(
+        r.tokens.len() >= 5,
+        "tokens streamed one by one: {:?}",
+        r.tokens
+    );
+    let (out, reason) = r.done.expect("done");
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(out as usize, r.tokens.len(), "usage counts the tokens sent");
+}
+
+#[tokio::test]
+async fn websocket_turn_streams_tokens_then_done() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let r = run_turn(&mut c, "do you have frieren?").await;
+    assert_streamed(&r);
+    assert!(
+        r.answer().contains("Frieren"),
+        "grounded in retrieval: {}",
+        r.answer()
+    );
+    let cards = r.frames.iter().find_map(|f| match f {
+        ServerFrame::Append { items, .. } => Some(items.clone()),
+        _ => None,
+    });
+    assert!(
+        cards.is_some_and(|c| !c.is_empty()),
+        "product cards follow the tokens"
+    );
+    // The session goes on.
+    assert_streamed(&run_turn(&mut c, "recommend something like it").await);
+}
+
+#[tokio::test]
+async fn tcp_turn_streams_the_same_frames() {
+    let server = start().await;
+    let mut c = Client::tcp(&server).await;
+    c.hello().await;
+    assert_streamed(&run_turn(&mut c, "show me some romance manga").await);
+    c.send(json!({"type": "ping"})).await;
+    assert!(matches!(c.next().await, ServerFrame::Pong));
+}
+
+async fn bad_input_suite(mut c: Client) {
+    // Before hello.
+    c.send(json!({"type": "user_message", "turn_id": "early", "text": "hi"}))
+        .await;
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::HelloRequired);
+    assert_eq!(e.turn_id.as_ref().map(|t| t.as_str()), Some("early"));
+    c.send(json!({"type": "hello", "protocol": 2})).await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::UnsupportedProtocol);
+    c.hello().await;
+
+    c.send_raw("this is not json").await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::BadRequest);
+    c.send(json!({"type": "teleport"})).await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::UnknownType);
+    c.send(json!({"type": "user_message", "turn_id": "x1"}))
+        .await;
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(
+        e.message.contains("text"),
+        "names the missing field: {}",
+        e.message
+    );
+    c.send(json!({"type": "user_message", "turn_id": "x2", "text": "   "}))
+        .await;
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::EmptyText);
+    assert_eq!(e.turn_id.as_ref().map(|t| t.as_str()), Some("x2"));
+    let big = json!({"type": "user_message", "turn_id": "x3", "text": "a".repeat(70 * 1024)});
+    c.send(big).await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::TooLarge);
+    c.send(json!({"type": "cancel", "turn_id": "nobody"})).await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::UnknownTurn);
+    c.send(json!({"type": "hello", "protocol": 1})).await;
+    assert_eq!(c.expect_error().await.code, ErrorCode::HelloRequired);
+
+    // A second message while a turn streams is refused; the first one finishes.
+    c.send(json!({"type": "user_message", "turn_id": "first", "text": "tell me about one piece"}))
+        .await;
+    c.send(json!({"type": "user_message", "turn_id": "second", "text": "and naruto?"}))
+        .await;
+    let mut busy = None;
+    let mut done = false;
+    while !done {
+        match c.next().await {
+            ServerFrame::Error(e) if e.code == ErrorCode::Busy => busy = Some(e),
+            ServerFrame::Error(e) => panic!("unexpected error {e:?}"),
+            ServerFrame::Done { turn_id, .. } => {
+                assert_eq!(turn_id.as_str(), "first");
+                done = true;
+            }
+            _ => {}
+        }
+    }
+    let busy = busy.expect("busy error");
+    assert_eq!(busy.turn_id.as_ref().map(|t| t.as_str()), Some("second"));
+
+    // After all that, the connection and session still work.
+    assert_streamed(&run_turn(&mut c, "any horror manga?").await);
+}
+
+#[tokio::test]
+async fn bad_input_gets_error_frames_and_the_websocket_goes_on() {
+    let server = start().await;
+    bad_input_suite(Client::ws(&server).await).await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_error_frames_and_the_tcp_connection_goes_on() {
+    let server = start().await;
+    bad_input_suite(Client::tcp(&server).await).await;
+}
+
+#[tokio::test]
+async fn binary_websocket_frames_are_refused() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    if let Client::Ws(ws) = &mut c {
+        ws.send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.expect_error().await.code, ErrorCode::BadRequest);
+    assert_streamed(&run_turn(&mut c, "hi there").await);
+}
+
+async fn metrics_text(server: &Server) -> String {
+    let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name_and_labels} missing"))
+}
+
+async fn restart_case(actor: ActorKind) {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    server.runtime.chaos.add(ChaosRule::panic(actor, 1));
+    let failed = run_turn(&mut c, "how much is one piece?").await;
+    let e = failed
+        .error
+        .expect("the turn it was serving ends with an error frame");
+    assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+    // The next turn on the same session works: the worker was restarted.
+    assert_streamed(&run_turn(&mut c, "how much is one piece?").await);
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!("actor_restarts_total{{actor=\"{}\"}}", actor.as_str())
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_classifier_is_restarted_and_the_session_goes_on() {
+    restart_case(ActorKind::Classifier).await;
+}
+
+#[tokio::test]
+async fn a_panicking_generator_is_restarted_and_the_session_goes_on() {
+    restart_case(ActorKind::Generator).await;
+}
+
+#[tokio::test]
+async fn a_panicking_session_actor_is_restarted_with_its_history() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    let session = c.hello().await;
+    assert_streamed(&run_turn(&mut c, "do you have berserk").await);
+    server
+        .runtime
+        .chaos
+        .add(ChaosRule::panic(ActorKind::Session, 1));
+    let failed = run_turn_expect_refusal(&mut c, "and vinland saga?").await;
+    assert_eq!(failed.code, ErrorCode::Internal);
+    assert_streamed(&run_turn(&mut c, "and vinland saga?").await);
+    // The restarted session reloaded its transcript: both turns are there, in order.
+    let turns = server
+        .runtime
+        .pipeline
+        .transcripts
+        .load_session(&session)
+        .await
+        .unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[1].index, 1);
+}
+
+async fn run_turn_expect_refusal(c: &mut Client, text: &str) -> ErrorFrame {
+    let turn_id = next_turn_id();
+    c.send(json!({"type": "user_message", "turn_id": turn_id, "text": text}))
+        .await;
+    let e = c.expect_error().await;
+    assert_eq!(
+        e.turn_id.as_ref().map(|t| t.as_str()),
+        Some(turn_id.as_str())
+    );
+    e
+}
+
+#[tokio::test]
+async fn restart_check_can_fail_negative_control() {
+    // If the worker kept failing, the test above would see it: two panics, two failed turns.
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    server
+        .runtime
+        .chaos
+        .add(ChaosRule::panic(ActorKind::Classifier, 2));
+    assert!(run_turn(&mut c, "hi").await.error.is_some());
+    assert!(run_turn(&mut c, "hi").await.error.is_some());
+    assert_streamed(&run_turn(&mut c, "hi").await);
+}
+
+#[tokio::test]
+async fn the_transcript_holds_the_turn_once_done_is_sent_and_a_session_resumes() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    let session = c.hello().await;
+    let r = run_turn(&mut c, "is chainsaw man in stock?").await;
+    assert_streamed(&r);
+    // `done` has been received: the record must already be durable.
+    let turns = server
+        .runtime
+        .pipeline
+        .transcripts
+        .load_session(&session)
+        .await
+        .unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].user_text, "is chainsaw man in stock?");
+    assert_eq!(turns[0].answer_text, r.answer());
+
+    // Resume from another connection once this one is gone: the server has released the
+    // session by the time it has closed the socket.
+    if let Client::Ws(mut ws) = c {
+        (*ws).close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    let mut c2 = Client::ws(&server).await;
+    c2.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+        .await;
+    let resumed = match c2.next().await {
+        ServerFrame::Welcome { resumed_turns, .. } => Some((c2, resumed_turns)),
+        other => panic!("{other:?}"),
+    };
+    let (mut c2, resumed_turns) = resumed.expect("session resumable after disconnect");
+    assert_eq!(resumed_turns, 1);
+    assert_streamed(&run_turn(&mut c2, "thanks!").await);
+}
+
+#[tokio::test]
+async fn a_session_cannot_be_driven_from_two_connections() {
+    let server = start().await;
+    let mut a = Client::ws(&server).await;
+    let session = a.hello().await;
+    let mut b = Client::tcp(&server).await;
+    b.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+        .await;
+    assert_eq!(b.expect_error().await.code, ErrorCode::SessionInUse);
+    // b can still open its own.
+    b.hello().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_generation_and_reports_partial_usage() {
+    let server = start_with(|c| c.model.token_pacing = Duration::from_millis(50)).await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    c.send(json!({"type": "user_message", "turn_id": "long", "text": "recommend a long fantasy series"}))
+        .await;
+    loop {
+        if let ServerFrame::Token { .. } = c.next().await {
+            break;
+        }
+    }
+    c.send(json!({"type": "cancel", "turn_id": "long"})).await;
+    let mut tokens = 1;
+    let (out, reason) = loop {
+        match c.next().await {
+            ServerFrame::Token { .. } => tokens += 1,
+            ServerFrame::Done {
+                usage,
+                finish_reason,
+                ..
+            } => break (usage.output_tokens, finish_reason),
+            ServerFrame::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(reason, FinishReason::Cancelled);
+    assert!(
+        tokens <= 3,
+        "generation stopped at once, got {tokens} tokens"
+    );
+    assert!(
+        out as usize >= tokens && out <= 4,
+        "partial usage {out} for {tokens} tokens"
+    );
+}
+
+#[tokio::test]
+async fn metrics_expose_ttft_chunk_gaps_turns_and_errors() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    assert_streamed(&run_turn(&mut c, "do you have one piece").await);
+    c.send_raw("{").await;
+    c.expect_error().await;
+    // Metric events are fire-and-forget; give the sink a moment by asking it (it answers in order).
+    let m = metrics_text(&server).await;
+    assert!(metric(&m, "stream_ttft_ms_count") >= 1.0, "{m}");
+    assert!(metric(&m, "stream_chunk_gap_ms_count") >= 4.0, "{m}");
+    assert!(metric(&m, "stream_chunk_gap_ms{quantile=\"0.5\"}") > 0.0);
+    assert_eq!(
+        metric(&m, "turns_total{intent=\"search\",outcome=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "errors_total{code=\"bad_request\"}"), 1.0);
+    assert!(metric(&m, "process_resident_memory_bytes") > 0.0);
+    assert_eq!(metric(&m, "sessions_open"), 1.0);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = start().await;
+    for path in ["/healthz", "/readyz"] {
+        let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
+            .await
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn enrichment_that_misses_its_budget_is_omitted_and_no_price_is_stated() {
+    let server = start_with(|c| {
+        c.turn.preflight_budget = Duration::from_millis(100);
+        c.enrichment_latency.min = Duration::from_secs(3);
+        c.enrichment_latency.max = Duration::from_secs(3);
+    })
+    .await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let started = tokio::time::Instant::now();
+    let r = run_turn(&mut c, "how much is one piece volume 1?").await;
+    assert_streamed(&r);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the stream did not wait for enrichment"
+    );
+    let answer = r.answer();
+    assert!(
+        !answer.contains('¥') && !answer.contains("yen"),
+        "no price stated: {answer}"
+    );
+    let cards = r.frames.iter().find_map(|f| match f {
+        ServerFrame::Append { items, .. } => Some(items.clone()),
+        _ => None,
+    });
+    assert!(cards.unwrap().iter().all(|c| c.price_jpy.is_none()));
+
+    // Negative control: with enrichment in budget the same question does state a price.
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let r = run_turn(&mut c, "how much is one piece volume 1?").await;
+    assert!(
+        r.answer().contains('¥'),
+        "price stated when known: {}",
+        r.answer()
+    );
+}
