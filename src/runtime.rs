@@ -21,16 +21,17 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
 use mangaassist_actors::chaos::Chaos;
-use mangaassist_actors::classifier::{ClassifierActor, ClassifierArgs};
-use mangaassist_actors::enricher::{EnricherActor, EnricherArgs};
-use mangaassist_actors::generator::{GeneratorActor, GeneratorArgs};
+use mangaassist_actors::classifier::{ClassifierActor, Classify};
+use mangaassist_actors::enricher::{Enrich, EnricherActor};
+use mangaassist_actors::generator::{Generate, GeneratorActor};
 use mangaassist_actors::metrics_sink::{MetricsHandle, MetricsSink, MetricsSinkArgs};
-use mangaassist_actors::retriever::{RetrieverActor, RetrieverArgs};
+use mangaassist_actors::retriever::{RetrieverActor, Search};
 use mangaassist_actors::session::SessionRegistry;
 use mangaassist_actors::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, WorkerSlot,
 };
 use mangaassist_actors::turn::Pipeline;
+use mangaassist_actors::worker::WorkerArgs;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::ActorKind;
@@ -168,9 +169,9 @@ impl Runtime {
             ChildSpec::new(
                 ActorKind::Classifier,
                 Restart::Permanent,
-                || ClassifierActor,
-                ClassifierArgs {
-                    backend: classifier,
+                ClassifierActor::default,
+                WorkerArgs {
+                    service: Arc::new(Classify(classifier)),
                     chaos: chaos.clone(),
                 },
                 classifier_slot.clone(),
@@ -178,9 +179,9 @@ impl Runtime {
             ChildSpec::new(
                 ActorKind::Retriever,
                 Restart::Permanent,
-                || RetrieverActor,
-                RetrieverArgs {
-                    backend: Arc::new(retriever),
+                RetrieverActor::default,
+                WorkerArgs {
+                    service: Arc::new(Search(Arc::new(retriever))),
                     chaos: chaos.clone(),
                 },
                 retriever_slot.clone(),
@@ -188,9 +189,9 @@ impl Runtime {
             ChildSpec::new(
                 ActorKind::Enricher,
                 Restart::Permanent,
-                || EnricherActor,
-                EnricherArgs {
-                    source: enrichment,
+                EnricherActor::default,
+                WorkerArgs {
+                    service: Arc::new(Enrich(enrichment)),
                     chaos: chaos.clone(),
                 },
                 enricher_slot.clone(),
@@ -198,9 +199,9 @@ impl Runtime {
             ChildSpec::new(
                 ActorKind::Generator,
                 Restart::Permanent,
-                || GeneratorActor,
-                GeneratorArgs {
-                    backend: model,
+                GeneratorActor::default,
+                WorkerArgs {
+                    service: Arc::new(Generate(model)),
                     chaos: chaos.clone(),
                 },
                 generator_slot.clone(),

@@ -6,18 +6,16 @@
 //! **Failure policy**: a backend error is a reply value, never an actor failure. The actor only
 //! fails if its handler panics; the root supervisor restarts it (permanent child) and the caller's
 //! pending call ends with a send error, which the turn turns into an `internal` error frame.
-//! The backend call runs in a task owned by the actor, so one slow classification does not queue
-//! the others behind it.
+//! Each classification runs in a task the worker owns ([`crate::worker`]).
 
 use std::sync::Arc;
 
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::ports::{ClassifyError, IntentClassifier};
 use mangaassist_protocols::turn::Classification;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio_util::task::TaskTracker;
+use ractor::RpcReplyPort;
 
-use crate::chaos::Chaos;
+use crate::worker::{Service, Worker};
 
 /// Messages of the classifier.
 pub enum ClassifierMsg {
@@ -30,66 +28,25 @@ pub enum ClassifierMsg {
     },
 }
 
-/// Arguments of the classifier.
-#[derive(Clone)]
-pub struct ClassifierArgs {
-    /// The backend that decides.
-    pub backend: Arc<dyn IntentClassifier>,
-    /// Mailbox chaos.
-    pub chaos: Arc<Chaos>,
+/// The classifier's work: one backend call per message.
+pub struct Classify(pub Arc<dyn IntentClassifier>);
+
+impl Service for Classify {
+    type Msg = ClassifierMsg;
+    const KIND: ActorKind = ActorKind::Classifier;
+
+    fn message_name(_: &ClassifierMsg) -> &'static str {
+        "classify"
+    }
+
+    fn serve(&self, msg: ClassifierMsg) -> impl Future<Output = ()> + Send + 'static {
+        let backend = self.0.clone();
+        let ClassifierMsg::Classify { text, reply } = msg;
+        async move {
+            let _ = reply.send(backend.classify(&text).await);
+        }
+    }
 }
 
 /// The classifier actor.
-#[derive(Debug, Default)]
-pub struct ClassifierActor;
-
-/// State: the arguments plus the owner of in-flight calls.
-pub struct ClassifierState {
-    args: ClassifierArgs,
-    tasks: TaskTracker,
-}
-
-impl Actor for ClassifierActor {
-    type Msg = ClassifierMsg;
-    type State = ClassifierState;
-    type Arguments = ClassifierArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ClassifierState {
-            args,
-            tasks: TaskTracker::new(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let ClassifierMsg::Classify { text, reply } = msg;
-        state
-            .args
-            .chaos
-            .before(ActorKind::Classifier, "classify")
-            .await;
-        let backend = state.args.backend.clone();
-        state.tasks.spawn(async move {
-            let _ = reply.send(backend.classify(&text).await);
-        });
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.tasks.close();
-        Ok(())
-    }
-}
+pub type ClassifierActor = Worker<Classify>;

@@ -2,23 +2,22 @@
 //!
 //! **Role**: looks up store facts (price, stock) for series, for the turn's mandatory
 //! enrichment preflight.
-//! **Inputs**: [`EnricherMsg::Lookup`] with the series ids a turn needs: those the user names
-//! (resolved from the message text, in parallel with retrieval) and those retrieval returned.
+//! **Inputs**: [`EnricherMsg::Mentions`] (the series the user names, resolved from the message
+//! text, in parallel with retrieval) and [`EnricherMsg::Lookup`] (the series retrieval returned).
 //! **Outputs**: [`Enrichment`]s on the reply port.
 //! **Failure policy**: the turn waits for this actor only inside its preflight budget; a slow or
 //! failed lookup leaves the fields out and the prompt says so. A panicking handler is restarted by
-//! the root supervisor (permanent). Lookups run in tasks owned by the actor. Nothing on the token
-//! path ever waits on this actor.
+//! the root supervisor (permanent). Lookups run in tasks the worker owns ([`crate::worker`]).
+//! Nothing on the token path ever waits on this actor.
 
 use std::sync::Arc;
 
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
 use mangaassist_protocols::turn::Enrichment;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio_util::task::TaskTracker;
+use ractor::RpcReplyPort;
 
-use crate::chaos::Chaos;
+use crate::worker::{Service, Worker};
 
 /// Messages of the enricher.
 pub enum EnricherMsg {
@@ -38,62 +37,28 @@ pub enum EnricherMsg {
     },
 }
 
-/// Arguments of the enricher.
-#[derive(Clone)]
-pub struct EnricherArgs {
-    /// The enrichment source.
-    pub source: Arc<dyn EnrichmentSource>,
-    /// Mailbox chaos.
-    pub chaos: Arc<Chaos>,
-}
+/// The enricher's work: lookups against one enrichment source.
+pub struct Enrich(pub Arc<dyn EnrichmentSource>);
 
-/// The enricher actor.
-#[derive(Debug, Default)]
-pub struct EnricherActor;
-
-/// State: the arguments plus the owner of in-flight lookups.
-pub struct EnricherState {
-    args: EnricherArgs,
-    tasks: TaskTracker,
-}
-
-impl Actor for EnricherActor {
+impl Service for Enrich {
     type Msg = EnricherMsg;
-    type State = EnricherState;
-    type Arguments = EnricherArgs;
+    const KIND: ActorKind = ActorKind::Enricher;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EnricherState {
-            args,
-            tasks: TaskTracker::new(),
-        })
+    fn message_name(msg: &EnricherMsg) -> &'static str {
+        match msg {
+            EnricherMsg::Lookup { .. } => "lookup",
+            EnricherMsg::Mentions { .. } => "mentions",
+        }
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let source = state.args.source.clone();
-        match msg {
-            EnricherMsg::Lookup { series_ids, reply } => {
-                state.args.chaos.before(ActorKind::Enricher, "lookup").await;
-                state.tasks.spawn(async move {
+    fn serve(&self, msg: EnricherMsg) -> impl Future<Output = ()> + Send + 'static {
+        let source = self.0.clone();
+        async move {
+            match msg {
+                EnricherMsg::Lookup { series_ids, reply } => {
                     let _ = reply.send(source.lookup(&series_ids).await);
-                });
-            }
-            EnricherMsg::Mentions { text, reply } => {
-                state
-                    .args
-                    .chaos
-                    .before(ActorKind::Enricher, "mentions")
-                    .await;
-                state.tasks.spawn(async move {
+                }
+                EnricherMsg::Mentions { text, reply } => {
                     let ids = source.mentioned(&text);
                     let facts = if ids.is_empty() {
                         Ok(Vec::new())
@@ -101,18 +66,11 @@ impl Actor for EnricherActor {
                         source.lookup(&ids).await
                     };
                     let _ = reply.send(facts);
-                });
+                }
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.tasks.close();
-        Ok(())
     }
 }
+
+/// The enricher actor.
+pub type EnricherActor = Worker<Enrich>;

@@ -6,7 +6,7 @@
 //! **Outputs**: [`StreamEvent`]s on that channel, ending with exactly one `End` or `Failed` (or
 //! nothing, if the forwarder went away first).
 //! **Failure policy**: the actor only starts streams; each stream runs in a generation task owned
-//! by the actor's [`TaskTracker`], so a restart of the actor (permanent child of the root
+//! by the worker ([`crate::worker`]), so a restart of the actor (permanent child of the root
 //! supervisor) does not cut streams already flowing. Cancellation drops the model stream at once,
 //! which stops upstream generation, and reports the partial usage. The channel is bounded: a slow
 //! forwarder slows this task, never the other way round, and nothing here awaits anything but the
@@ -19,12 +19,11 @@ use mangaassist_protocols::frame::FinishReason;
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::ports::{ModelBackend, ModelEvent};
 use mangaassist_protocols::turn::{ModelRequest, StreamEvent, Usage};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::chaos::Chaos;
+use crate::worker::{Service, Worker};
 
 /// Messages of the generator.
 pub enum GeneratorMsg {
@@ -41,71 +40,31 @@ pub enum GeneratorMsg {
     },
 }
 
-/// Arguments of the generator.
-#[derive(Clone)]
-pub struct GeneratorArgs {
-    /// The model.
-    pub backend: Arc<dyn ModelBackend>,
-    /// Mailbox chaos.
-    pub chaos: Arc<Chaos>,
-}
+/// The generator's work: one generation task per opened stream.
+pub struct Generate(pub Arc<dyn ModelBackend>);
 
-/// The generator actor.
-#[derive(Debug, Default)]
-pub struct GeneratorActor;
-
-/// State: the arguments plus the owner of running generation tasks.
-pub struct GeneratorState {
-    args: GeneratorArgs,
-    tasks: TaskTracker,
-}
-
-impl Actor for GeneratorActor {
+impl Service for Generate {
     type Msg = GeneratorMsg;
-    type State = GeneratorState;
-    type Arguments = GeneratorArgs;
+    const KIND: ActorKind = ActorKind::Generator;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(GeneratorState {
-            args,
-            tasks: TaskTracker::new(),
-        })
+    fn message_name(_: &GeneratorMsg) -> &'static str {
+        "open"
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    fn serve(&self, msg: GeneratorMsg) -> impl Future<Output = ()> + Send + 'static {
         let GeneratorMsg::Open {
             request,
             events,
             cancel,
             reply,
         } = msg;
-        state.args.chaos.before(ActorKind::Generator, "open").await;
-        let backend = state.args.backend.clone();
-        state
-            .tasks
-            .spawn(generate(backend, request, events, cancel));
         let _ = reply.send(());
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.tasks.close();
-        Ok(())
+        generate(self.0.clone(), request, events, cancel)
     }
 }
+
+/// The generator actor.
+pub type GeneratorActor = Worker<Generate>;
 
 /// One generation: model stream -> bounded channel, until the end, a failure or cancellation.
 pub async fn generate(

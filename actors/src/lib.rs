@@ -4,7 +4,8 @@
 //!
 //! - [`session`]: one per session; runs turns, one at a time.
 //! - [`classifier`], [`retriever`], [`enricher`], [`generator`]: shared workers, each a
-//!   permanent child of the root supervisor, each doing its backend call in a task it owns.
+//!   permanent child of the root supervisor; [`worker`] is their common shape (chaos, then the
+//!   work as a task the worker owns).
 //! - [`forwarder`]: one chunk-forwarder per stream, fed by a **bounded** channel from the
 //!   generation task (ractor mailboxes are unbounded; the token path is not).
 //! - [`metrics_sink`]: aggregates typed metric events; stages reach it through a non-blocking,
@@ -30,3 +31,4 @@ pub mod retriever;
 pub mod session;
 pub mod supervisor;
 pub mod turn;
+pub mod worker;
