@@ -16,6 +16,9 @@ use mangaassist::runtime::Runtime;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Async worker threads (default: one per available core).
+    #[arg(long, global = true, env = "MANGAASSIST_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,10 +81,19 @@ fn init_logging() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.worker_threads {
+        anyhow::ensure!(n >= 1, "--worker-threads must be at least 1");
+        builder.worker_threads(n);
+    }
+    builder.build()?.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             config,
             listen,

@@ -2,9 +2,10 @@
 //!
 //! **Role**: one per stream. Turns the turn's [`StreamEvent`]s into `token` frames on the
 //! connection's outbound queue, numbering them, and accumulates the answer for the transcript.
-//! **Inputs**: the receiving half of the turn's bounded token channel (given at spawn) and its own
-//! [`ForwarderMsg::Pump`], which it sends itself once per event so that mailbox chaos applies per
-//! chunk and the actor stays responsive to `stop` between chunks.
+//! **Inputs**: the receiving half of the turn's bounded token channel (given at spawn); the
+//! actor sends itself one [`ForwarderMsg::Run`] and forwards the whole stream in that handler.
+//! Mailbox chaos is applied before every chunk, as if each chunk were a mailbox message; the
+//! tokens themselves never travel through the (unbounded) ractor mailbox.
 //! **Outputs**: frames to [`Outbound`], and one [`Forwarded`] outcome to the turn when the stream
 //! ends.
 //! **Failure policy**: temporary: never restarted. If it fails, the turn's outcome channel closes
@@ -51,8 +52,8 @@ pub enum Forwarded {
 /// Messages of a chunk-forwarder.
 #[derive(Debug)]
 pub enum ForwarderMsg {
-    /// Forward the next stream event.
-    Pump,
+    /// Forward the stream (sent to itself once, at start).
+    Run,
 }
 
 /// Arguments of a chunk-forwarder.
@@ -87,6 +88,61 @@ pub struct ForwarderState {
 }
 
 impl ForwarderState {
+    /// Forwards the whole stream, one frame per event, until it ends or the connection closes.
+    ///
+    /// Per chunk: mailbox chaos, receive, encode, queue. The cancellation future of the
+    /// connection is registered once for the stream, not once per chunk.
+    async fn forward(&mut self) -> Forwarded {
+        let closing = self.outbound.closing().clone();
+        let closed = closing.cancelled();
+        tokio::pin!(closed);
+        loop {
+            self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
+            let event = tokio::select! {
+                biased;
+                event = self.events.recv() => event,
+                () = &mut closed => return Forwarded::Disconnected,
+            };
+            match event {
+                Some(StreamEvent::Token(text)) => {
+                    self.answer.push_str(&text);
+                    let frame = ServerFrame::Token {
+                        turn_id: self.turn_id.clone(),
+                        seq: self.next_seq,
+                        text,
+                    };
+                    self.next_seq += 1;
+                    if self.outbound.send(&frame, Mark::Token).await.is_err() {
+                        return Forwarded::Disconnected;
+                    }
+                }
+                Some(StreamEvent::End {
+                    usage,
+                    finish_reason,
+                }) => {
+                    return Forwarded::Finished {
+                        answer: std::mem::take(&mut self.answer),
+                        usage,
+                        finish_reason,
+                        next_seq: self.next_seq,
+                    };
+                }
+                Some(StreamEvent::Failed { message }) => {
+                    return Forwarded::Failed {
+                        message,
+                        next_seq: self.next_seq,
+                    };
+                }
+                None => {
+                    return Forwarded::Failed {
+                        message: "generation stopped without finishing".into(),
+                        next_seq: self.next_seq,
+                    };
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, myself: &ActorRef<ForwarderMsg>, outcome: Forwarded) {
         if let Some(done) = self.done.take() {
             let _ = done.send(outcome);
@@ -105,7 +161,7 @@ impl Actor for ForwarderActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_message(ForwarderMsg::Pump)?;
+        myself.send_message(ForwarderMsg::Run)?;
         Ok(ForwarderState {
             turn_id: args.turn_id,
             events: args.events,
@@ -123,60 +179,8 @@ impl Actor for ForwarderActor {
         _msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
-        let event = tokio::select! {
-            event = state.events.recv() => event,
-            () = state.outbound.closing().cancelled() => {
-                state.finish(&myself, Forwarded::Disconnected);
-                return Ok(());
-            }
-        };
-        match event {
-            Some(StreamEvent::Token(text)) => {
-                state.answer.push_str(&text);
-                let frame = ServerFrame::Token {
-                    turn_id: state.turn_id.clone(),
-                    seq: state.next_seq,
-                    text,
-                };
-                state.next_seq += 1;
-                if state.outbound.send(&frame, Mark::Token).await.is_err() {
-                    state.finish(&myself, Forwarded::Disconnected);
-                } else {
-                    myself.send_message(ForwarderMsg::Pump)?;
-                }
-            }
-            Some(StreamEvent::End {
-                usage,
-                finish_reason,
-            }) => {
-                let answer = std::mem::take(&mut state.answer);
-                let next_seq = state.next_seq;
-                state.finish(
-                    &myself,
-                    Forwarded::Finished {
-                        answer,
-                        usage,
-                        finish_reason,
-                        next_seq,
-                    },
-                );
-            }
-            Some(StreamEvent::Failed { message }) => {
-                let next_seq = state.next_seq;
-                state.finish(&myself, Forwarded::Failed { message, next_seq });
-            }
-            None => {
-                let next_seq = state.next_seq;
-                state.finish(
-                    &myself,
-                    Forwarded::Failed {
-                        message: "generation stopped without finishing".into(),
-                        next_seq,
-                    },
-                );
-            }
-        }
+        let outcome = state.forward().await;
+        state.finish(&myself, outcome);
         Ok(())
     }
 }

@@ -77,13 +77,20 @@ pub async fn generate(
     let mut stream = backend.stream(request);
     let mut produced: u32 = 0;
     let mut reported: Option<Usage> = None;
+    // Registered once for the whole stream, polled beside every await.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let cancelled_end = |produced| StreamEvent::End {
+        usage: Usage {
+            input_tokens,
+            output_tokens: produced,
+        },
+        finish_reason: FinishReason::Cancelled,
+    };
     let end = loop {
         let next = tokio::select! {
             biased;
-            () = cancel.cancelled() => break StreamEvent::End {
-                usage: Usage { input_tokens, output_tokens: produced },
-                finish_reason: FinishReason::Cancelled,
-            },
+            () = &mut cancelled => break cancelled_end(produced),
             next = stream.next() => next,
         };
         match next {
@@ -91,10 +98,7 @@ pub async fn generate(
                 produced = produced.saturating_add(1);
                 tokio::select! {
                     biased;
-                    () = cancel.cancelled() => break StreamEvent::End {
-                        usage: Usage { input_tokens, output_tokens: produced },
-                        finish_reason: FinishReason::Cancelled,
-                    },
+                    () = &mut cancelled => break cancelled_end(produced),
                     sent = events.send(StreamEvent::Token(text)) => {
                         if sent.is_err() {
                             return; // The forwarder is gone; dropping the stream stops the model.

@@ -129,7 +129,11 @@ impl MetricsState {
                 *self.turns_finished.entry((intent, outcome)).or_default() += 1
             }
             MetricEvent::FirstToken { ttft_us } => self.ttft_us.saturating_record(ttft_us.max(1)),
-            MetricEvent::ChunkGap { gap_us } => self.chunk_gap_us.saturating_record(gap_us.max(1)),
+            MetricEvent::ChunkGaps(batch) => {
+                for &gap in batch.gaps_us() {
+                    self.chunk_gap_us.saturating_record(u64::from(gap.max(1)));
+                }
+            }
             MetricEvent::ErrorSent { code } => *self.errors.entry(code).or_default() += 1,
             MetricEvent::StageLatency { stage, us } => {
                 if let Some(h) = self.stage_us.get_mut(&stage) {
@@ -395,6 +399,8 @@ impl Actor for MetricsSink {
 
 #[cfg(test)]
 mod tests {
+    use mangaassist_protocols::metrics::GapBatch;
+
     use super::*;
 
     #[tokio::test]
@@ -402,7 +408,9 @@ mod tests {
         let slot = WorkerSlot::empty();
         let handle = MetricsHandle::new(slot.clone(), 2);
         // Nothing in the slot yet: dropped and counted, never blocking.
-        handle.emit(MetricEvent::ChunkGap { gap_us: 25_000 });
+        let mut gaps = GapBatch::default();
+        gaps.push(25_000);
+        handle.emit(MetricEvent::ChunkGaps(gaps));
         assert_eq!(handle.dropped(), 1);
 
         let (sink, join) = Actor::spawn(
@@ -416,7 +424,7 @@ mod tests {
         .await
         .unwrap();
         slot.set(sink.clone());
-        handle.emit(MetricEvent::ChunkGap { gap_us: 25_000 });
+        handle.emit(MetricEvent::ChunkGaps(gaps));
         handle.emit(MetricEvent::TurnStarted {
             intent: Intent::Search,
         });

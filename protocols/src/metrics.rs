@@ -147,6 +147,51 @@ impl Transport {
     }
 }
 
+/// Gaps one batch holds.
+pub const GAP_BATCH: usize = 30;
+
+/// Up to [`GAP_BATCH`] chunk gaps, in microseconds (saturating at about 71 minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapBatch {
+    len: u8,
+    gaps_us: [u32; GAP_BATCH],
+}
+
+impl Default for GapBatch {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            gaps_us: [0; GAP_BATCH],
+        }
+    }
+}
+
+impl GapBatch {
+    /// Adds a gap; returns true when the batch is now full.
+    pub fn push(&mut self, gap_us: u64) -> bool {
+        if usize::from(self.len) < GAP_BATCH {
+            self.gaps_us[usize::from(self.len)] = u32::try_from(gap_us).unwrap_or(u32::MAX);
+            self.len += 1;
+        }
+        usize::from(self.len) >= GAP_BATCH
+    }
+
+    /// The gaps held.
+    pub fn gaps_us(&self) -> &[u32] {
+        &self.gaps_us[..usize::from(self.len)]
+    }
+
+    /// Whether it holds no gap.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the gaps out, leaving the batch empty.
+    pub fn take(&mut self) -> GapBatch {
+        std::mem::take(self)
+    }
+}
+
 /// One thing worth counting. Durations are microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
@@ -167,11 +212,9 @@ pub enum MetricEvent {
         /// Time to first token.
         ttft_us: u64,
     },
-    /// Time between two consecutive token frames of one turn written to the socket.
-    ChunkGap {
-        /// The gap.
-        gap_us: u64,
-    },
+    /// Times between consecutive token frames of one turn written to the socket, batched so the
+    /// writer sends one event per batch rather than one per token.
+    ChunkGaps(GapBatch),
     /// An `error` frame was sent.
     ErrorSent {
         /// Its code.
@@ -206,6 +249,20 @@ pub enum MetricEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gap_batches_fill_and_empty() {
+        let mut b = GapBatch::default();
+        for i in 0..GAP_BATCH - 1 {
+            assert!(!b.push(i as u64));
+        }
+        assert!(b.push(7));
+        assert!(b.push(8), "a full batch stays full and drops the extra");
+        let full = b.take();
+        assert_eq!(full.gaps_us().len(), GAP_BATCH);
+        assert_eq!(full.gaps_us()[GAP_BATCH - 1], 7);
+        assert!(b.is_empty());
+    }
 
     #[test]
     fn actor_kind_parses_both_spellings() {

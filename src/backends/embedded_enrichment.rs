@@ -7,12 +7,13 @@
 //! to prove the omission path. The delay is a tokio sleep, so paused-time tests control it.
 //!
 //! [`EmbeddedEnrichment::mentioned`] finds series the user named outright, so their facts can be
-//! fetched while retrieval is still running. It is a linear scan over titles normalized once at
+//! fetched while retrieval is still running. It is one Aho-Corasick pass over titles normalized once at
 //! construction, cheap enough to call on the session's task.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aho_corasick::AhoCorasick;
 use async_trait::async_trait;
 use mangaassist_protocols::catalog::Series;
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
@@ -75,8 +76,11 @@ struct Facts {
 pub struct EmbeddedEnrichment {
     /// Series id -> store facts.
     facts: HashMap<String, Facts>,
-    /// (normalized title padded with one space each side, series id), longest title first.
+    /// (normalized title, series id), longest title first; pattern ids of `matcher` index it.
     titles: Vec<(String, String)>,
+    /// Finds every title in a normalized message in one pass (`None` only if the automaton
+    /// could not be built, which leaves name resolution to retrieval).
+    matcher: Option<AhoCorasick>,
     /// Delay per lookup call.
     latency: LatencyProfile,
 }
@@ -114,13 +118,17 @@ impl EmbeddedEnrichment {
             .iter()
             .map(|s| (normalize(&s.title), s.id.clone()))
             .filter(|(t, _)| t.chars().count() >= MIN_TITLE_CHARS)
-            .map(|(t, id)| (format!(" {t} "), id))
             .collect();
         // Longest first, so "Dragon Ball Super" claims its words before "Dragon Ball" can.
         titles.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        // Standard match kind, so overlapping matches are all reported and ranked below.
+        let matcher = AhoCorasick::new(titles.iter().map(|(t, _)| t.as_str()))
+            .inspect_err(|e| tracing::warn!(error = %e, "title matcher unavailable"))
+            .ok();
         Self {
             facts,
             titles,
+            matcher,
             latency,
         }
     }
@@ -155,22 +163,36 @@ impl EnrichmentSource for EmbeddedEnrichment {
     /// titles of at least four characters), longest titles first, at most three. A matched title
     /// masks its words, so a shorter title inside it is not reported too.
     fn mentioned(&self, text: &str) -> Vec<String> {
-        let mut haystack = format!(" {} ", normalize(text));
+        let Some(matcher) = &self.matcher else {
+            return Vec::new();
+        };
+        let haystack = normalize(text);
+        let bytes = haystack.as_bytes();
+        let whole_word = |start: usize, end: usize| {
+            (start == 0 || bytes[start - 1] == b' ') && (end == bytes.len() || bytes[end] == b' ')
+        };
+        // Every whole-word occurrence of every title, in one pass over the message.
+        let mut hits: Vec<(usize, usize, usize)> = matcher
+            .find_overlapping_iter(&haystack)
+            .filter(|m| whole_word(m.start(), m.end()))
+            .map(|m| (m.pattern().as_usize(), m.start(), m.end()))
+            .collect();
+        // Longest title first (pattern order); a title inside a longer one already claimed
+        // does not count again.
+        hits.sort_unstable();
+        let mut claimed: Vec<(usize, usize)> = Vec::new();
         let mut found: Vec<String> = Vec::new();
-        for (title, id) in &self.titles {
+        for (pattern, start, end) in hits {
             if found.len() >= MAX_MENTIONED {
                 break;
             }
-            if title.len() > haystack.len() {
+            if claimed.iter().any(|&(s, e)| start < e && s < end) {
                 continue;
             }
-            if let Some(at) = haystack.find(title.as_str()) {
-                if !found.contains(id) {
-                    found.push(id.clone());
-                }
-                // Keep the boundary spaces so neighbouring titles still match whole words.
-                let inner = at + 1..at + title.len() - 1;
-                haystack.replace_range(inner.clone(), &"|".repeat(inner.len()));
+            claimed.push((start, end));
+            let id = &self.titles[pattern].1;
+            if !found.contains(id) {
+                found.push(id.clone());
             }
         }
         found

@@ -12,7 +12,7 @@ use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
 use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionLease, SessionMsg};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
 use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
-use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Transport};
+use mangaassist_protocols::metrics::{ActorKind, GapBatch, MetricEvent, Transport};
 use mangaassist_protocols::{
     ClientFrame, PROTOCOL_VERSION, ServerFrame, SessionId, TurnId, UserId,
 };
@@ -324,10 +324,14 @@ pub fn close_frame(reason: CloseReason) -> ServerFrame {
 
 /// Times frames as they are written: TTFT from `turn_started`'s clock to the first token frame,
 /// and the gap between consecutive token frames of the turn.
+///
+/// Gaps are sent to the metrics-sink in batches ([`GapBatch`]): one event per batch or per turn,
+/// not one per token.
 #[derive(Debug, Default)]
 pub struct WriteTimer {
     received_at: Option<Instant>,
     last_token: Option<Instant>,
+    gaps: GapBatch,
 }
 
 impl WriteTimer {
@@ -340,18 +344,28 @@ impl WriteTimer {
                 self.last_token = None;
             }
             Mark::Token => {
-                let ev = match self.last_token {
-                    Some(prev) => MetricEvent::ChunkGap {
-                        gap_us: micros(now.duration_since(prev)),
-                    },
-                    None => MetricEvent::FirstToken {
+                match self.last_token {
+                    Some(prev) => {
+                        if self.gaps.push(micros(now.duration_since(prev))) {
+                            state
+                                .pipeline
+                                .metrics
+                                .emit(MetricEvent::ChunkGaps(self.gaps.take()));
+                        }
+                    }
+                    None => state.pipeline.metrics.emit(MetricEvent::FirstToken {
                         ttft_us: micros(now.duration_since(self.received_at.unwrap_or(now))),
-                    },
-                };
+                    }),
+                }
                 self.last_token = Some(now);
-                state.pipeline.metrics.emit(ev);
             }
             Mark::TurnEnd => {
+                if !self.gaps.is_empty() {
+                    state
+                        .pipeline
+                        .metrics
+                        .emit(MetricEvent::ChunkGaps(self.gaps.take()));
+                }
                 self.received_at = None;
                 self.last_token = None;
             }
