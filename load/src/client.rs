@@ -20,10 +20,14 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{RunStats, TurnTimer, TurnTiming};
+
+/// Per-connection WebSocket read buffer (tungstenite's default is 128 KiB).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// How long a polite close (send `Close`, wait for the server's) may take before we just drop.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -335,7 +339,10 @@ impl Connection {
 
     async fn handshake(url: &str, start: Instant) -> Result<Self, OpenError> {
         // Nagle off: a user_message must leave now, or TTFT measures the kernel, not the server.
-        let (mut ws, _response) = connect_async_with_config(url, None, true).await?;
+        // tungstenite zero-fills its whole read buffer on every read: the 128 KiB default made
+        // memset the client's top cost. Frames here are a few hundred bytes.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let (mut ws, _response) = connect_async_with_config(url, Some(config), true).await?;
         ws.send(
             Outgoing::Hello {
                 protocol: PROTOCOL_VERSION,
