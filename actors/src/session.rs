@@ -60,7 +60,8 @@ pub enum SessionMsg {
         /// Whether it was streaming.
         reply: RpcReplyPort<Result<(), Refusal>>,
     },
-    /// A turn task finished.
+    /// A turn is over (sent by its task just before the turn's last frame goes out, so a client
+    /// that answers that frame at once finds the session free).
     TurnEnded {
         /// Which turn.
         turn_id: TurnId,
@@ -194,10 +195,9 @@ impl Actor for SessionActor {
                 });
                 let me = myself.clone();
                 let turn_id = message.turn_id;
-                state.tasks.spawn(async move {
-                    let record = run_turn(ctx).await;
+                state.tasks.spawn(run_turn(ctx, move |record| {
                     let _ = me.send_message(SessionMsg::TurnEnded { turn_id, record });
-                });
+                }));
                 let _ = reply.send(Ok(()));
             }
             SessionMsg::Cancel { turn_id, reply } => {

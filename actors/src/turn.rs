@@ -188,8 +188,12 @@ where
     })
 }
 
-/// Runs one turn to its last frame. Returns the transcript record when it completed.
-pub async fn run_turn(ctx: TurnCtx) -> Option<TurnRecord> {
+/// Runs one turn to its last frame.
+///
+/// `ended` is called with the transcript record (when the turn completed) *before* the last
+/// frame (`done` or `error`) is queued: a client may send its next message the moment it reads
+/// that frame, and the session must already know this turn is over by then.
+pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     let metrics = ctx.pipeline.metrics.clone();
     let result = tokio::select! {
         r = turn_body(&ctx) => r,
@@ -197,13 +201,14 @@ pub async fn run_turn(ctx: TurnCtx) -> Option<TurnRecord> {
         () = ctx.outbound.closing().cancelled() => Err(None),
     };
     match result {
-        Ok((record, intent)) => {
+        Ok((record, intent, done)) => {
             let outcome = match record.finish_reason {
                 FinishReason::Stop => TurnOutcome::Completed,
                 FinishReason::Cancelled => TurnOutcome::Cancelled,
             };
+            ended(Some(record));
+            let _ = ctx.outbound.send(&done, Mark::TurnEnd).await;
             metrics.emit(MetricEvent::TurnFinished { intent, outcome });
-            Some(record)
         }
         Err(Some((failure, intent))) => {
             let frame = ServerFrame::error(
@@ -212,21 +217,23 @@ pub async fn run_turn(ctx: TurnCtx) -> Option<TurnRecord> {
                 failure.code,
                 failure.message,
             );
+            ended(None);
             let _ = ctx.outbound.send(&frame, Mark::TurnEnd).await;
             metrics.emit(MetricEvent::ErrorSent { code: failure.code });
             metrics.emit(MetricEvent::TurnFinished {
                 intent: intent.unwrap_or(Intent::Other),
                 outcome: TurnOutcome::Failed,
             });
-            None
         }
-        Err(None) => None,
+        Err(None) => ended(None),
     }
 }
 
 type BodyError = Option<(TurnFailure, Option<Intent>)>;
 
-async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent), BodyError> {
+/// Everything up to (not including) the turn's last frame, which [`run_turn`] sends once the
+/// session knows the turn is over.
+async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), BodyError> {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let fail = |f: TurnFailure, intent: Option<Intent>| Some((f, intent));
@@ -401,11 +408,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent), BodyError> {
         usage,
         finish_reason,
     };
-    ctx.outbound
-        .send(&done, Mark::TurnEnd)
-        .await
-        .map_err(|_| None)?;
-    Ok((record, intent))
+    Ok((record, intent, done))
 }
 
 /// Retrieval and mandatory enrichment under one budget. Never fails: what misses the budget is
