@@ -27,6 +27,9 @@ use mangaassist_protocols::ids::SessionId;
 use mangaassist_protocols::ports::{StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+/// Page cache of the database (redb's default is 1 GiB).
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 use tokio::sync::oneshot;
 
 /// `(session id, turn index)` -> JSON of the [`TurnRecord`].
@@ -150,10 +153,15 @@ impl EmbeddedTranscriptStore {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreOpenError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // redb caches up to 1 GiB of pages by default; a transcript store is append-mostly and
+        // read once per session start, so a small cache keeps the runtime's memory flat.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| StoreOpenError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let init = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(TRANSCRIPTS)?;
