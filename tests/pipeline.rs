@@ -636,3 +636,45 @@ async fn a_message_sent_the_moment_done_arrives_is_never_busy() {
         assert!(r.error.is_none(), "{:?}", r.error);
     }
 }
+
+#[tokio::test]
+async fn a_panicking_retriever_or_enricher_degrades_the_turn_and_is_restarted() {
+    // Retrieval and enrichment are optional inputs of a turn: when their worker dies, the turn
+    // answers without what they would have given (framed in the prompt), and the next turn
+    // has them again.
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    server.runtime.chaos.add(ChaosRule::panic(ActorKind::Retriever, 1));
+    let degraded = run_turn(&mut c, "do you have monster by naoki urasawa").await;
+    assert_streamed(&degraded);
+    assert!(
+        !degraded.answer().contains("Monster"),
+        "no grounding without the retriever: {}",
+        degraded.answer()
+    );
+    let grounded = run_turn(&mut c, "do you have monster by naoki urasawa").await;
+    assert!(grounded.answer().contains("Monster"), "{}", grounded.answer());
+
+    server.runtime.chaos.add(ChaosRule::panic(ActorKind::Enricher, 2));
+    let no_price = run_turn(&mut c, "how much is monster").await;
+    assert_streamed(&no_price);
+    assert!(!no_price.answer().contains('¥'), "{}", no_price.answer());
+    let priced = run_turn(&mut c, "how much is monster").await;
+    assert!(priced.answer().contains('¥'), "{}", priced.answer());
+
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "actor_restarts_total{actor=\"retriever\"}"), 1.0);
+    assert_eq!(metric(&m, "actor_restarts_total{actor=\"enricher\"}"), 2.0);
+}
+
+#[tokio::test]
+async fn the_chat_client_talks_to_the_server() {
+    let server = start().await;
+    let url = format!("ws://{}/ws", server.runtime.http_addr);
+    mangaassist::chat::run(&url, None, vec!["hi".into(), "any romance manga?".into()])
+        .await
+        .unwrap();
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "turns_total{intent=\"other\",outcome=\"completed\"}"), 1.0);
+}
