@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use futures_util::{SinkExt, StreamExt};
-use mangaassist_protocols::frame::FinishReason;
+use mangaassist_protocols::frame::{ErrorCode, FinishReason};
 use mangaassist_protocols::{PROTOCOL_VERSION, ServerFrame};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
@@ -157,7 +157,10 @@ pub async fn run(
                 }
                 ServerFrame::Error(e) => {
                     let _ = writeln!(out, "\n  error {}: {}", e.code.as_str(), e.message);
-                    if e.turn_id.is_some() || e.code.as_str() != "slow_consumer" {
+                    if matches!(e.code, ErrorCode::SlowConsumer | ErrorCode::ServerShutdown) {
+                        return Err(ChatError::Closed);
+                    }
+                    if e.turn_id.as_ref().is_some_and(|t| t.as_str() == turn_id) {
                         break;
                     }
                 }

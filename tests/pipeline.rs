@@ -12,6 +12,7 @@ use mangaassist::runtime::Runtime;
 use mangaassist_actors::chaos::ChaosRule;
 use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
 use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::turn::TurnRecord;
 use mangaassist_protocols::{ServerFrame, SessionId};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -45,6 +46,16 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     f(&mut config);
     let runtime = Runtime::start(config).await.unwrap();
     Server { runtime, _dir: dir }
+}
+
+async fn transcript(server: &Server, session: &SessionId) -> Vec<TurnRecord> {
+    server
+        .runtime
+        .pipeline
+        .transcripts
+        .load_session(session)
+        .await
+        .unwrap()
 }
 
 async fn start() -> Server {
@@ -417,13 +428,7 @@ async fn a_panicking_session_actor_is_restarted_with_its_history() {
     assert_eq!(failed.code, ErrorCode::Internal);
     assert_streamed(&run_turn(&mut c, "and vinland saga?").await);
     // The restarted session reloaded its transcript: both turns are there, in order.
-    let turns = server
-        .runtime
-        .pipeline
-        .transcripts
-        .load_session(&session)
-        .await
-        .unwrap();
+    let turns = transcript(&server, &session).await;
     assert_eq!(turns.len(), 2);
     assert_eq!(turns[1].index, 1);
 }
@@ -463,13 +468,7 @@ async fn the_transcript_holds_the_turn_once_done_is_sent_and_a_session_resumes()
     let r = run_turn(&mut c, "is chainsaw man in stock?").await;
     assert_streamed(&r);
     // `done` has been received: the record must already be durable.
-    let turns = server
-        .runtime
-        .pipeline
-        .transcripts
-        .load_session(&session)
-        .await
-        .unwrap();
+    let turns = transcript(&server, &session).await;
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].user_text, "is chainsaw man in stock?");
     assert_eq!(turns[0].answer_text, r.answer());
@@ -645,7 +644,10 @@ async fn a_panicking_retriever_or_enricher_degrades_the_turn_and_is_restarted() 
     let server = start().await;
     let mut c = Client::ws(&server).await;
     c.hello().await;
-    server.runtime.chaos.add(ChaosRule::panic(ActorKind::Retriever, 1));
+    server
+        .runtime
+        .chaos
+        .add(ChaosRule::panic(ActorKind::Retriever, 1));
     let degraded = run_turn(&mut c, "do you have monster by naoki urasawa").await;
     assert_streamed(&degraded);
     assert!(
@@ -654,9 +656,16 @@ async fn a_panicking_retriever_or_enricher_degrades_the_turn_and_is_restarted() 
         degraded.answer()
     );
     let grounded = run_turn(&mut c, "do you have monster by naoki urasawa").await;
-    assert!(grounded.answer().contains("Monster"), "{}", grounded.answer());
+    assert!(
+        grounded.answer().contains("Monster"),
+        "{}",
+        grounded.answer()
+    );
 
-    server.runtime.chaos.add(ChaosRule::panic(ActorKind::Enricher, 2));
+    server
+        .runtime
+        .chaos
+        .add(ChaosRule::panic(ActorKind::Enricher, 2));
     let no_price = run_turn(&mut c, "how much is monster").await;
     assert_streamed(&no_price);
     assert!(!no_price.answer().contains('¥'), "{}", no_price.answer());
@@ -676,5 +685,25 @@ async fn the_chat_client_talks_to_the_server() {
         .await
         .unwrap();
     let m = metrics_text(&server).await;
-    assert_eq!(metric(&m, "turns_total{intent=\"other\",outcome=\"completed\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "turns_total{intent=\"other\",outcome=\"completed\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_server_shutdown() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let Server { runtime, _dir } = server;
+    let addr = runtime.http_addr;
+    let stop = tokio::spawn(runtime.shutdown());
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::ServerShutdown);
+    stop.await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
 }
