@@ -162,6 +162,119 @@ fn index_err(path: &Path) -> impl FnOnce(TantivyError) -> TantivyBackendError + 
     }
 }
 
+/// Words of shop talk that say how a customer asks, not what they want ("any", "manga",
+/// "recommend", "volumes"). Left in, they outscore the words that matter: "any horror manga with
+/// few volumes" would rank by "manga" and "volumes" in synopses instead of by "horror".
+const QUERY_STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "af",
+    "an",
+    "and",
+    "any",
+    "anything",
+    "are",
+    "available",
+    "best",
+    "book",
+    "books",
+    "buy",
+    "can",
+    "cheap",
+    "could",
+    "cost",
+    "do",
+    "does",
+    "find",
+    "for",
+    "get",
+    "give",
+    "good",
+    "got",
+    "have",
+    "hello",
+    "hey",
+    "hi",
+    "how",
+    "i",
+    "im",
+    "in",
+    "is",
+    "it",
+    "its",
+    "like",
+    "looking",
+    "manga",
+    "mangas",
+    "many",
+    "me",
+    "more",
+    "much",
+    "my",
+    "need",
+    "new",
+    "of",
+    "on",
+    "or",
+    "other",
+    "please",
+    "pls",
+    "plz",
+    "price",
+    "read",
+    "rec",
+    "recommend",
+    "recommendation",
+    "recommendations",
+    "recs",
+    "series",
+    "show",
+    "similar",
+    "some",
+    "something",
+    "stock",
+    "suggest",
+    "tell",
+    "thanks",
+    "that",
+    "the",
+    "there",
+    "this",
+    "title",
+    "titles",
+    "to",
+    "u",
+    "vol",
+    "vols",
+    "volume",
+    "volumes",
+    "wanna",
+    "want",
+    "what",
+    "which",
+    "with",
+    "would",
+    "you",
+    "your",
+];
+
+/// The query without shop-talk filler; the whole query when nothing else is left.
+fn content_words(query: &str) -> String {
+    let kept: Vec<&str> = query
+        .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
+        .filter(|w| !w.is_empty())
+        .filter(|w| {
+            let lower = w.to_lowercase();
+            !QUERY_STOP_WORDS.contains(&lower.trim_matches('\'').replace('\'', "").as_str())
+        })
+        .collect();
+    if kept.is_empty() {
+        query.to_owned()
+    } else {
+        kept.join(" ")
+    }
+}
+
 /// Opens an existing index directory if it is usable for a catalog of `expected_docs` records.
 fn open_existing(dir: &Path, expected_docs: u64) -> Option<(Index, IndexReader, Fields)> {
     let index = match Index::open_in_dir(dir) {
@@ -287,6 +400,8 @@ impl TantivyRetriever {
         // Terms are OR-ed (the parser's default; `set_conjunction_by_default` is not called).
         parser.set_field_boost(fields.title, 3.0);
         parser.set_field_boost(fields.author, 2.0);
+        // A genre word names what the series is; in a synopsis it may only be mentioned.
+        parser.set_field_boost(fields.genres, 3.0);
         Self {
             inner: Arc::new(Inner {
                 _index: index,
@@ -330,7 +445,7 @@ impl Inner {
         if limit == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let (parsed, errors) = self.parser.parse_query_lenient(query);
+        let (parsed, errors) = self.parser.parse_query_lenient(&content_words(query));
         if !errors.is_empty() {
             tracing::debug!(?errors, "lenient query parse skipped parts of the query");
         }
@@ -382,6 +497,24 @@ impl Retriever for TantivyRetriever {
         tokio::task::spawn_blocking(move || inner.search(&query, limit))
             .await
             .map_err(|e| RetrievalError::Search(format!("search task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::content_words;
+
+    #[test]
+    fn shop_talk_is_dropped_from_queries() {
+        assert_eq!(
+            content_words("any horror manga with few volumes?"),
+            "horror few"
+        );
+        assert_eq!(content_words("recommend something like Frieren"), "Frieren");
+        assert_eq!(content_words("how much is one piece vol 3"), "one piece 3");
+        assert_eq!(content_words("i'm looking for JoJo's"), "JoJo's");
+        // Nothing but filler: search with what was said rather than nothing.
+        assert_eq!(content_words("show me some manga"), "show me some manga");
     }
 }
 
