@@ -13,7 +13,7 @@
 //! with an `internal` error frame (see [`SessionState`]'s `Drop`). Its chunk-forwarders are linked
 //! to it as temporary children: their failures end their turn, never the session.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -258,7 +258,7 @@ impl Actor for SessionActor {
 /// held across an `.await`.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
-    open: Mutex<HashMap<SessionId, ()>>,
+    open: Mutex<HashSet<SessionId>>,
 }
 
 /// Proof that a session is open here; releases it on drop.
@@ -277,10 +277,9 @@ impl SessionRegistry {
     /// Claims `id`, or `None` if another connection holds it.
     pub fn claim(self: &Arc<Self>, id: &SessionId) -> Option<SessionLease> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.contains_key(id) {
+        if !open.insert(id.clone()) {
             return None;
         }
-        open.insert(id.clone(), ());
         Some(SessionLease {
             registry: self.clone(),
             id: id.clone(),

@@ -5,7 +5,6 @@
 //! decodes them into [`ClientFrame`]s, binds a session on `hello`, and turns everything else into
 //! typed session messages. A bad frame costs one `error` frame, nothing more.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
@@ -41,9 +40,6 @@ pub struct Connection {
     session: Option<Bound>,
 }
 
-/// Counts connections for log ids.
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
 impl Connection {
     /// A new connection with its outbound queue; the caller runs [`write_loop`] on the receiver.
     pub fn open(state: FrontState, transport: Transport) -> (Self, mpsc::Receiver<OutFrame>) {
@@ -61,11 +57,6 @@ impl Connection {
             transport,
             session: None,
         };
-        tracing::debug!(
-            conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-            transport = transport.as_str(),
-            "connection opened"
-        );
         (conn, rx)
     }
 
