@@ -43,6 +43,9 @@ pub enum ConfigError {
     },
 }
 
+/// Default transcript group-commit linger (see docs/config.md).
+const DEFAULT_COMMIT_LINGER_MS: u64 = 5;
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -101,6 +104,8 @@ pub struct RawData {
     pub catalog: Option<PathBuf>,
     /// Directory for the index cache and the transcript database.
     pub dir: Option<PathBuf>,
+    /// Group commit: how long the transcript writer waits for more turns to share one fsync.
+    pub transcript_commit_linger_ms: Option<u64>,
 }
 
 /// `[model]`
@@ -174,6 +179,8 @@ pub struct Config {
     pub catalog: Option<PathBuf>,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Transcript group-commit linger.
+    pub transcript_commit_linger: Duration,
     /// Simulated model pacing.
     pub model: SimulatedConfig,
     /// Embedded enrichment latency.
@@ -346,6 +353,13 @@ impl RawConfig {
             slow_client_timeout,
             catalog: self.data.catalog,
             data_dir: self.data.dir.unwrap_or_else(|| PathBuf::from("var")),
+            transcript_commit_linger: ms(ranged(
+                "data.transcript_commit_linger_ms",
+                self.data.transcript_commit_linger_ms,
+                DEFAULT_COMMIT_LINGER_MS,
+                0,
+                1_000,
+            )?),
             model,
             enrichment_latency: LatencyProfile {
                 min: ms(lat_min),

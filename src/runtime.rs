@@ -135,13 +135,13 @@ impl Runtime {
                 })?
         };
         let store_path = config.data_dir.join("transcripts.redb");
-        let transcripts: Arc<dyn TranscriptStore> =
-            Arc::new(EmbeddedTranscriptStore::open(&store_path).map_err(|e| {
-                StartError::Store {
+        let transcripts: Arc<dyn TranscriptStore> = Arc::new(
+            EmbeddedTranscriptStore::open_with_linger(&store_path, config.transcript_commit_linger)
+                .map_err(|e| StartError::Store {
                     path: store_path.clone(),
                     message: e.to_string(),
-                }
-            })?);
+                })?,
+        );
         let enrichment = Arc::new(EmbeddedEnrichment::new(&catalog, config.enrichment_latency));
         let model: Arc<dyn ModelBackend> = Arc::new(SimulatedModel::new(config.model));
         let model_info = model.info();
