@@ -707,3 +707,45 @@ async fn shutdown_closes_connections_with_server_shutdown() {
         "nothing listens any more"
     );
 }
+
+#[tokio::test]
+async fn a_tcp_line_that_is_not_utf8_is_refused_and_the_connection_goes_on() {
+    let server = start().await;
+    let mut c = Client::tcp(&server).await;
+    c.hello().await;
+    if let Client::Tcp { writer, .. } = &mut c {
+        writer
+            .write_all(b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}\n")
+            .await
+            .unwrap();
+    }
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("UTF-8"), "{}", e.message);
+    assert_streamed(&run_turn(&mut c, "hi").await);
+}
+
+#[tokio::test]
+async fn a_websocket_message_beyond_the_hard_limit_closes_only_that_connection() {
+    let server = start().await;
+    let mut other = Client::ws(&server).await;
+    other.hello().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    if let Client::Ws(ws) = &mut c {
+        // 16x the 64 KiB frame limit (1 MiB) is where the WebSocket layer itself refuses.
+        let huge = "x".repeat(2 << 20);
+        let _ = ws.send(Message::Text(huge.into())).await;
+        let mut closed = false;
+        while let Ok(Some(msg)) = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await {
+            if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                closed = true;
+                break;
+            }
+        }
+        closed = closed || ws.next().await.is_none();
+        assert!(closed, "the connection was closed");
+    }
+    // Everyone else goes on.
+    assert_streamed(&run_turn(&mut other, "hi").await);
+}

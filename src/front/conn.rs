@@ -82,6 +82,13 @@ impl Connection {
         self.reject(&e).await;
     }
 
+    /// A line that is not valid UTF-8 (TCP; WebSocket text frames are checked by the WebSocket
+    /// layer, which closes the connection as RFC 6455 requires).
+    pub async fn on_not_utf8(&mut self) {
+        self.send_error(None, ErrorCode::BadRequest, "frame is not valid UTF-8")
+            .await;
+    }
+
     /// A frame the transport cannot carry as text (a binary WebSocket message).
     pub async fn on_binary(&mut self) {
         self.send_error(

@@ -1,7 +1,8 @@
 //! The raw TCP front: the same frames as `/ws`, one JSON object per line (`\n`-terminated).
 //!
 //! Lines longer than the frame limit get a `too_large` error frame; the rest of that line is
-//! skipped and the connection goes on with the next one.
+//! skipped and the connection goes on with the next one. A line that is not UTF-8 gets
+//! `bad_request` and is skipped the same way.
 
 use bytes::BytesMut;
 use mangaassist_actors::outbound::CloseReason;
@@ -81,6 +82,10 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
                     Ok(Some(line)) => conn.on_text(&line, Instant::now()).await,
                     Ok(None) => break,
                     Err(LinesCodecError::MaxLineLengthExceeded) => conn.on_too_large(max + 1).await,
+                    // The codec has already consumed the offending line: refuse it, go on.
+                    Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        conn.on_not_utf8().await
+                    }
                     Err(LinesCodecError::Io(_)) => break 'conn,
                 }
             }
