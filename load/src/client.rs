@@ -11,12 +11,13 @@
 //! outcomes ([`TurnRecord`], [`OpenError`], [`IdleEnd`]) know how to count themselves into
 //! [`RunStats`], and the scenario decides what to do next.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use mangaassist_protocols::frame::{ErrorFrame, ModelInfo};
 use mangaassist_protocols::{ErrorCode, PROTOCOL_VERSION, ServerFrame, TurnId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -202,6 +203,22 @@ impl TurnTracker {
 
     /// A text frame arrived at `at`; returns the turn's end when this frame ends it.
     pub fn on_text(&mut self, text: &str, at: Instant) -> Option<TurnEnd> {
+        // Fast path for the frame that is 98% of the traffic: a token is checked from borrowed
+        // fields (type, turn_id, seq) without building a `ServerFrame`, so the measuring tool
+        // spends less of the CPU it shares with the server. Anything else takes the full decode.
+        if let Ok(peek) = serde_json::from_str::<TokenPeek<'_>>(text)
+            && peek.kind == "token"
+            && let (Some(turn_id), Some(seq)) = (peek.turn_id, peek.seq)
+        {
+            let checked = self.check_raw("token", &turn_id, Some(seq));
+            return match checked {
+                Ok(()) => {
+                    self.timer.on_token(at);
+                    None
+                }
+                Err(why) => Some(TurnEnd::Protocol(why)),
+            };
+        }
         match serde_json::from_str::<ServerFrame>(text) {
             Ok(frame) => self.on_frame(frame, at),
             Err(e) => Some(TurnEnd::Protocol(format!(
@@ -251,7 +268,11 @@ impl TurnTracker {
     }
 
     fn check(&mut self, what: &str, turn_id: &TurnId, seq: Option<u64>) -> Result<(), String> {
-        if *turn_id != self.turn_id {
+        self.check_raw(what, turn_id.as_str(), seq)
+    }
+
+    fn check_raw(&mut self, what: &str, turn_id: &str, seq: Option<u64>) -> Result<(), String> {
+        if turn_id != self.turn_id.as_str() {
             return Err(format!(
                 "`{what}` for turn {turn_id} while waiting on {}",
                 self.turn_id
@@ -277,6 +298,17 @@ impl TurnTracker {
             end,
         }
     }
+}
+
+/// The fields of a server frame the token fast path needs, borrowed from the text.
+#[derive(Deserialize)]
+struct TokenPeek<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    turn_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// Why [`Connection::idle`] returned.
