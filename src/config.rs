@@ -78,6 +78,17 @@ pub struct RawConfig {
     /// `[metrics]`
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// `[stream]`
+    #[serde(default)]
+    pub stream: RawStream,
+}
+
+/// `[stream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Silence before the first token after which a `keepalive` frame is sent.
+    pub keepalive_ms: Option<u64>,
 }
 
 /// `[server]`
@@ -333,6 +344,13 @@ impl RawConfig {
             )?,
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
+            keepalive: ms(ranged(
+                "stream.keepalive_ms",
+                self.stream.keepalive_ms,
+                10_000,
+                10,
+                600_000,
+            )?),
             context: ContextBudget {
                 max_input_tokens: ranged(
                     "turn.context_max_input_tokens",

@@ -41,6 +41,13 @@ enum Command {
         /// TCP listener (overrides server.tcp_listen), e.g. 127.0.0.1:8081.
         #[arg(long)]
         tcp_listen: Option<SocketAddr>,
+        /// Inject latency into an actor's mailbox (repeatable):
+        /// ACTOR[/MESSAGE]=DELAY[..MAX][@PROBABILITY] or ACTOR=lognormal(MEDIAN,SIGMA), e.g.
+        /// `--chaos enricher=4000ms --chaos retriever=200ms..900ms@0.5`. Actors: session,
+        /// classifier, enricher, retriever, generator, chunk_forwarder, metrics_sink. Change them
+        /// at run time with POST/DELETE /admin/chaos (loopback only).
+        #[arg(long = "chaos", value_name = "RULE")]
+        chaos: Vec<String>,
     },
     /// Chat in the terminal with a running server; each line you type is one message.
     Chat {
@@ -103,8 +110,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             listen,
             tcp_listen,
+            chaos,
         } => {
             init_logging();
+            let chaos = chaos
+                .iter()
+                .map(|r| mangaassist_actors::chaos::parse_rule(r))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut cfg = Config::load(config.as_deref())?;
             if let Some(a) = listen {
                 cfg.listen = a;
@@ -116,6 +128,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "could not raise the open-file limit");
             }
             let runtime = Runtime::start(cfg).await?;
+            if !chaos.is_empty() {
+                let shown: Vec<String> = chaos.iter().map(ToString::to_string).collect();
+                tracing::warn!(rules = ?shown, "mailbox chaos installed");
+                runtime.chaos.set(chaos);
+            }
             eprintln!(
                 "mangaassist serving: ws://{}/ws  tcp://{}  metrics http://{}/metrics  (model: {}{})",
                 runtime.http_addr,

@@ -292,6 +292,7 @@ impl Runtime {
             let listener = http_listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;

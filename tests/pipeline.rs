@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use mangaassist::config::Config;
 use mangaassist::runtime::Runtime;
 use mangaassist_actors::chaos::ChaosRule;
+use mangaassist_actors::enricher::EnricherMsg;
 use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::turn::TurnRecord;
@@ -748,4 +749,98 @@ async fn a_websocket_message_beyond_the_hard_limit_closes_only_that_connection()
     }
     // Everyone else goes on.
     assert_streamed(&run_turn(&mut other, "hi").await);
+}
+
+async fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
+        .await
+        .unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn keepalive_frames_fill_a_long_wait_for_the_first_token() {
+    let server = start_with(|c| {
+        c.model.first_token_delay = Duration::from_millis(400);
+        c.turn.keepalive = Duration::from_millis(50);
+    })
+    .await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    c.send(json!({"type": "user_message", "turn_id": "k", "text": "do you have nana"}))
+        .await;
+    let (mut before_first, mut after_first, mut seen_token) = (0, 0, false);
+    loop {
+        match c.next().await {
+            ServerFrame::Keepalive if seen_token => after_first += 1,
+            ServerFrame::Keepalive => before_first += 1,
+            ServerFrame::Token { .. } => seen_token = true,
+            ServerFrame::Done { .. } => break,
+            ServerFrame::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+    assert!(
+        before_first >= 4,
+        "about one per 50 ms of a 400 ms wait: {before_first}"
+    );
+    assert_eq!(after_first, 0, "no keepalive once tokens flow");
+}
+
+#[tokio::test]
+async fn chaos_rules_are_set_listed_and_cleared_over_the_admin_route() {
+    let server = start_with(|c| c.turn.preflight_budget = Duration::from_millis(200)).await;
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/admin/chaos",
+        r#"{"rules":["enricher=2s"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http(&server, "GET", "/admin/chaos", "").await.1,
+        r#"{"rules":["enricher=2000ms"]}"#
+    );
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    // The enricher's mailbox is 2 s slow: price misses the 200 ms budget and is not stated.
+    let slow = run_turn(&mut c, "how much is one piece?").await;
+    assert_streamed(&slow);
+    assert!(!slow.answer().contains('¥'), "{}", slow.answer());
+
+    let (status, body) = http(&server, "DELETE", "/admin/chaos", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"rules":[]}"#));
+    // Messages queued behind the last slow one still wait for it: drain the enricher's mailbox
+    // (this lookup is handled after them, without delay now).
+    server
+        .runtime
+        .pipeline
+        .enricher
+        .call(Duration::from_secs(10), |reply| EnricherMsg::Lookup {
+            series_ids: Vec::new(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // Negative control: without the rule, the same question gets its price.
+    let fast = run_turn(&mut c, "how much is one piece?").await;
+    assert!(fast.answer().contains('¥'), "{}", fast.answer());
+
+    let (status, body) = http(&server, "POST", "/admin/chaos", r#"["nobody=1s"]"#).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown actor"), "{body}");
 }

@@ -23,6 +23,13 @@ pub enum Fault {
         /// Longest delay.
         max: Duration,
     },
+    /// Sleep before handling, log-normally distributed: `median * exp(sigma * N(0, 1))`.
+    LogNormal {
+        /// The median delay.
+        median: Duration,
+        /// Spread (standard deviation of the log).
+        sigma: f64,
+    },
     /// Panic inside the handler, for the next `times` matching messages (recovery tests).
     Panic {
         /// Panics left; shared so clones of the rule count down together.
@@ -36,7 +43,7 @@ pub struct ChaosRule {
     /// The actor whose mailbox it applies to.
     pub actor: ActorKind,
     /// Only messages of this kind (the name each actor gives its messages), or all when `None`.
-    pub message: Option<&'static str>,
+    pub message: Option<Arc<str>>,
     /// Chance in 0..=1 that a matching message is affected.
     pub probability: f64,
     /// The effect.
@@ -119,7 +126,7 @@ impl Chaos {
         }
         let rules = self.rules.load_full();
         for rule in rules.iter() {
-            if rule.actor != actor || rule.message.is_some_and(|m| m != message) {
+            if rule.actor != actor || rule.message.as_deref().is_some_and(|m| m != message) {
                 continue;
             }
             if rule.probability < 1.0 && !rand::rng().random_bool(rule.probability.max(0.0)) {
@@ -134,6 +141,9 @@ impl Chaos {
                     };
                     tokio::time::sleep(d).await;
                 }
+                Fault::LogNormal { median, sigma } => {
+                    tokio::time::sleep(sample_lognormal(*median, *sigma)).await;
+                }
                 Fault::Panic { times } => {
                     let left = times
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -143,6 +153,242 @@ impl Chaos {
                 }
             }
         }
+    }
+}
+
+/// `median * exp(sigma * z)` with `z` standard normal (Box-Muller), capped at one hour.
+fn sample_lognormal(median: Duration, sigma: f64) -> Duration {
+    let mut rng = rand::rng();
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    let secs = median.as_secs_f64() * (sigma * z).exp();
+    Duration::try_from_secs_f64(secs.min(3600.0)).unwrap_or(median)
+}
+
+/// Why a chaos rule could not be parsed. Each message names the part that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChaosParseError {
+    /// No `=` between target and delay.
+    #[error("chaos rule `{0}`: expected ACTOR[/MESSAGE]=DELAY[..MAX][@PROBABILITY]")]
+    Shape(String),
+    /// The actor is not one of the seven.
+    #[error(
+        "chaos rule `{rule}`: unknown actor `{actor}`; expected one of session, classifier, enricher, retriever, generator, chunk_forwarder, metrics_sink"
+    )]
+    Actor {
+        /// The rule.
+        rule: String,
+        /// The bad actor name.
+        actor: String,
+    },
+    /// A duration that does not parse.
+    #[error("chaos rule `{rule}`: `{value}` is not a duration like 250ms, 4s or 800us")]
+    Duration {
+        /// The rule.
+        rule: String,
+        /// The bad value.
+        value: String,
+    },
+    /// A range whose maximum is below its minimum.
+    #[error("chaos rule `{0}`: the range maximum is below its minimum")]
+    Range(String),
+    /// A probability outside 0..=1.
+    #[error("chaos rule `{rule}`: probability `{value}` is not a number in 0..=1")]
+    Probability {
+        /// The rule.
+        rule: String,
+        /// The bad value.
+        value: String,
+    },
+    /// A lognormal spec that does not parse.
+    #[error(
+        "chaos rule `{0}`: expected lognormal(MEDIAN,SIGMA) with SIGMA in 0..=5, e.g. lognormal(2s,0.8)"
+    )]
+    LogNormal(String),
+}
+
+/// Parses `250ms`, `4s`, `800us`, `1.5s`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// Parses one rule: `ACTOR[/MESSAGE]=DELAY[..MAX][@PROBABILITY]` or
+/// `ACTOR[/MESSAGE]=lognormal(MEDIAN,SIGMA)[@PROBABILITY]`, e.g. `enricher=4000ms`,
+/// `retriever=200ms..900ms@0.5`, `chunk-forwarder/chunk=lognormal(30ms,0.5)`.
+pub fn parse_rule(rule: &str) -> Result<ChaosRule, ChaosParseError> {
+    let owned = || rule.to_owned();
+    let (target, spec) = rule
+        .split_once('=')
+        .ok_or_else(|| ChaosParseError::Shape(owned()))?;
+    let (actor_name, message) = match target.trim().split_once('/') {
+        Some((a, m)) => (a, Some(m.trim())),
+        None => (target.trim(), None),
+    };
+    let actor = ActorKind::parse(actor_name).ok_or_else(|| ChaosParseError::Actor {
+        rule: owned(),
+        actor: actor_name.to_owned(),
+    })?;
+    let (spec, probability) = match spec.rsplit_once('@') {
+        Some((d, p)) => {
+            let prob: f64 = p
+                .trim()
+                .parse()
+                .ok()
+                .filter(|x: &f64| (0.0..=1.0).contains(x))
+                .ok_or_else(|| ChaosParseError::Probability {
+                    rule: owned(),
+                    value: p.to_owned(),
+                })?;
+            (d.trim(), prob)
+        }
+        None => (spec.trim(), 1.0),
+    };
+    let duration = |v: &str| {
+        parse_duration(v).ok_or_else(|| ChaosParseError::Duration {
+            rule: owned(),
+            value: v.to_owned(),
+        })
+    };
+    let fault = if let Some(args) = spec
+        .strip_prefix("lognormal(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let (median, sigma) = args
+            .split_once(',')
+            .ok_or_else(|| ChaosParseError::LogNormal(owned()))?;
+        let sigma: f64 = sigma
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| (0.0..=5.0).contains(s))
+            .ok_or_else(|| ChaosParseError::LogNormal(owned()))?;
+        Fault::LogNormal {
+            median: duration(median)?,
+            sigma,
+        }
+    } else {
+        let (min, max) = match spec.split_once("..") {
+            Some((a, b)) => (duration(a)?, duration(b)?),
+            None => {
+                let d = duration(spec)?;
+                (d, d)
+            }
+        };
+        if max < min {
+            return Err(ChaosParseError::Range(owned()));
+        }
+        Fault::Delay { min, max }
+    };
+    Ok(ChaosRule {
+        actor,
+        message: message.map(Arc::from),
+        probability,
+        fault,
+    })
+}
+
+impl std::fmt::Display for ChaosRule {
+    /// The rule in the syntax [`parse_rule`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.actor.as_str())?;
+        if let Some(m) = &self.message {
+            write!(f, "/{m}")?;
+        }
+        match &self.fault {
+            Fault::Delay { min, max } if min == max => write!(f, "={}", format_duration(*min))?,
+            Fault::Delay { min, max } => {
+                write!(f, "={}..{}", format_duration(*min), format_duration(*max))?
+            }
+            Fault::LogNormal { median, sigma } => {
+                write!(f, "=lognormal({},{sigma})", format_duration(*median))?
+            }
+            Fault::Panic { times } => write!(f, "=panic x{}", times.load(Ordering::Relaxed))?,
+        }
+        if self.probability < 1.0 {
+            write!(f, "@{}", self.probability)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse_and_print_back() {
+        for text in [
+            "enricher=4000ms",
+            "retriever=200ms..900ms@0.5",
+            "chunk_forwarder/chunk=lognormal(30ms,0.5)",
+            "generator=250us",
+        ] {
+            assert_eq!(parse_rule(text).unwrap().to_string(), text);
+        }
+        let r = parse_rule("chunk-forwarder=4s").unwrap();
+        assert_eq!(r.actor, ActorKind::ChunkForwarder);
+        assert!(matches!(r.fault, Fault::Delay { min, .. } if min == Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn bad_rules_name_what_is_wrong() {
+        let e = parse_rule("enricher").unwrap_err().to_string();
+        assert!(e.contains("expected ACTOR"), "{e}");
+        let e = parse_rule("nobody=4s").unwrap_err().to_string();
+        assert!(e.contains("unknown actor `nobody`"), "{e}");
+        let e = parse_rule("enricher=4 parsecs").unwrap_err().to_string();
+        assert!(e.contains("`4 parsecs`"), "{e}");
+        let e = parse_rule("enricher=900ms..200ms").unwrap_err().to_string();
+        assert!(e.contains("maximum is below"), "{e}");
+        let e = parse_rule("enricher=4s@1.5").unwrap_err().to_string();
+        assert!(e.contains("probability `1.5`"), "{e}");
+        let e = parse_rule("enricher=lognormal(2s)")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lognormal(MEDIAN,SIGMA)"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lognormal_delays_center_on_the_median() {
+        let chaos = Chaos::new();
+        chaos.add(parse_rule("enricher=lognormal(100ms,0.5)").unwrap());
+        let mut samples = Vec::new();
+        for _ in 0..201 {
+            let t0 = tokio::time::Instant::now();
+            chaos.before(ActorKind::Enricher, "lookup").await;
+            samples.push(t0.elapsed());
+        }
+        samples.sort();
+        let median = samples[100];
+        assert!(
+            median > Duration::from_millis(70) && median < Duration::from_millis(140),
+            "{median:?}"
+        );
+        assert!(samples[200] > samples[0] * 2, "spread");
     }
 }
 

@@ -13,6 +13,7 @@
 //! frame it awaits nothing but the outbound queue (whose slow-client policy bounds that wait).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mangaassist_protocols::frame::FinishReason;
 use mangaassist_protocols::metrics::ActorKind;
@@ -70,6 +71,8 @@ pub struct ForwarderArgs {
     pub done: oneshot::Sender<Forwarded>,
     /// Mailbox chaos.
     pub chaos: Arc<Chaos>,
+    /// While no token has come yet, a `keepalive` frame goes out after this much silence.
+    pub keepalive: Duration,
 }
 
 /// The chunk-forwarder actor.
@@ -85,6 +88,7 @@ pub struct ForwarderState {
     answer: String,
     done: Option<oneshot::Sender<Forwarded>>,
     chaos: Arc<Chaos>,
+    keepalive: Duration,
 }
 
 impl ForwarderState {
@@ -96,13 +100,32 @@ impl ForwarderState {
         let closing = self.outbound.closing().clone();
         let closed = closing.cancelled();
         tokio::pin!(closed);
+        let mut waiting_for_first = true;
         loop {
             self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
-            let event = tokio::select! {
-                biased;
-                event = self.events.recv() => event,
-                () = &mut closed => return Forwarded::Disconnected,
+            let event = if waiting_for_first {
+                // Time to first token can be long (cold model, slow preflight): keep proxies'
+                // idle timers from cutting a healthy stream.
+                loop {
+                    tokio::select! {
+                        biased;
+                        event = self.events.recv() => break event,
+                        () = &mut closed => return Forwarded::Disconnected,
+                        () = tokio::time::sleep(self.keepalive) => {
+                            if self.outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
+                                return Forwarded::Disconnected;
+                            }
+                        }
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    event = self.events.recv() => event,
+                    () = &mut closed => return Forwarded::Disconnected,
+                }
             };
+            waiting_for_first = false;
             match event {
                 Some(StreamEvent::Token(text)) => {
                     self.answer.push_str(&text);
@@ -170,6 +193,7 @@ impl Actor for ForwarderActor {
             answer: String::new(),
             done: Some(args.done),
             chaos: args.chaos,
+            keepalive: args.keepalive,
         })
     }
 

@@ -55,6 +55,8 @@ pub struct TurnSettings {
     pub transcript_timeout: Duration,
     /// Context budget.
     pub context: ContextBudget,
+    /// Silence before the first token after which a `keepalive` frame is sent.
+    pub keepalive: Duration,
 }
 
 impl Default for TurnSettings {
@@ -67,6 +69,7 @@ impl Default for TurnSettings {
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
             context: ContextBudget::default(),
+            keepalive: Duration::from_secs(10),
         }
     }
 }
@@ -311,6 +314,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), B
             first_seq: 1,
             done: done_tx,
             chaos: p.chaos.clone(),
+            keepalive: s.keepalive,
         },
         ctx.session.clone(),
     )

@@ -1,4 +1,4 @@
-//! The HTTP listener: `GET /ws`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! The HTTP listener: `GET /ws`, `GET /metrics`, `GET /healthz`, `GET /readyz`, `/admin/*`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -21,6 +21,7 @@ pub fn router(state: FrontState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(super::admin::routes())
         .with_state(state)
 }
 

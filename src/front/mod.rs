@@ -1,12 +1,13 @@
 //! The fronts: bytes in, frames out.
 //!
 //! - [`http`]: one axum listener with `GET /ws` (upgrades into [`ws`]), `GET /metrics`,
-//!   `GET /healthz`, `GET /readyz`.
+//!   `GET /healthz`, `GET /readyz`, and the loopback-only [`admin`] routes.
 //! - [`tcp`]: the raw TCP listener, one JSON frame per line.
 //! - [`conn`]: what both share once bytes are frames: decoding, the session binding, error
 //!   frames, and the socket writer's timing of token frames (TTFT and chunk gaps are measured
 //!   where frames are written, not where they are produced).
 
+pub mod admin;
 pub mod conn;
 pub mod http;
 pub mod tcp;

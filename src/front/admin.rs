@@ -1,0 +1,150 @@
+//! Admin routes, answered only to clients on the loopback interface.
+//!
+//! - `GET /admin/chaos`: the installed mailbox chaos rules.
+//! - `POST /admin/chaos`: replace them with `{"rules": ["enricher=4000ms", ...]}` (or a bare JSON
+//!   array of rule strings), in the syntax of `serve --chaos`.
+//! - `DELETE /admin/chaos`: remove them all.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mangaassist_actors::chaos::{ChaosRule, parse_rule};
+
+use super::FrontState;
+
+/// The admin routes.
+pub fn routes() -> Router<FrontState> {
+    Router::new().route("/admin/chaos", get(list).post(replace).delete(clear))
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn refuse_remote(peer: SocketAddr) -> Option<Response> {
+    (!peer.ip().is_loopback()).then(|| {
+        json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "admin routes answer only on loopback"}),
+        )
+    })
+}
+
+fn rules_json(rules: &[ChaosRule]) -> serde_json::Value {
+    serde_json::json!({"rules": rules.iter().map(ToString::to_string).collect::<Vec<_>>()})
+}
+
+async fn list(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<FrontState>,
+) -> Response {
+    if let Some(r) = refuse_remote(peer) {
+        return r;
+    }
+    json(StatusCode::OK, rules_json(&state.pipeline.chaos.rules()))
+}
+
+async fn clear(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<FrontState>,
+) -> Response {
+    if let Some(r) = refuse_remote(peer) {
+        return r;
+    }
+    state.pipeline.chaos.clear();
+    tracing::warn!("chaos rules cleared");
+    json(StatusCode::OK, rules_json(&[]))
+}
+
+/// Parses `{"rules": [..]}` or `[..]` into rules; the error names what is wrong.
+pub fn parse_rules_body(body: &[u8]) -> Result<Vec<ChaosRule>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let list = match &value {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(o) => match o.get("rules") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => return Err("expected {\"rules\": [\"ACTOR=DELAY\", ...]}".into()),
+        },
+        _ => return Err("expected {\"rules\": [\"ACTOR=DELAY\", ...]}".into()),
+    };
+    list.iter()
+        .map(|item| {
+            let text = item
+                .as_str()
+                .ok_or_else(|| format!("rule {item} is not a string"))?;
+            parse_rule(text).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+async fn replace(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<FrontState>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refuse_remote(peer) {
+        return r;
+    }
+    match parse_rules_body(&body) {
+        Ok(rules) => {
+            let shown = rules_json(&rules);
+            tracing::warn!(rules = %shown, "chaos rules installed");
+            state.pipeline.chaos.set(rules);
+            json(StatusCode::OK, shown)
+        }
+        Err(message) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": message}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_or_say_why_not() {
+        assert_eq!(
+            parse_rules_body(br#"{"rules":["enricher=4s"]}"#)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            parse_rules_body(br#"["enricher=4s","retriever=1ms..2ms@0.5"]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_rules_body(b"nope").unwrap_err().contains("not JSON"));
+        assert!(
+            parse_rules_body(br#"{"rule":[]}"#)
+                .unwrap_err()
+                .contains("expected")
+        );
+        assert!(
+            parse_rules_body(br#"["nobody=4s"]"#)
+                .unwrap_err()
+                .contains("unknown actor")
+        );
+    }
+
+    #[test]
+    fn only_loopback_peers_are_served() {
+        assert!(refuse_remote("127.0.0.1:5000".parse().unwrap()).is_none());
+        assert!(refuse_remote("[::1]:5000".parse().unwrap()).is_none());
+        assert!(refuse_remote("192.0.2.7:5000".parse().unwrap()).is_some());
+    }
+}
