@@ -160,10 +160,15 @@ fn volumes_phrase(volumes: u32) -> String {
     }
 }
 
-fn genre_of(item: &ContextItem) -> &str {
-    item.doc
-        .genres
-        .first()
+/// The genre to describe an item by: one the customer asked for, if the item has it, else its
+/// first ("any horror?" -> "Jujutsu Kaisen ... is a horror series", not "an action series").
+fn genre_of<'a>(item: &'a ContextItem, asked: &str) -> &'a str {
+    let asked = asked.to_lowercase();
+    let genres = &item.doc.genres;
+    genres
+        .iter()
+        .find(|g| !g.is_empty() && asked.contains(g.as_str()))
+        .or_else(|| genres.first())
         .map(String::as_str)
         .filter(|g| !g.is_empty())
         .unwrap_or("manga")
@@ -260,13 +265,14 @@ fn compose(request: &ModelRequest) -> String {
             .to_string();
     }
 
+    let asked = last_user_text(request);
     let mut parts: Vec<String> = Vec::new();
     match request.intent {
         Intent::Recommend => {
             parts.push("Here are a few picks from our catalog.".to_string());
             for (i, item) in items.iter().enumerate() {
                 let doc = &item.doc;
-                let genre = genre_of(item);
+                let genre = genre_of(item, asked);
                 let sentence = if i == 0 {
                     format!(
                         "If you like {genre}, you may enjoy {} by {} ({}).",
@@ -292,7 +298,7 @@ fn compose(request: &ModelRequest) -> String {
             parts.push("Here are some series you could explore.".to_string());
             for item in &items {
                 let doc = &item.doc;
-                let genre = genre_of(item);
+                let genre = genre_of(item, asked);
                 parts.push(format!(
                     "{} by {} is {} {genre} series with {}.",
                     doc.title,
@@ -312,7 +318,7 @@ fn compose(request: &ModelRequest) -> String {
             let (mut missing_price, mut missing_stock) = (false, false);
             for item in &items {
                 let doc = &item.doc;
-                let genre = genre_of(item);
+                let genre = genre_of(item, asked);
                 parts.push(format!(
                     "{} by {} is {} {genre} series with {}.",
                     doc.title,
@@ -334,6 +340,33 @@ fn compose(request: &ModelRequest) -> String {
         }
     }
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod genre_tests {
+    use mangaassist_protocols::turn::RetrievedDoc;
+
+    use super::*;
+
+    #[test]
+    fn the_genre_asked_for_is_the_one_named() {
+        let item = ContextItem {
+            doc: RetrievedDoc {
+                series_id: "jjk".into(),
+                title: "Jujutsu Kaisen".into(),
+                author: "Gege Akutami".into(),
+                genres: vec!["action".into(), "horror".into()],
+                demographic: "shonen".into(),
+                volumes: 30,
+                synopsis: String::new(),
+                score: 1.0,
+            },
+            price_jpy: None,
+            stock: None,
+        };
+        assert_eq!(genre_of(&item, "any Horror manga?"), "horror");
+        assert_eq!(genre_of(&item, "something fun"), "action");
+    }
 }
 
 #[cfg(test)]
