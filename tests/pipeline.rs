@@ -844,3 +844,34 @@ async fn chaos_rules_are_set_listed_and_cleared_over_the_admin_route() {
     assert_eq!(status, 400);
     assert!(body.contains("unknown actor"), "{body}");
 }
+
+#[tokio::test]
+async fn disconnects_are_counted_by_reason() {
+    let server = start().await;
+    let mut ws = Client::ws(&server).await;
+    ws.hello().await;
+    if let Client::Ws(mut w) = ws {
+        (*w).close(None).await.unwrap();
+        while let Some(Ok(_)) = w.next().await {}
+    }
+    let mut tcp = Client::tcp(&server).await;
+    tcp.hello().await;
+    if let Client::Tcp {
+        mut reader,
+        mut writer,
+    } = tcp
+    {
+        writer.shutdown().await.unwrap();
+        let mut rest = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut rest)
+            .await
+            .unwrap();
+    }
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, "stream_disconnect_total{reason=\"client_closed\"}"),
+        2.0
+    );
+    assert_eq!(metric(&m, "stream_disconnect_total{reason=\"error\"}"), 0.0);
+    assert_eq!(metric(&m, "connections_open{transport=\"websocket\"}"), 0.0);
+}

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
-use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, Transport, TurnOutcome};
+use mangaassist_protocols::metrics::{
+    ActorKind, DisconnectReason, MetricEvent, Stage, Transport, TurnOutcome,
+};
 use mangaassist_protocols::turn::{EnrichmentField, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -112,6 +114,7 @@ pub struct MetricsState {
     restarts: HashMap<ActorKind, u64>,
     connections_open: HashMap<Transport, i64>,
     connections_total: HashMap<Transport, u64>,
+    disconnects: HashMap<DisconnectReason, u64>,
 }
 
 fn histogram() -> Result<Histogram<u64>, ActorProcessingErr> {
@@ -144,6 +147,7 @@ impl MetricsState {
                 *self.omitted.entry(field).or_default() += 1
             }
             MetricEvent::ActorRestarted { actor } => *self.restarts.entry(actor).or_default() += 1,
+            MetricEvent::Disconnect { reason } => *self.disconnects.entry(reason).or_default() += 1,
             MetricEvent::Connection { transport, opened } => {
                 let open = self.connections_open.entry(transport).or_default();
                 if opened {
@@ -284,6 +288,20 @@ impl MetricsState {
         }
         header(
             &mut out,
+            "stream_disconnect_total",
+            "counter",
+            "Client connections ended, by reason.",
+        );
+        for reason in DisconnectReason::ALL {
+            let n = self.disconnects.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "stream_disconnect_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+        }
+        header(
+            &mut out,
             "metrics_events_dropped_total",
             "counter",
             "Metric events dropped because the metrics-sink queue was full or the sink was restarting.",
@@ -373,6 +391,7 @@ impl Actor for MetricsSink {
             restarts: HashMap::new(),
             connections_open: HashMap::new(),
             connections_total: HashMap::new(),
+            disconnects: HashMap::new(),
         })
     }
 

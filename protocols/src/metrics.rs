@@ -147,6 +147,44 @@ impl Transport {
     }
 }
 
+/// Why a client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The client closed it (WebSocket close, TCP end of stream).
+    ClientClosed,
+    /// It sat idle past the configured timeout.
+    IdleTimeout,
+    /// The client did not read its frames fast enough.
+    SlowConsumer,
+    /// The server was shutting down.
+    ServerShutdown,
+    /// A read or write failed.
+    Error,
+}
+
+impl DisconnectReason {
+    /// Every reason.
+    pub const ALL: [DisconnectReason; 5] = [
+        DisconnectReason::ClientClosed,
+        DisconnectReason::IdleTimeout,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::ServerShutdown,
+        DisconnectReason::Error,
+    ];
+
+    /// The label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientClosed => "client_closed",
+            DisconnectReason::IdleTimeout => "idle_timeout",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::ServerShutdown => "server_shutdown",
+            DisconnectReason::Error => "error",
+        }
+    }
+}
+
 /// Gaps one batch holds.
 pub const GAP_BATCH: usize = 30;
 
@@ -236,6 +274,11 @@ pub enum MetricEvent {
     ActorRestarted {
         /// Which kind.
         actor: ActorKind,
+    },
+    /// A client connection ended, and why.
+    Disconnect {
+        /// Why.
+        reason: DisconnectReason,
     },
     /// A client connection opened or closed.
     Connection {

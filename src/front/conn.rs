@@ -11,7 +11,9 @@ use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
 use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionLease, SessionMsg};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
 use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
-use mangaassist_protocols::metrics::{ActorKind, GapBatch, MetricEvent, Transport};
+use mangaassist_protocols::metrics::{
+    ActorKind, DisconnectReason, GapBatch, MetricEvent, Transport,
+};
 use mangaassist_protocols::{
     ClientFrame, PROTOCOL_VERSION, ServerFrame, SessionId, TurnId, UserId,
 };
@@ -289,13 +291,21 @@ impl Connection {
         self.session.as_ref().and_then(|b| b.actor.get())
     }
 
-    /// The client went away or the server is closing: stop the session and account for it.
-    pub async fn close(self) {
+    /// The connection is over: stop the session and account for it. `seen` is how the reader
+    /// saw it end; a reason the server gave for closing (slow consumer, shutdown) takes precedence.
+    pub async fn close(self, seen: DisconnectReason) {
         if let Some(actor) = self.session_actor() {
             let _ = actor.send_message(SessionMsg::Close);
         }
         self.outbound.closing().cancel();
-        self.state.pipeline.metrics.emit(MetricEvent::Connection {
+        let reason = match self.outbound.close_reason() {
+            Some(CloseReason::SlowConsumer) => DisconnectReason::SlowConsumer,
+            Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,
+            None => seen,
+        };
+        let metrics = &self.state.pipeline.metrics;
+        metrics.emit(MetricEvent::Disconnect { reason });
+        metrics.emit(MetricEvent::Connection {
             transport: self.transport,
             opened: false,
         });

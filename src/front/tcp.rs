@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use mangaassist_actors::outbound::CloseReason;
-use mangaassist_protocols::metrics::Transport;
+use mangaassist_protocols::metrics::{DisconnectReason, Transport};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
@@ -76,7 +76,7 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
     let reader = async {
         let mut codec = LinesCodec::new_with_max_length(max);
         let mut buf = BytesMut::with_capacity(1024);
-        'conn: loop {
+        let ended = 'conn: loop {
             loop {
                 match codec.decode(&mut buf) {
                     Ok(Some(line)) => conn.on_text(&line, Instant::now()).await,
@@ -86,29 +86,30 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
                     Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                         conn.on_not_utf8().await
                     }
-                    Err(LinesCodecError::Io(_)) => break 'conn,
+                    Err(LinesCodecError::Io(_)) => break 'conn DisconnectReason::Error,
                 }
             }
             let read = tokio::select! {
                 r = read_half.read_buf(&mut buf) => r,
-                () = outbound.closing().cancelled() => break,
+                () = outbound.closing().cancelled() => break DisconnectReason::Error,
                 () = state.shutdown.cancelled() => {
                     outbound.close(CloseReason::ServerShutdown);
-                    break;
+                    break DisconnectReason::ServerShutdown;
                 }
             };
             match read {
-                Ok(0) | Err(_) => {
+                Ok(0) => {
                     // A last line without its newline still counts.
                     if let Ok(Some(line)) = codec.decode_eof(&mut buf) {
                         conn.on_text(&line, Instant::now()).await;
                     }
-                    break;
+                    break DisconnectReason::ClientClosed;
                 }
+                Err(_) => break DisconnectReason::Error,
                 Ok(_) => {}
             }
-        }
-        conn.close().await;
+        };
+        conn.close(ended).await;
     };
 
     tokio::join!(reader, writer);

@@ -11,7 +11,7 @@ use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use mangaassist_actors::outbound::CloseReason;
-use mangaassist_protocols::metrics::Transport;
+use mangaassist_protocols::metrics::{DisconnectReason, Transport};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -77,13 +77,14 @@ async fn run(socket: WebSocket, state: FrontState) {
     };
 
     let reader = async {
-        loop {
+        let ended = loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
-                () = outbound.closing().cancelled() => break,
+                // The writer failed (or the server closed the connection; `close` knows why).
+                () = outbound.closing().cancelled() => break DisconnectReason::Error,
                 () = state.shutdown.cancelled() => {
                     outbound.close(CloseReason::ServerShutdown);
-                    break;
+                    break DisconnectReason::ServerShutdown;
                 }
             };
             let received_at = Instant::now();
@@ -97,10 +98,11 @@ async fn run(socket: WebSocket, state: FrontState) {
                 }
                 Some(Ok(Message::Binary(_))) => conn.on_binary().await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(Message::Close(_))) | None => break DisconnectReason::ClientClosed,
+                Some(Err(_)) => break DisconnectReason::Error,
             }
-        }
-        conn.close().await;
+        };
+        conn.close(ended).await;
     };
 
     tokio::join!(reader, writer);
