@@ -875,3 +875,46 @@ async fn disconnects_are_counted_by_reason() {
     assert_eq!(metric(&m, "stream_disconnect_total{reason=\"error\"}"), 0.0);
     assert_eq!(metric(&m, "connections_open{transport=\"websocket\"}"), 0.0);
 }
+
+#[tokio::test]
+async fn a_disconnect_mid_stream_stops_the_model_and_records_the_partial_turn() {
+    let server = start_with(|c| c.model.token_pacing = Duration::from_millis(50)).await;
+    let mut c = Client::tcp(&server).await;
+    let session = c.hello().await;
+    c.send(json!({"type": "user_message", "turn_id": "gone", "text": "recommend a long fantasy series"}))
+        .await;
+    let mut received = String::new();
+    let mut tokens = 0;
+    while tokens < 3 {
+        if let ServerFrame::Token { text, .. } = c.next().await {
+            received.push_str(&text);
+            tokens += 1;
+        }
+    }
+    // Close our side and wait for the server to close its: by then the turn is recorded and
+    // the session is free again.
+    if let Client::Tcp { mut reader, writer } = c {
+        drop(writer);
+        let mut rest = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut rest).await;
+    }
+    let mut c2 = Client::tcp(&server).await;
+    c2.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+        .await;
+    match c2.next().await {
+        ServerFrame::Welcome { resumed_turns, .. } => assert_eq!(resumed_turns, 1),
+        other => panic!("the session is free and holds the turn once the socket closed: {other:?}"),
+    }
+    let record = transcript(&server, &session).await.remove(0);
+    assert_eq!(record.finish_reason, FinishReason::Cancelled);
+    assert!(
+        record.answer_text.starts_with(&received),
+        "{:?} vs {received:?}",
+        record.answer_text
+    );
+    let out = record.usage.output_tokens;
+    assert!(
+        (3..=6).contains(&out),
+        "generation stopped at once: {out} tokens"
+    );
+}

@@ -8,6 +8,8 @@
 //! tokens themselves never travel through the (unbounded) ractor mailbox.
 //! **Outputs**: frames to [`Outbound`], and one [`Forwarded`] outcome to the turn when the stream
 //! ends.
+//! When the connection closes mid-stream it cancels the turn (the model stops at once) and reports
+//! what was sent and the partial usage, so the turn is still recorded.
 //! **Failure policy**: temporary: never restarted. If it fails, the turn's outcome channel closes
 //! and the turn ends with an `internal` error frame. Between receiving a token and queueing its
 //! frame it awaits nothing but the outbound queue (whose slow-client policy bounds that wait).
@@ -21,9 +23,13 @@ use mangaassist_protocols::turn::{StreamEvent, Usage};
 use mangaassist_protocols::{ServerFrame, TurnId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::chaos::Chaos;
 use crate::outbound::{Mark, Outbound};
+
+/// How long a forwarder whose connection closed waits for the model's partial usage.
+const WIND_DOWN: Duration = Duration::from_secs(1);
 
 /// How a stream ended, as the forwarder saw it.
 #[derive(Debug)]
@@ -46,8 +52,14 @@ pub enum Forwarded {
         /// The seq the error frame takes.
         next_seq: u64,
     },
-    /// The connection closed under the stream.
-    Disconnected,
+    /// The connection closed under the stream. The model was stopped; `answer` is what had been
+    /// queued for the client, `usage` what the model reported on stopping (if it did in time).
+    Disconnected {
+        /// The part of the answer queued before the connection closed.
+        answer: String,
+        /// Partial token counts.
+        usage: Option<Usage>,
+    },
 }
 
 /// Messages of a chunk-forwarder.
@@ -73,6 +85,8 @@ pub struct ForwarderArgs {
     pub chaos: Arc<Chaos>,
     /// While no token has come yet, a `keepalive` frame goes out after this much silence.
     pub keepalive: Duration,
+    /// The turn's cancellation: cancelled here when the connection goes away.
+    pub cancel: CancellationToken,
 }
 
 /// The chunk-forwarder actor.
@@ -89,6 +103,7 @@ pub struct ForwarderState {
     done: Option<oneshot::Sender<Forwarded>>,
     chaos: Arc<Chaos>,
     keepalive: Duration,
+    cancel: CancellationToken,
 }
 
 impl ForwarderState {
@@ -110,10 +125,10 @@ impl ForwarderState {
                     tokio::select! {
                         biased;
                         event = self.events.recv() => break event,
-                        () = &mut closed => return Forwarded::Disconnected,
+                        () = &mut closed => return self.wind_down().await,
                         () = tokio::time::sleep(self.keepalive) => {
                             if self.outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
-                                return Forwarded::Disconnected;
+                                return self.wind_down().await;
                             }
                         }
                     }
@@ -122,12 +137,13 @@ impl ForwarderState {
                 tokio::select! {
                     biased;
                     event = self.events.recv() => event,
-                    () = &mut closed => return Forwarded::Disconnected,
+                    () = &mut closed => return self.wind_down().await,
                 }
             };
             waiting_for_first = false;
             match event {
                 Some(StreamEvent::Token(text)) => {
+                    let sent_len = self.answer.len();
                     self.answer.push_str(&text);
                     let frame = ServerFrame::Token {
                         turn_id: self.turn_id.clone(),
@@ -136,7 +152,8 @@ impl ForwarderState {
                     };
                     self.next_seq += 1;
                     if self.outbound.send(&frame, Mark::Token).await.is_err() {
-                        return Forwarded::Disconnected;
+                        self.answer.truncate(sent_len);
+                        return self.wind_down().await;
                     }
                 }
                 Some(StreamEvent::End {
@@ -164,6 +181,26 @@ impl ForwarderState {
                 }
             }
         }
+    }
+
+    /// The connection is gone: stop the model at once and collect its partial usage.
+    async fn wind_down(&mut self) -> Forwarded {
+        self.cancel.cancel();
+        let answer = std::mem::take(&mut self.answer);
+        // The generation task answers cancellation with `End` straight away; tokens it had
+        // already produced were never sent and are not part of the answer.
+        let usage = tokio::time::timeout(WIND_DOWN, async {
+            loop {
+                match self.events.recv().await {
+                    Some(StreamEvent::Token(_)) => {}
+                    Some(StreamEvent::End { usage, .. }) => return Some(usage),
+                    Some(StreamEvent::Failed { .. }) | None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or(None);
+        Forwarded::Disconnected { answer, usage }
     }
 
     fn finish(&mut self, myself: &ActorRef<ForwarderMsg>, outcome: Forwarded) {
@@ -194,6 +231,7 @@ impl Actor for ForwarderActor {
             done: Some(args.done),
             chaos: args.chaos,
             keepalive: args.keepalive,
+            cancel: args.cancel,
         })
     }
 

@@ -68,8 +68,9 @@ pub enum SessionMsg {
         /// Its transcript record, when it completed.
         record: Option<TurnRecord>,
     },
-    /// The connection closed: cancel what runs and stop.
-    Close,
+    /// The connection closed: cancel what runs, let it record itself, release the session for
+    /// other connections, answer, and stop.
+    Close(RpcReplyPort<()>),
 }
 
 /// Arguments of a session (cloned on restart).
@@ -83,7 +84,14 @@ pub struct SessionArgs {
     pub pipeline: Pipeline,
     /// The connection's outbound queue.
     pub outbound: Outbound,
+    /// Held for as long as any incarnation of this session may run (the supervisor keeps these
+    /// arguments until the session stops for good), so the session cannot be opened elsewhere
+    /// while its last turn is still being recorded.
+    pub lease: Arc<SessionLease>,
 }
+
+/// Longest a closing session waits for its turn to be recorded before it stops anyway.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The session actor.
 #[derive(Debug, Default)]
@@ -226,10 +234,20 @@ impl Actor for SessionActor {
                     state.history = history.split_off(keep).into();
                 }
             }
-            SessionMsg::Close => {
+            SessionMsg::Close(reply) => {
                 if let Some(active) = state.active.take() {
                     active.control.cancel.cancel();
                 }
+                // Let the cancelled turn record itself before the session is released.
+                state.tasks.close();
+                if tokio::time::timeout(CLOSE_GRACE, state.tasks.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(session = %state.args.session_id, "turn still running at close");
+                }
+                state.args.lease.release();
+                let _ = reply.send(());
                 myself.stop(Some("connection closed".into()));
             }
         }
@@ -261,11 +279,13 @@ pub struct SessionRegistry {
     open: Mutex<HashSet<SessionId>>,
 }
 
-/// Proof that a session is open here; releases it on drop.
+/// Proof that a session is open here; released by [`SessionLease::release`] or on drop.
 #[derive(Debug)]
 pub struct SessionLease {
     registry: Arc<SessionRegistry>,
     id: SessionId,
+    /// Set once released, so a later drop cannot remove a newer lease of the same id.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl SessionRegistry {
@@ -283,6 +303,7 @@ impl SessionRegistry {
         Some(SessionLease {
             registry: self.clone(),
             id: id.clone(),
+            released: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -297,12 +318,21 @@ impl SessionRegistry {
     }
 }
 
+impl SessionLease {
+    /// Frees the session for other connections (idempotent).
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.registry
+                .open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.id);
+        }
+    }
+}
+
 impl Drop for SessionLease {
     fn drop(&mut self) {
-        self.registry
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.release();
     }
 }

@@ -19,7 +19,7 @@ use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
 use mangaassist_protocols::ports::TranscriptStore;
 use mangaassist_protocols::turn::{
-    ContextItem, Enrichment, EnrichmentField, Intent, ProductCard, RetrievedDoc, TurnRecord,
+    ContextItem, Enrichment, EnrichmentField, Intent, ProductCard, RetrievedDoc, TurnRecord, Usage,
 };
 use mangaassist_protocols::{ServerFrame, SessionId, TraceId, TurnId, UserId};
 use ractor::{Actor, ActorCell, RpcReplyPort};
@@ -198,19 +198,18 @@ where
 /// that frame, and the session must already know this turn is over by then.
 pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     let metrics = ctx.pipeline.metrics.clone();
-    let result = tokio::select! {
-        r = turn_body(&ctx) => r,
-        // A closed connection ends the turn quietly: nobody is left to tell.
-        () = ctx.outbound.closing().cancelled() => Err(None),
-    };
-    match result {
-        Ok((record, intent, done)) => {
+    // A connection that closes before the stream ends the turn at its next frame (quietly:
+    // nobody is left to tell); one that closes during the stream is recorded by the forwarder.
+    match turn_body(&ctx).await {
+        Ok((record, intent, last)) => {
             let outcome = match record.finish_reason {
                 FinishReason::Stop => TurnOutcome::Completed,
                 FinishReason::Cancelled => TurnOutcome::Cancelled,
             };
             ended(Some(record));
-            let _ = ctx.outbound.send(&done, Mark::TurnEnd).await;
+            if let Some(done) = last {
+                let _ = ctx.outbound.send(&done, Mark::TurnEnd).await;
+            }
             metrics.emit(MetricEvent::TurnFinished { intent, outcome });
         }
         Err(Some((failure, intent))) => {
@@ -236,7 +235,7 @@ type BodyError = Option<(TurnFailure, Option<Intent>)>;
 
 /// Everything up to (not including) the turn's last frame, which [`run_turn`] sends once the
 /// session knows the turn is over.
-async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), BodyError> {
+async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFrame>), BodyError> {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let fail = |f: TurnFailure, intent: Option<Intent>| Some((f, intent));
@@ -315,6 +314,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), B
             done: done_tx,
             chaos: p.chaos.clone(),
             keepalive: s.keepalive,
+            cancel: ctx.control.cancel.clone(),
         },
         ctx.session.clone(),
     )
@@ -352,7 +352,18 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), B
             f.seq = Some(next_seq);
             return Err(fail(f, Some(intent)));
         }
-        Forwarded::Disconnected => return Err(None),
+        Forwarded::Disconnected { answer, usage } => {
+            // Nobody is left to tell, but the turn happened: record it, partial usage included.
+            let usage = usage.unwrap_or(Usage {
+                input_tokens: 0,
+                output_tokens: 0,
+            });
+            let record = record_of(ctx, intent, answer, usage, FinishReason::Cancelled);
+            if let Err(e) = save(ctx, &record).await {
+                tracing::warn!(turn = %ctx.turn_id, error = %e, "transcript write failed for a disconnected turn");
+            }
+            return Ok((record, intent, None));
+        }
     };
     if ctx.control.session_failed.load(Ordering::Acquire) {
         let mut f = TurnFailure::new(ErrorCode::Internal, "session actor failed while streaming");
@@ -376,7 +387,29 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), B
     }
 
     // 6. Transcript, durably, before `done`.
-    let record = TurnRecord {
+    let record = record_of(ctx, intent, answer, usage, finish_reason);
+    if let Err(message) = save(ctx, &record).await {
+        let mut f = TurnFailure::new(ErrorCode::Internal, message);
+        f.seq = Some(seq);
+        return Err(fail(f, Some(intent)));
+    }
+    let done = ServerFrame::Done {
+        turn_id: ctx.turn_id.clone(),
+        seq,
+        usage,
+        finish_reason,
+    };
+    Ok((record, intent, Some(done)))
+}
+
+fn record_of(
+    ctx: &TurnCtx,
+    intent: Intent,
+    answer: String,
+    usage: Usage,
+    finish_reason: FinishReason,
+) -> TurnRecord {
+    TurnRecord {
         session_id: ctx.session_id.clone(),
         user_id: ctx.user_id.clone(),
         turn_id: ctx.turn_id.clone(),
@@ -388,31 +421,27 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, ServerFrame), B
         finished_at_ms: unix_ms(),
         usage,
         finish_reason,
-    };
-    let t_tx = Instant::now();
-    let saved =
-        tokio::time::timeout(s.transcript_timeout, p.transcripts.append(record.clone())).await;
+    }
+}
+
+/// Writes the record durably, timing it; the error says why it was not written.
+async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
+    let p = &ctx.pipeline;
+    let t0 = Instant::now();
+    let saved = tokio::time::timeout(
+        p.settings.transcript_timeout,
+        p.transcripts.append(record.clone()),
+    )
+    .await;
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::TranscriptWrite,
-        us: micros(t_tx.elapsed()),
+        us: micros(t0.elapsed()),
     });
-    let save_error = match saved {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("transcript write timed out".to_owned()),
-    };
-    if let Some(message) = save_error {
-        let mut f = TurnFailure::new(ErrorCode::Internal, message);
-        f.seq = Some(seq);
-        return Err(fail(f, Some(intent)));
+    match saved {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("transcript write timed out".to_owned()),
     }
-    let done = ServerFrame::Done {
-        turn_id: ctx.turn_id.clone(),
-        seq,
-        usage,
-        finish_reason,
-    };
-    Ok((record, intent, done))
 }
 
 /// Retrieval and mandatory enrichment under one budget. Never fails: what misses the budget is

@@ -5,10 +5,11 @@
 //! decodes them into [`ClientFrame`]s, binds a session on `hello`, and turns everything else into
 //! typed session messages. A bad frame costs one `error` frame, nothing more.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
-use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionLease, SessionMsg};
+use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionMsg};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
 use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
 use mangaassist_protocols::metrics::{
@@ -23,6 +24,9 @@ use tokio::time::Instant;
 
 use super::FrontState;
 
+/// How long closing waits for the session to record its last turn and release itself.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// How long the front waits for a session actor to accept a message.
 const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -30,8 +34,6 @@ const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 struct Bound {
     /// Where the session actor lives (updated if it is restarted).
     actor: WorkerSlot<SessionMsg>,
-    /// Held while the connection lives, so no other connection drives the session.
-    _lease: SessionLease,
 }
 
 /// The transport-independent half of a connection.
@@ -172,6 +174,7 @@ impl Connection {
             user_id: hello.user_id.unwrap_or_else(UserId::anonymous),
             pipeline: self.state.pipeline.clone(),
             outbound: self.outbound.clone(),
+            lease: Arc::new(lease),
         };
         let spec = ChildSpec::new(
             ActorKind::Session,
@@ -207,10 +210,7 @@ impl Connection {
                 )
                 .await;
         };
-        self.session = Some(Bound {
-            actor: slot,
-            _lease: lease,
-        });
+        self.session = Some(Bound { actor: slot });
         let welcome = ServerFrame::Welcome {
             session_id,
             protocol: PROTOCOL_VERSION,
@@ -287,17 +287,18 @@ impl Connection {
         self.send_error(Some(turn_id), code, message).await;
     }
 
-    fn session_actor(&self) -> Option<ractor::ActorRef<SessionMsg>> {
-        self.session.as_ref().and_then(|b| b.actor.get())
-    }
-
     /// The connection is over: stop the session and account for it. `seen` is how the reader
     /// saw it end; a reason the server gave for closing (slow consumer, shutdown) takes precedence.
     pub async fn close(self, seen: DisconnectReason) {
-        if let Some(actor) = self.session_actor() {
-            let _ = actor.send_message(SessionMsg::Close);
-        }
         self.outbound.closing().cancel();
+        if let Some(session) = &self.session {
+            // Returns once the session's last turn is recorded and the session is free again,
+            // so a client that reconnects after seeing this socket close can resume it.
+            let _ = session
+                .actor
+                .call(SESSION_CLOSE_TIMEOUT, SessionMsg::Close)
+                .await;
+        }
         let reason = match self.outbound.close_reason() {
             Some(CloseReason::SlowConsumer) => DisconnectReason::SlowConsumer,
             Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,

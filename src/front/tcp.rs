@@ -61,7 +61,7 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
         let sink = TcpSink(BufWriter::with_capacity(4 * 1024, write_half));
         let Ok(mut sink) = write_loop(&mut rx, &outbound, &state, sink).await else {
             outbound.closing().cancel();
-            return;
+            return None;
         };
         if let Some(reason) = outbound.close_reason() {
             let bye = async {
@@ -71,6 +71,7 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         }
+        Some(sink)
     };
 
     let reader = async {
@@ -112,5 +113,9 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
         conn.close(ended).await;
     };
 
-    tokio::join!(reader, writer);
+    // Dropping the write half ends the client's stream: only do it once the reader has closed
+    // the session (its last turn recorded, the session free), so a client that sees the socket
+    // close can resume the session at once.
+    let ((), sink) = tokio::join!(reader, writer);
+    drop(sink);
 }

@@ -50,7 +50,7 @@ async fn run(socket: WebSocket, state: FrontState) {
     let writer = async {
         let Ok(mut sink) = write_loop(&mut rx, &outbound, &state, WsSink(sink)).await else {
             outbound.closing().cancel();
-            return;
+            return None;
         };
         if let Some(reason) = outbound.close_reason() {
             // Best effort: a client that stopped reading may never take these.
@@ -74,6 +74,7 @@ async fn run(socket: WebSocket, state: FrontState) {
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         }
+        Some(sink)
     };
 
     let reader = async {
@@ -105,5 +106,8 @@ async fn run(socket: WebSocket, state: FrontState) {
         conn.close(ended).await;
     };
 
-    tokio::join!(reader, writer);
+    // The socket closes when both halves are gone: only after the reader has closed the session
+    // (its last turn recorded, the session free for a reconnecting client).
+    let ((), sink) = tokio::join!(reader, writer);
+    drop(sink);
 }
