@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mangaassist_actors::context::ContextBudget;
-use mangaassist_actors::turn::TurnSettings;
+use mangaassist_actors::turn::{EnrichmentMode, TurnSettings};
 use serde::Deserialize;
 
 use crate::backends::embedded_enrichment::LatencyProfile;
@@ -141,6 +141,8 @@ pub struct RawEnrichment {
     pub latency_min_ms: Option<u64>,
     /// Embedded source: longest simulated lookup latency.
     pub latency_max_ms: Option<u64>,
+    /// `preflight` (default) or `inline` (the anti-pattern, for comparison).
+    pub mode: Option<String>,
 }
 
 /// `[retrieval]`
@@ -324,6 +326,16 @@ impl RawConfig {
             ));
         }
 
+        let enrichment_mode = match e.mode.as_deref() {
+            None | Some("preflight") => EnrichmentMode::Preflight,
+            Some("inline") => EnrichmentMode::Inline,
+            Some(other) => {
+                return Err(invalid(
+                    "enrichment.mode",
+                    format!("`{other}` is not `preflight` or `inline`"),
+                ));
+            }
+        };
         let t = self.turn;
         let turn = TurnSettings {
             classify_timeout: ms(ranged(
@@ -344,6 +356,7 @@ impl RawConfig {
             )?,
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
+            enrichment_mode,
             keepalive: ms(ranged(
                 "stream.keepalive_ms",
                 self.stream.keepalive_ms,

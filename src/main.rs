@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mangaassist::config::Config;
 use mangaassist::runtime::Runtime;
+use mangaassist_actors::turn::EnrichmentMode;
 
 /// mimalloc: less time in malloc/free on the token path (one frame string per token) and less
 /// fragmentation across thousands of connections than glibc's allocator.
@@ -48,6 +49,11 @@ enum Command {
         /// at run time with POST/DELETE /admin/chaos (loopback only).
         #[arg(long = "chaos", value_name = "RULE")]
         chaos: Vec<String>,
+        /// Where mandatory enrichment is looked up (overrides enrichment.mode): `preflight`, before
+        /// the stream under a budget (the design), or `inline`, before every token frame (the
+        /// anti-pattern, to measure what it costs).
+        #[arg(long, value_name = "MODE")]
+        enrichment_mode: Option<EnrichmentModeArg>,
     },
     /// Chat in the terminal with a running server; each line you type is one message.
     Chat {
@@ -66,6 +72,15 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+}
+
+/// `--enrichment-mode` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnrichmentModeArg {
+    /// Before the stream, under the preflight budget.
+    Preflight,
+    /// Before every token frame (anti-pattern).
+    Inline,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +126,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             tcp_listen,
             chaos,
+            enrichment_mode,
         } => {
             init_logging();
             let chaos = chaos
@@ -123,6 +139,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(a) = tcp_listen {
                 cfg.tcp_listen = a;
+            }
+            if let Some(mode) = enrichment_mode {
+                cfg.turn.enrichment_mode = match mode {
+                    EnrichmentModeArg::Preflight => EnrichmentMode::Preflight,
+                    EnrichmentModeArg::Inline => EnrichmentMode::Inline,
+                };
             }
             if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
                 tracing::warn!(error = %e, "could not raise the open-file limit");

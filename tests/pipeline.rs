@@ -918,3 +918,41 @@ async fn a_disconnect_mid_stream_stops_the_model_and_records_the_partial_turn() 
         "generation stopped at once: {out} tokens"
     );
 }
+
+/// Time from the first to the sixth token frame of a turn (five gaps), then hang up.
+async fn five_gaps(server: &Server) -> Duration {
+    let mut c = Client::ws(server).await;
+    c.hello().await;
+    c.send(json!({"type": "user_message", "turn_id": "g", "text": "how much is one piece?"}))
+        .await;
+    let mut first = None;
+    let mut seen = 0;
+    loop {
+        if let ServerFrame::Token { .. } = c.next().await {
+            seen += 1;
+            let now = tokio::time::Instant::now();
+            let t0 = *first.get_or_insert(now);
+            if seen == 6 {
+                return now - t0;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn inline_enrichment_stalls_the_stream_where_preflight_does_not() {
+    use mangaassist_actors::turn::EnrichmentMode;
+    let slow_enricher = ChaosRule::delay(ActorKind::Enricher, Duration::from_millis(60));
+
+    // The design: enrichment before the stream. A 60 ms enricher costs the tokens nothing.
+    let preflight = start().await;
+    preflight.runtime.chaos.add(slow_enricher.clone());
+    let smooth = five_gaps(&preflight).await;
+    assert!(smooth < Duration::from_millis(150), "preflight: {smooth:?}");
+
+    // The anti-pattern: a lookup before every token frame. Each gap pays the enricher.
+    let inline = start_with(|c| c.turn.enrichment_mode = EnrichmentMode::Inline).await;
+    inline.runtime.chaos.add(slow_enricher);
+    let stalled = five_gaps(&inline).await;
+    assert!(stalled >= Duration::from_millis(300), "inline: {stalled:?}");
+}

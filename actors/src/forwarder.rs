@@ -12,7 +12,8 @@
 //! what was sent and the partial usage, so the turn is still recorded.
 //! **Failure policy**: temporary: never restarted. If it fails, the turn's outcome channel closes
 //! and the turn ends with an `internal` error frame. Between receiving a token and queueing its
-//! frame it awaits nothing but the outbound queue (whose slow-client policy bounds that wait).
+//! frame it awaits nothing but the outbound queue (whose slow-client policy bounds that wait),
+//! except in the deliberately wrong `--enrichment-mode inline` ([`InlineLookup`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::chaos::Chaos;
+use crate::enricher::EnricherMsg;
 use crate::outbound::{Mark, Outbound};
+use crate::supervisor::WorkerSlot;
 
 /// How long a forwarder whose connection closed waits for the model's partial usage.
 const WIND_DOWN: Duration = Duration::from_secs(1);
@@ -87,7 +90,21 @@ pub struct ForwarderArgs {
     pub keepalive: Duration,
     /// The turn's cancellation: cancelled here when the connection goes away.
     pub cancel: CancellationToken,
+    /// `--enrichment-mode inline` only: look enrichment up before every token frame.
+    pub inline_enrichment: Option<InlineLookup>,
 }
+
+/// The anti-pattern of `--enrichment-mode inline`: an enrichment lookup awaited between a token
+/// and its frame. Never used by default; it exists so the stall it causes can be measured.
+pub struct InlineLookup {
+    /// The enricher.
+    pub enricher: WorkerSlot<EnricherMsg>,
+    /// The series the turn is about.
+    pub series_ids: Vec<String>,
+}
+
+/// How long an inline lookup may hold a token (it has no budget: that is the point).
+const INLINE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The chunk-forwarder actor.
 #[derive(Debug, Default)]
@@ -104,6 +121,7 @@ pub struct ForwarderState {
     chaos: Arc<Chaos>,
     keepalive: Duration,
     cancel: CancellationToken,
+    inline_enrichment: Option<InlineLookup>,
 }
 
 impl ForwarderState {
@@ -143,6 +161,16 @@ impl ForwarderState {
             waiting_for_first = false;
             match event {
                 Some(StreamEvent::Token(text)) => {
+                    if let Some(inline) = &self.inline_enrichment {
+                        let series_ids = inline.series_ids.clone();
+                        let _ = inline
+                            .enricher
+                            .call(INLINE_LOOKUP_TIMEOUT, |reply| EnricherMsg::Lookup {
+                                series_ids,
+                                reply,
+                            })
+                            .await;
+                    }
                     let sent_len = self.answer.len();
                     self.answer.push_str(&text);
                     let frame = ServerFrame::Token {
@@ -232,6 +260,7 @@ impl Actor for ForwarderActor {
             chaos: args.chaos,
             keepalive: args.keepalive,
             cancel: args.cancel,
+            inline_enrichment: args.inline_enrichment,
         })
     }
 

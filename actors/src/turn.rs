@@ -31,7 +31,7 @@ use crate::chaos::Chaos;
 use crate::classifier::ClassifierMsg;
 use crate::context::{self, ContextBudget};
 use crate::enricher::EnricherMsg;
-use crate::forwarder::{Forwarded, ForwarderActor, ForwarderArgs};
+use crate::forwarder::{Forwarded, ForwarderActor, ForwarderArgs, InlineLookup};
 use crate::generator::GeneratorMsg;
 use crate::metrics_sink::MetricsHandle;
 use crate::outbound::{Mark, Outbound};
@@ -57,6 +57,19 @@ pub struct TurnSettings {
     pub context: ContextBudget,
     /// Silence before the first token after which a `keepalive` frame is sent.
     pub keepalive: Duration,
+    /// Where mandatory enrichment happens.
+    pub enrichment_mode: EnrichmentMode,
+}
+
+/// Where a turn looks up its mandatory enrichment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnrichmentMode {
+    /// Before the stream, in parallel with retrieval, under the preflight budget (the design).
+    #[default]
+    Preflight,
+    /// Inside the token-forwarding loop, before every token frame: the anti-pattern, kept so its
+    /// stalls can be measured side by side with `Preflight`.
+    Inline,
 }
 
 impl Default for TurnSettings {
@@ -70,6 +83,7 @@ impl Default for TurnSettings {
             transcript_timeout: Duration::from_secs(5),
             context: ContextBudget::default(),
             keepalive: Duration::from_secs(10),
+            enrichment_mode: EnrichmentMode::Preflight,
         }
     }
 }
@@ -315,6 +329,12 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             chaos: p.chaos.clone(),
             keepalive: s.keepalive,
             cancel: ctx.control.cancel.clone(),
+            inline_enrichment: (s.enrichment_mode == EnrichmentMode::Inline).then(|| {
+                InlineLookup {
+                    enricher: p.enricher.clone(),
+                    series_ids: items.iter().map(|i| i.doc.series_id.clone()).collect(),
+                }
+            }),
         },
         ctx.session.clone(),
     )
@@ -483,7 +503,11 @@ async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
             }
         }
     };
+    let inline = s.enrichment_mode == EnrichmentMode::Inline;
     let mentions = async {
+        if inline {
+            return Vec::new();
+        }
         let text = ctx.text.clone();
         ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
             EnricherMsg::Mentions { text, reply }
@@ -504,7 +528,7 @@ async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
         .filter(|d| !facts.contains_key(&d.series_id))
         .map(|d| d.series_id.clone())
         .collect();
-    if !missing.is_empty() && !remaining().is_zero() {
+    if !inline && !missing.is_empty() && !remaining().is_zero() {
         let looked_up = ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
             EnricherMsg::Lookup {
                 series_ids: missing,
