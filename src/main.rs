@@ -45,8 +45,9 @@ enum Command {
         /// Inject latency into an actor's mailbox (repeatable):
         /// ACTOR[/MESSAGE]=DELAY[..MAX][@PROBABILITY] or ACTOR=lognormal(MEDIAN,SIGMA), e.g.
         /// `--chaos enricher=4000ms --chaos retriever=200ms..900ms@0.5`. Actors: session,
-        /// classifier, enricher, retriever, generator, chunk_forwarder, metrics_sink. Change them
-        /// at run time with POST/DELETE /admin/chaos (loopback only).
+        /// classifier, enricher, retriever, generator, chunk_forwarder, metrics_sink; sources:
+        /// enrichment_source, retrieval_source. Change them at run time with POST/DELETE
+        /// /admin/chaos (loopback only).
         #[arg(long = "chaos", value_name = "RULE")]
         chaos: Vec<String>,
         /// Where mandatory enrichment is looked up (overrides enrichment.mode): `preflight`, before

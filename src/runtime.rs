@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backends::catalog::load_catalog;
+use crate::backends::chaos::{ChaosEnrichment, ChaosRetriever};
 use crate::backends::embedded_enrichment::EmbeddedEnrichment;
 use crate::backends::embedded_store::EmbeddedTranscriptStore;
 use crate::backends::local_classifier::LocalClassifier;
@@ -181,7 +182,10 @@ impl Runtime {
                 Restart::Permanent,
                 RetrieverActor::default,
                 WorkerArgs {
-                    service: Arc::new(Search(Arc::new(retriever))),
+                    service: Arc::new(Search(Arc::new(ChaosRetriever {
+                        inner: Arc::new(retriever),
+                        chaos: chaos.clone(),
+                    }))),
                     chaos: chaos.clone(),
                 },
                 retriever_slot.clone(),
@@ -191,7 +195,10 @@ impl Runtime {
                 Restart::Permanent,
                 EnricherActor::default,
                 WorkerArgs {
-                    service: Arc::new(Enrich(enrichment)),
+                    service: Arc::new(Enrich(Arc::new(ChaosEnrichment {
+                        inner: enrichment,
+                        chaos: chaos.clone(),
+                    }))),
                     chaos: chaos.clone(),
                 },
                 enricher_slot.clone(),

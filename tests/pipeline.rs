@@ -956,3 +956,28 @@ async fn inline_enrichment_stalls_the_stream_where_preflight_does_not() {
     let stalled = five_gaps(&inline).await;
     assert!(stalled >= Duration::from_millis(300), "inline: {stalled:?}");
 }
+
+#[tokio::test]
+async fn a_slow_enrichment_source_is_left_out_like_a_slow_mailbox() {
+    let server = start_with(|c| c.turn.preflight_budget = Duration::from_millis(200)).await;
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/admin/chaos",
+        r#"["enrichment_source=2s"]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let started = tokio::time::Instant::now();
+    let r = run_turn(&mut c, "how much is one piece?").await;
+    assert_streamed(&r);
+    assert!(!r.answer().contains('¥'), "{}", r.answer());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the turn did not wait for the source"
+    );
+    let m = metrics_text(&server).await;
+    assert!(metric(&m, "enrichment_omitted_total{field=\"price\"}") >= 1.0);
+}

@@ -37,11 +37,73 @@ pub enum Fault {
     },
 }
 
+/// A backend source whose calls can be delayed like a mailbox (the enrichment source and the
+/// retriever backend sit behind their actors; a slow source is a different failure from a slow
+/// mailbox, and both need testing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// The enrichment source (`enrichment_source`).
+    Enrichment,
+    /// The retrieval backend (`retrieval_source`).
+    Retrieval,
+}
+
+impl SourceKind {
+    /// The rule spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Enrichment => "enrichment_source",
+            SourceKind::Retrieval => "retrieval_source",
+        }
+    }
+}
+
+/// What a rule applies to: an actor's mailbox or a backend source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Messages of this actor.
+    Actor(ActorKind),
+    /// Calls to this source.
+    Source(SourceKind),
+}
+
+impl From<ActorKind> for Target {
+    fn from(a: ActorKind) -> Self {
+        Target::Actor(a)
+    }
+}
+
+impl From<SourceKind> for Target {
+    fn from(s: SourceKind) -> Self {
+        Target::Source(s)
+    }
+}
+
+impl Target {
+    /// Parses an actor name or `enrichment_source` / `retrieval_source` (dashes allowed).
+    pub fn parse(s: &str) -> Option<Self> {
+        let norm = s.trim().replace('-', "_");
+        match norm.as_str() {
+            "enrichment_source" => Some(Target::Source(SourceKind::Enrichment)),
+            "retrieval_source" => Some(Target::Source(SourceKind::Retrieval)),
+            other => ActorKind::parse(other).map(Target::Actor),
+        }
+    }
+
+    /// The rule spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Actor(a) => a.as_str(),
+            Target::Source(s) => s.as_str(),
+        }
+    }
+}
+
 /// One chaos rule.
 #[derive(Debug, Clone)]
 pub struct ChaosRule {
-    /// The actor whose mailbox it applies to.
-    pub actor: ActorKind,
+    /// The mailbox or source it applies to.
+    pub target: Target,
     /// Only messages of this kind (the name each actor gives its messages), or all when `None`.
     pub message: Option<Arc<str>>,
     /// Chance in 0..=1 that a matching message is affected.
@@ -52,9 +114,9 @@ pub struct ChaosRule {
 
 impl ChaosRule {
     /// A rule that delays every message of `actor` by `delay`.
-    pub fn delay(actor: ActorKind, delay: Duration) -> Self {
+    pub fn delay(target: impl Into<Target>, delay: Duration) -> Self {
         Self {
-            actor,
+            target: target.into(),
             message: None,
             probability: 1.0,
             fault: Fault::Delay {
@@ -65,9 +127,9 @@ impl ChaosRule {
     }
 
     /// A rule that makes the next `times` messages of `actor` panic.
-    pub fn panic(actor: ActorKind, times: u32) -> Self {
+    pub fn panic(target: impl Into<Target>, times: u32) -> Self {
         Self {
-            actor,
+            target: target.into(),
             message: None,
             probability: 1.0,
             fault: Fault::Panic {
@@ -120,13 +182,14 @@ impl Chaos {
     ///
     /// # Panics
     /// On purpose, when a [`Fault::Panic`] rule matches.
-    pub async fn before(&self, actor: ActorKind, message: &'static str) {
+    pub async fn before(&self, target: impl Into<Target>, message: &'static str) {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
+        let target = target.into();
         let rules = self.rules.load_full();
         for rule in rules.iter() {
-            if rule.actor != actor || rule.message.as_deref().is_some_and(|m| m != message) {
+            if rule.target != target || rule.message.as_deref().is_some_and(|m| m != message) {
                 continue;
             }
             if rule.probability < 1.0 && !rand::rng().random_bool(rule.probability.max(0.0)) {
@@ -148,7 +211,7 @@ impl Chaos {
                     let left = times
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
                     if left.is_ok() {
-                        panic!("chaos: injected panic in {} ({message})", actor.as_str());
+                        panic!("chaos: injected panic in {} ({message})", target.as_str());
                     }
                 }
             }
@@ -248,7 +311,7 @@ pub fn parse_rule(rule: &str) -> Result<ChaosRule, ChaosParseError> {
         Some((a, m)) => (a, Some(m.trim())),
         None => (target.trim(), None),
     };
-    let actor = ActorKind::parse(actor_name).ok_or_else(|| ChaosParseError::Actor {
+    let target = Target::parse(actor_name).ok_or_else(|| ChaosParseError::Actor {
         rule: owned(),
         actor: actor_name.to_owned(),
     })?;
@@ -304,7 +367,7 @@ pub fn parse_rule(rule: &str) -> Result<ChaosRule, ChaosParseError> {
         Fault::Delay { min, max }
     };
     Ok(ChaosRule {
-        actor,
+        target,
         message: message.map(Arc::from),
         probability,
         fault,
@@ -314,7 +377,7 @@ pub fn parse_rule(rule: &str) -> Result<ChaosRule, ChaosParseError> {
 impl std::fmt::Display for ChaosRule {
     /// The rule in the syntax [`parse_rule`] reads.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.actor.as_str())?;
+        write!(f, "{}", self.target.as_str())?;
         if let Some(m) = &self.message {
             write!(f, "/{m}")?;
         }
@@ -350,7 +413,10 @@ mod parse_tests {
             assert_eq!(parse_rule(text).unwrap().to_string(), text);
         }
         let r = parse_rule("chunk-forwarder=4s").unwrap();
-        assert_eq!(r.actor, ActorKind::ChunkForwarder);
+        assert_eq!(r.target, Target::Actor(ActorKind::ChunkForwarder));
+        let r = parse_rule("enrichment-source=4s").unwrap();
+        assert_eq!(r.target, Target::Source(SourceKind::Enrichment));
+        assert_eq!(r.to_string(), "enrichment_source=4000ms");
         assert!(matches!(r.fault, Fault::Delay { min, .. } if min == Duration::from_secs(4)));
     }
 

@@ -2,9 +2,10 @@
 //!
 //! Embedded defaults (no service needed): [`simulated`] model, [`local_classifier`],
 //! [`tantivy`] retriever over the shipped [`catalog`], [`embedded_enrichment`] source, and the
-//! [`embedded_store`] durable transcript store.
+//! [`embedded_store`] durable transcript store. [`chaos`] wraps sources with injectable latency.
 
 pub mod catalog;
+pub mod chaos;
 pub mod embedded_enrichment;
 pub mod embedded_store;
 pub mod local_classifier;
