@@ -980,4 +980,11 @@ async fn a_slow_enrichment_source_is_left_out_like_a_slow_mailbox() {
     );
     let m = metrics_text(&server).await;
     assert!(metric(&m, "enrichment_omitted_total{field=\"price\"}") >= 1.0);
+
+    // Negative control: the source delay sits in the lookup task, not in a mailbox, so clearing
+    // the rule takes effect at the next turn.
+    let (status, _) = http(&server, "DELETE", "/admin/chaos", "").await;
+    assert_eq!(status, 200);
+    let priced = run_turn(&mut c, "how much is one piece?").await;
+    assert!(priced.answer().contains('¥'), "{}", priced.answer());
 }
