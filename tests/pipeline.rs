@@ -365,16 +365,9 @@ async fn binary_websocket_frames_are_refused() {
 }
 
 async fn metrics_text(server: &Server) -> String {
-    let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
-        .await
-        .unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
+    let (status, body) = http(server, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
@@ -568,17 +561,8 @@ async fn metrics_expose_ttft_chunk_gaps_turns_and_errors() {
 async fn health_and_readiness() {
     let server = start().await;
     for path in ["/healthz", "/readyz"] {
-        let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
-            .await
-            .unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+        let (status, body) = http(&server, "GET", path, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
     }
 }
 

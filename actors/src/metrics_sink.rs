@@ -193,20 +193,16 @@ impl MetricsState {
                 );
             }
         }
-        header(
+        labelled(
             &mut out,
-            "turns_started_total",
-            "counter",
-            "Turns accepted, by intent.",
+            (
+                "turns_started_total",
+                "counter",
+                "Turns accepted, by intent.",
+            ),
+            "intent",
+            Intent::ALL.map(|i| (i.as_str(), count(&self.turns_started, &i))),
         );
-        for intent in Intent::ALL {
-            let n = self.turns_started.get(&intent).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "turns_started_total{{intent=\"{}\"}} {n}",
-                intent.as_str()
-            );
-        }
         header(
             &mut out,
             "turns_total",
@@ -215,11 +211,7 @@ impl MetricsState {
         );
         for intent in Intent::ALL {
             for outcome in TurnOutcome::ALL {
-                let n = self
-                    .turns_finished
-                    .get(&(intent, outcome))
-                    .copied()
-                    .unwrap_or(0);
+                let n = count(&self.turns_finished, &(intent, outcome));
                 let _ = writeln!(
                     out,
                     "turns_total{{intent=\"{}\",outcome=\"{}\"}} {n}",
@@ -228,78 +220,60 @@ impl MetricsState {
                 );
             }
         }
-        header(
+        labelled(
             &mut out,
-            "errors_total",
-            "counter",
-            "Error frames sent, by code.",
+            ("errors_total", "counter", "Error frames sent, by code."),
+            "code",
+            ErrorCode::ALL.map(|c| (c.as_str(), count(&self.errors, &c))),
         );
-        for code in ErrorCode::ALL {
-            let n = self.errors.get(&code).copied().unwrap_or(0);
-            let _ = writeln!(out, "errors_total{{code=\"{}\"}} {n}", code.as_str());
-        }
-        header(
+        labelled(
             &mut out,
-            "enrichment_omitted_total",
-            "counter",
-            "Mandatory enrichment fields left out because they missed the preflight budget.",
+            (
+                "enrichment_omitted_total",
+                "counter",
+                "Mandatory enrichment fields left out because they missed the preflight budget.",
+            ),
+            "field",
+            [EnrichmentField::Price, EnrichmentField::Stock]
+                .map(|f| (f.as_str(), count(&self.omitted, &f))),
         );
-        for field in [EnrichmentField::Price, EnrichmentField::Stock] {
-            let n = self.omitted.get(&field).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "enrichment_omitted_total{{field=\"{}\"}} {n}",
-                field.as_str()
-            );
-        }
-        header(
+        labelled(
             &mut out,
-            "actor_restarts_total",
-            "counter",
-            "Actors restarted by their supervisor.",
+            (
+                "actor_restarts_total",
+                "counter",
+                "Actors restarted by their supervisor.",
+            ),
+            "actor",
+            ActorKind::ALL.map(|a| (a.as_str(), count(&self.restarts, &a))),
         );
-        for actor in ActorKind::ALL {
-            let n = self.restarts.get(&actor).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "actor_restarts_total{{actor=\"{}\"}} {n}",
-                actor.as_str()
-            );
-        }
-        header(
+        let transports = [Transport::WebSocket, Transport::Tcp];
+        labelled(
             &mut out,
-            "connections_open",
-            "gauge",
-            "Client connections open now.",
+            ("connections_open", "gauge", "Client connections open now."),
+            "transport",
+            transports.map(|t| (t.as_str(), count(&self.connections_open, &t))),
         );
-        for t in [Transport::WebSocket, Transport::Tcp] {
-            let n = self.connections_open.get(&t).copied().unwrap_or(0);
-            let _ = writeln!(out, "connections_open{{transport=\"{}\"}} {n}", t.as_str());
-        }
-        header(
+        labelled(
             &mut out,
-            "connections_total",
-            "counter",
-            "Client connections accepted.",
+            (
+                "connections_total",
+                "counter",
+                "Client connections accepted.",
+            ),
+            "transport",
+            transports.map(|t| (t.as_str(), count(&self.connections_total, &t))),
         );
-        for t in [Transport::WebSocket, Transport::Tcp] {
-            let n = self.connections_total.get(&t).copied().unwrap_or(0);
-            let _ = writeln!(out, "connections_total{{transport=\"{}\"}} {n}", t.as_str());
-        }
-        header(
+        labelled(
             &mut out,
-            "stream_disconnect_total",
-            "counter",
-            "Client connections ended, by reason.",
+            (
+                "stream_disconnect_total",
+                "counter",
+                "Client connections ended, by reason.",
+            ),
+            "reason",
+            DisconnectReason::ALL.map(|r| (r.as_str(), count(&self.disconnects, &r))),
         );
-        for reason in DisconnectReason::ALL {
-            let n = self.disconnects.get(&reason).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "stream_disconnect_total{{reason=\"{}\"}} {n}",
-                reason.as_str()
-            );
-        }
         header(
             &mut out,
             "metrics_events_dropped_total",
@@ -312,6 +286,27 @@ impl MetricsState {
             self.handle.dropped()
         );
         out
+    }
+}
+
+/// A map's count for `key`, zero when absent (every label value is always exposed).
+fn count<K: Eq + std::hash::Hash, V: Copy + Default + std::fmt::Display>(
+    map: &HashMap<K, V>,
+    key: &K,
+) -> V {
+    map.get(key).copied().unwrap_or_default()
+}
+
+/// One metric with one label: its header, then a line per `(label value, count)`.
+fn labelled<V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    values: impl IntoIterator<Item = (&'static str, V)>,
+) {
+    header(out, name, kind, help);
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

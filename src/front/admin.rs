@@ -9,17 +9,32 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mangaassist_actors::chaos::{ChaosRule, parse_rule};
 
 use super::FrontState;
 
-/// The admin routes.
+/// The admin routes, behind the loopback check.
 pub fn routes() -> Router<FrontState> {
-    Router::new().route("/admin/chaos", get(list).post(replace).delete(clear))
+    Router::new()
+        .route("/admin/chaos", get(list).post(replace).delete(clear))
+        .route_layer(middleware::from_fn(loopback_only))
+}
+
+/// Refuses every admin request whose peer is not on the loopback interface.
+async fn loopback_only(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match refuse_remote(peer) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response {
@@ -44,23 +59,11 @@ fn rules_json(rules: &[ChaosRule]) -> serde_json::Value {
     serde_json::json!({"rules": rules.iter().map(ToString::to_string).collect::<Vec<_>>()})
 }
 
-async fn list(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    State(state): State<FrontState>,
-) -> Response {
-    if let Some(r) = refuse_remote(peer) {
-        return r;
-    }
+async fn list(State(state): State<FrontState>) -> Response {
     json(StatusCode::OK, rules_json(&state.pipeline.chaos.rules()))
 }
 
-async fn clear(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    State(state): State<FrontState>,
-) -> Response {
-    if let Some(r) = refuse_remote(peer) {
-        return r;
-    }
+async fn clear(State(state): State<FrontState>) -> Response {
     state.pipeline.chaos.clear();
     tracing::warn!("chaos rules cleared");
     json(StatusCode::OK, rules_json(&[]))
@@ -88,14 +91,7 @@ pub fn parse_rules_body(body: &[u8]) -> Result<Vec<ChaosRule>, String> {
         .collect()
 }
 
-async fn replace(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    State(state): State<FrontState>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = refuse_remote(peer) {
-        return r;
-    }
+async fn replace(State(state): State<FrontState>, body: Bytes) -> Response {
     match parse_rules_body(&body) {
         Ok(rules) => {
             let shown = rules_json(&rules);
