@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mangaassist_actors::context::ContextBudget;
-use mangaassist_actors::turn::{EnrichmentMode, TurnSettings};
+use mangaassist_actors::turn::{EnrichmentMode, FieldPolicy, TurnSettings};
+use mangaassist_protocols::turn::{EnrichmentField, FieldPlan, FieldSet, Intent};
 use serde::Deserialize;
 
+use crate::backends::cache::{CacheSettings, RedisSettings};
 use crate::backends::embedded_enrichment::LatencyProfile;
+use crate::backends::http_catalog::HttpCatalogSettings;
 use crate::backends::simulated::SimulatedConfig;
 
 /// Why a config could not be used.
@@ -37,7 +40,7 @@ pub enum ConfigError {
     #[error("invalid config: {field}: {message}")]
     Invalid {
         /// Dotted key, e.g. `server.listen`.
-        field: &'static str,
+        field: String,
         /// What is wrong with it.
         message: String,
     },
@@ -46,9 +49,9 @@ pub enum ConfigError {
 /// Default transcript group-commit linger (see docs/config.md).
 const DEFAULT_COMMIT_LINGER_MS: u64 = 5;
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.into(),
         message: message.into(),
     }
 }
@@ -81,6 +84,47 @@ pub struct RawConfig {
     /// `[stream]`
     #[serde(default)]
     pub stream: RawStream,
+    /// `[cache]`
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`: the enrichment cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Age below which a cached value is fresh.
+    pub ttl_ms: Option<u64>,
+    /// How long past the TTL a value may still be served while it is refreshed.
+    pub stale_ms: Option<u64>,
+    /// Most series in the in-process tier.
+    pub memory_capacity: Option<u64>,
+    /// Redis URL for the shared tier; absent runs the in-process tier alone.
+    pub redis_url: Option<String>,
+    /// Deadline of one Redis operation.
+    pub redis_timeout_ms: Option<u64>,
+    /// Prefix of every Redis key.
+    pub redis_key_prefix: Option<String>,
+}
+
+/// `[enrichment.http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpCatalog {
+    /// Base URL of the catalog API.
+    pub url: Option<String>,
+    /// Per-call timeout.
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[enrichment.fields.<intent>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFieldPlan {
+    /// Field names needed before the stream.
+    pub mandatory: Option<Vec<String>>,
+    /// Field names welcome after it.
+    pub deferrable: Option<Vec<String>>,
 }
 
 /// `[stream]`
@@ -143,6 +187,15 @@ pub struct RawEnrichment {
     pub latency_max_ms: Option<u64>,
     /// `preflight` (default) or `inline` (the anti-pattern, for comparison).
     pub mode: Option<String>,
+    /// How long after the stream's end deferrable fields may still arrive.
+    pub append_deadline_ms: Option<u64>,
+    /// `embedded` (default) or `http`.
+    pub source: Option<String>,
+    /// `[enrichment.http]`
+    pub http: Option<RawHttpCatalog>,
+    /// `[enrichment.fields.<intent>]`, by intent name.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, RawFieldPlan>,
 }
 
 /// `[retrieval]`
@@ -198,10 +251,23 @@ pub struct Config {
     pub model: SimulatedConfig,
     /// Embedded enrichment latency.
     pub enrichment_latency: LatencyProfile,
+    /// Where enrichment comes from.
+    pub enrichment_source: EnrichmentSourceConfig,
+    /// The enrichment cache.
+    pub cache: CacheSettings,
     /// Per-turn limits.
     pub turn: TurnSettings,
     /// Metrics-sink queue.
     pub metrics_queue: usize,
+}
+
+/// Which enrichment source serves lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrichmentSourceConfig {
+    /// The catalog's own store fields (the default).
+    Embedded,
+    /// A third-party catalog API.
+    Http(HttpCatalogSettings),
 }
 
 impl Default for Config {
@@ -336,6 +402,101 @@ impl RawConfig {
                 ));
             }
         };
+        let append_deadline = ms(ranged(
+            "enrichment.append_deadline_ms",
+            e.append_deadline_ms,
+            250,
+            0,
+            600_000,
+        )?);
+        let fields = field_policy(e.fields)?;
+        let enrichment_source = match (e.source.as_deref(), e.http) {
+            (None | Some("embedded"), None) => EnrichmentSourceConfig::Embedded,
+            (None | Some("embedded"), Some(_)) => {
+                return Err(invalid(
+                    "enrichment.http",
+                    "is set but enrichment.source is not `http`",
+                ));
+            }
+            (Some("http"), http) => {
+                let http = http.unwrap_or_default();
+                let Some(url) = http.url else {
+                    return Err(invalid(
+                        "enrichment.http.url",
+                        "is required when enrichment.source = \"http\"",
+                    ));
+                };
+                if !url.starts_with("http://") {
+                    return Err(invalid(
+                        "enrichment.http.url",
+                        format!(
+                            "`{url}` must start with http:// (this build has no TLS client; \
+                             put a TLS-terminating proxy in front of an https API)"
+                        ),
+                    ));
+                }
+                EnrichmentSourceConfig::Http(HttpCatalogSettings {
+                    url: url.trim_end_matches('/').to_owned(),
+                    timeout: ms(ranged(
+                        "enrichment.http.timeout_ms",
+                        http.timeout_ms,
+                        300,
+                        1,
+                        600_000,
+                    )?),
+                })
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "enrichment.source",
+                    format!("`{other}` is not `embedded` or `http`"),
+                ));
+            }
+        };
+        let c = self.cache;
+        let cache = CacheSettings {
+            ttl: ms(ranged("cache.ttl_ms", c.ttl_ms, 300_000, 1, 86_400_000)?),
+            stale: ms(ranged(
+                "cache.stale_ms",
+                c.stale_ms,
+                600_000,
+                0,
+                86_400_000,
+            )?),
+            memory_capacity: ranged(
+                "cache.memory_capacity",
+                c.memory_capacity,
+                100_000,
+                0,
+                100_000_000,
+            )?,
+            redis: match c.redis_url {
+                None => None,
+                Some(url) => {
+                    if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
+                        return Err(invalid(
+                            "cache.redis_url",
+                            format!(
+                                "`{url}` must start with redis:// or redis-cluster:// (no TLS in this build)"
+                            ),
+                        ));
+                    }
+                    Some(RedisSettings {
+                        url,
+                        timeout: ms(ranged(
+                            "cache.redis_timeout_ms",
+                            c.redis_timeout_ms,
+                            50,
+                            1,
+                            60_000,
+                        )?),
+                        key_prefix: c
+                            .redis_key_prefix
+                            .unwrap_or_else(|| "mangaassist:enrichment:v1:".to_owned()),
+                    })
+                }
+            },
+        };
         let t = self.turn;
         let turn = TurnSettings {
             classify_timeout: ms(ranged(
@@ -357,6 +518,8 @@ impl RawConfig {
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
             enrichment_mode,
+            fields,
+            append_deadline,
             keepalive: ms(ranged(
                 "stream.keepalive_ms",
                 self.stream.keepalive_ms,
@@ -396,6 +559,8 @@ impl RawConfig {
                 min: ms(lat_min),
                 max: ms(lat_max),
             },
+            enrichment_source,
+            cache,
             turn,
             metrics_queue: ranged(
                 "metrics.queue_capacity",
@@ -406,6 +571,58 @@ impl RawConfig {
             )?,
         })
     }
+}
+
+/// The defaults, with each `[enrichment.fields.<intent>]` table replacing its intent's plan (a
+/// table that names only `mandatory` keeps the default `deferrable`, and the other way round).
+fn field_policy(
+    tables: std::collections::BTreeMap<String, RawFieldPlan>,
+) -> Result<FieldPolicy, ConfigError> {
+    let mut policy = FieldPolicy::default();
+    for (name, raw) in tables {
+        let Some(intent) = Intent::ALL.into_iter().find(|i| i.as_str() == name) else {
+            let known: Vec<&str> = Intent::ALL.iter().map(|i| i.as_str()).collect();
+            return Err(invalid(
+                format!("enrichment.fields.{name}"),
+                format!("`{name}` is not an intent (one of {})", known.join(", ")),
+            ));
+        };
+        let parse = |kind: &str, names: Option<Vec<String>>, default: FieldSet| {
+            let Some(names) = names else {
+                return Ok(default);
+            };
+            let mut set = FieldSet::EMPTY;
+            for n in names {
+                let Some(f) = EnrichmentField::parse(&n) else {
+                    let known: Vec<&str> =
+                        EnrichmentField::ALL.iter().map(|f| f.as_str()).collect();
+                    return Err(invalid(
+                        format!("enrichment.fields.{name}.{kind}"),
+                        format!(
+                            "`{n}` is not an enrichment field (one of {})",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                set = set.with(f);
+            }
+            Ok(set)
+        };
+        let default = policy.plan(intent);
+        let plan = FieldPlan {
+            mandatory: parse("mandatory", raw.mandatory, default.mandatory)?,
+            deferrable: parse("deferrable", raw.deferrable, default.deferrable)?,
+        };
+        let both = plan.mandatory.intersection(plan.deferrable);
+        if !both.is_empty() {
+            return Err(invalid(
+                format!("enrichment.fields.{name}"),
+                format!("`{both}` cannot be both mandatory and deferrable"),
+            ));
+        }
+        policy.set(intent, plan);
+    }
+    Ok(policy)
 }
 
 impl Config {
@@ -467,5 +684,81 @@ mod tests {
         assert!(e.contains("model.backend"), "{e}");
         let e = parse("[retrieval]\ntop_k = 0\n").unwrap_err().to_string();
         assert!(e.contains("retrieval.top_k"), "{e}");
+    }
+
+    #[test]
+    fn field_plans_are_per_intent_and_checked() {
+        use EnrichmentField as F;
+        let c = parse(
+            "[enrichment.fields.recommend]\nmandatory = []\ndeferrable = [\"price\", \"related\"]\n\
+             [enrichment.fields.other]\nmandatory = [\"stock\"]\n",
+        )
+        .unwrap();
+        let rec = c.turn.fields.plan(Intent::Recommend);
+        assert!(rec.mandatory.is_empty());
+        assert_eq!(rec.deferrable, FieldSet::of(&[F::Price, F::Related]));
+        let other = c.turn.fields.plan(Intent::Other);
+        assert_eq!(other.mandatory, FieldSet::of(&[F::Stock]));
+        assert!(other.deferrable.is_empty(), "default kept");
+        let search = c.turn.fields.plan(Intent::Search);
+        assert_eq!(search.mandatory, FieldSet::of(&[F::Price, F::Stock]));
+
+        let e = parse("[enrichment.fields.search]\nmandatory = [\"prise\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enrichment.fields.search.mandatory") && e.contains("prise"),
+            "{e}"
+        );
+        let e = parse("[enrichment.fields.shopping]\nmandatory = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shopping") && e.contains("purchase_intent"),
+            "{e}"
+        );
+        let e = parse(
+            "[enrichment.fields.search]\nmandatory = [\"price\"]\ndeferrable = [\"price\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both"), "{e}");
+    }
+
+    #[test]
+    fn sources_and_cache_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.enrichment_source, EnrichmentSourceConfig::Embedded);
+        assert_eq!(c.cache.ttl, Duration::from_secs(300));
+        assert!(c.cache.redis.is_none());
+        let c = parse(
+            "[enrichment]\nsource = \"http\"\n[enrichment.http]\nurl = \"http://127.0.0.1:9300/\"\n\
+             [cache]\nredis_url = \"redis://127.0.0.1:6379\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.enrichment_source,
+            EnrichmentSourceConfig::Http(HttpCatalogSettings {
+                url: "http://127.0.0.1:9300".into(),
+                timeout: Duration::from_millis(300)
+            })
+        );
+        assert_eq!(c.cache.redis.unwrap().timeout, Duration::from_millis(50));
+        for (text, field) in [
+            ("[enrichment]\nsource = \"http\"\n", "enrichment.http.url"),
+            (
+                "[enrichment]\nsource = \"http\"\n[enrichment.http]\nurl = \"https://x\"\n",
+                "enrichment.http.url",
+            ),
+            ("[enrichment]\nsource = \"s3\"\n", "enrichment.source"),
+            ("[enrichment.http]\nurl = \"http://x\"\n", "enrichment.http"),
+            (
+                "[cache]\nredis_url = \"localhost:6379\"\n",
+                "cache.redis_url",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }

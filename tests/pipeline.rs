@@ -13,7 +13,7 @@ use mangaassist_actors::chaos::ChaosRule;
 use mangaassist_actors::enricher::EnricherMsg;
 use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
 use mangaassist_protocols::metrics::ActorKind;
-use mangaassist_protocols::turn::TurnRecord;
+use mangaassist_protocols::turn::{FieldSet, TurnRecord};
 use mangaassist_protocols::{ServerFrame, SessionId};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -588,13 +588,21 @@ async fn enrichment_that_misses_its_budget_is_omitted_and_no_price_is_stated() {
         !answer.contains('¥') && !answer.contains("yen"),
         "no price stated: {answer}"
     );
-    let cards = r.frames.iter().find_map(|f| match f {
-        ServerFrame::Append { items, .. } => Some(items.clone()),
-        _ => None,
-    });
-    assert!(cards.unwrap().iter().all(|c| c.price_jpy.is_none()));
+    // The deferrable fields (cover art, blurb, related) come from the same slow source: they
+    // miss the append deadline, so the cards are dropped rather than waited for.
+    assert!(
+        !r.frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Append { .. })),
+        "a late append is dropped"
+    );
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "enrichment_omitted_total{field=\"price\"}"), 1.0);
+    assert_eq!(metric(&m, "enrichment_omitted_total{field=\"stock\"}"), 1.0);
+    assert_eq!(metric(&m, "append_dropped_total"), 1.0);
 
-    // Negative control: with enrichment in budget the same question does state a price.
+    // Negative control: with enrichment in budget the same question does state a price, and
+    // the cards carry the deferrable fields.
     let server = start().await;
     let mut c = Client::ws(&server).await;
     c.hello().await;
@@ -603,6 +611,26 @@ async fn enrichment_that_misses_its_budget_is_omitted_and_no_price_is_stated() {
         r.answer().contains('¥'),
         "price stated when known: {}",
         r.answer()
+    );
+    let cards = r
+        .frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Append { items, .. } => Some(items.clone()),
+            _ => None,
+        })
+        .expect("cards arrive");
+    let op = cards.iter().find(|c| c.series_id == "one-piece").unwrap();
+    assert!(op.price_jpy.is_some() && op.cover_url.is_some() && op.related.is_some());
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "append_dropped_total"), 0.0);
+    assert_eq!(metric(&m, "enrichment_omitted_total{field=\"price\"}"), 0.0);
+    assert!(
+        metric(
+            &m,
+            "stream_enrichment_latency_ms_count{field=\"cover_url\"}"
+        ) >= 1.0,
+        "{m}"
     );
 }
 
@@ -815,6 +843,7 @@ async fn chaos_rules_are_set_listed_and_cleared_over_the_admin_route() {
         .enricher
         .call(Duration::from_secs(10), |reply| EnricherMsg::Lookup {
             series_ids: Vec::new(),
+            fields: FieldSet::EMPTY,
             reply,
         })
         .await

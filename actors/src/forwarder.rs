@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use mangaassist_protocols::frame::FinishReason;
 use mangaassist_protocols::metrics::ActorKind;
-use mangaassist_protocols::turn::{StreamEvent, Usage};
+use mangaassist_protocols::turn::{FieldSet, StreamEvent, Usage};
 use mangaassist_protocols::{ServerFrame, TurnId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +101,8 @@ pub struct InlineLookup {
     pub enricher: WorkerSlot<EnricherMsg>,
     /// The series the turn is about.
     pub series_ids: Vec<String>,
+    /// The intent's mandatory fields.
+    pub fields: FieldSet,
 }
 
 /// How long an inline lookup may hold a token (it has no budget: that is the point).
@@ -163,10 +165,12 @@ impl ForwarderState {
                 Some(StreamEvent::Token(text)) => {
                     if let Some(inline) = &self.inline_enrichment {
                         let series_ids = inline.series_ids.clone();
+                        let fields = inline.fields;
                         let _ = inline
                             .enricher
                             .call(INLINE_LOOKUP_TIMEOUT, |reply| EnricherMsg::Lookup {
                                 series_ids,
+                                fields,
                                 reply,
                             })
                             .await;

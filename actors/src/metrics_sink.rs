@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
 use mangaassist_protocols::metrics::{
-    ActorKind, DisconnectReason, MetricEvent, Stage, Transport, TurnOutcome,
+    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, MetricEvent, Stage,
+    Transport, TurnOutcome,
 };
 use mangaassist_protocols::turn::{EnrichmentField, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -115,6 +116,11 @@ pub struct MetricsState {
     connections_open: HashMap<Transport, i64>,
     connections_total: HashMap<Transport, u64>,
     disconnects: HashMap<DisconnectReason, u64>,
+    enrichment_us: HashMap<EnrichmentField, Histogram<u64>>,
+    cache: HashMap<(CacheTier, CacheResult), u64>,
+    cache_errors: HashMap<(CacheTier, CacheErrorKind), u64>,
+    appends_dropped: u64,
+    frames_coalesced: u64,
 }
 
 fn histogram() -> Result<Histogram<u64>, ActorProcessingErr> {
@@ -146,6 +152,19 @@ impl MetricsState {
             MetricEvent::EnrichmentOmitted { field } => {
                 *self.omitted.entry(field).or_default() += 1
             }
+            MetricEvent::EnrichmentLatency { field, us } => {
+                if let Some(h) = self.enrichment_us.get_mut(&field) {
+                    h.saturating_record(us.max(1));
+                }
+            }
+            MetricEvent::CacheLookup { tier, result } => {
+                *self.cache.entry((tier, result)).or_default() += 1
+            }
+            MetricEvent::CacheError { tier, kind } => {
+                *self.cache_errors.entry((tier, kind)).or_default() += 1
+            }
+            MetricEvent::AppendDropped => self.appends_dropped += 1,
+            MetricEvent::TokensCoalesced { frames } => self.frames_coalesced += u64::from(frames),
             MetricEvent::ActorRestarted { actor } => *self.restarts.entry(actor).or_default() += 1,
             MetricEvent::Disconnect { reason } => *self.disconnects.entry(reason).or_default() += 1,
             MetricEvent::Connection { transport, opened } => {
@@ -234,8 +253,75 @@ impl MetricsState {
                 "Mandatory enrichment fields left out because they missed the preflight budget.",
             ),
             "field",
-            [EnrichmentField::Price, EnrichmentField::Stock]
-                .map(|f| (f.as_str(), count(&self.omitted, &f))),
+            EnrichmentField::ALL.map(|f| (f.as_str(), count(&self.omitted, &f))),
+        );
+        header(
+            &mut out,
+            "stream_enrichment_latency_ms",
+            "summary",
+            "Enrichment lookups that answered, from asking the enricher to its answer, by field, milliseconds.",
+        );
+        for field in EnrichmentField::ALL {
+            if let Some(h) = self.enrichment_us.get(&field) {
+                summary_body(
+                    &mut out,
+                    "stream_enrichment_latency_ms",
+                    &[("field", field.as_str())],
+                    h,
+                );
+            }
+        }
+        header(
+            &mut out,
+            "enrichment_cache_total",
+            "counter",
+            "Enrichment cache lookups, one per key per tier consulted, by tier and result.",
+        );
+        for tier in CacheTier::ALL {
+            for result in CacheResult::ALL {
+                let _ = writeln!(
+                    out,
+                    "enrichment_cache_total{{tier=\"{}\",result=\"{}\"}} {}",
+                    tier.as_str(),
+                    result.as_str(),
+                    count(&self.cache, &(tier, result))
+                );
+            }
+        }
+        header(
+            &mut out,
+            "enrichment_cache_errors_total",
+            "counter",
+            "Cache operations that timed out or found the backend unavailable; the lookup went on without that tier.",
+        );
+        for tier in CacheTier::ALL {
+            for kind in CacheErrorKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "enrichment_cache_errors_total{{tier=\"{}\",kind=\"{}\"}} {}",
+                    tier.as_str(),
+                    kind.as_str(),
+                    count(&self.cache_errors, &(tier, kind))
+                );
+            }
+        }
+        header(
+            &mut out,
+            "append_dropped_total",
+            "counter",
+            "product_cards appends dropped because their deferrable lookup missed enrichment.append_deadline_ms.",
+        );
+        let _ = writeln!(out, "append_dropped_total {}", self.appends_dropped);
+        header(
+            &mut out,
+            "stream_frames_coalesced_total",
+            "counter",
+            "Token frames saved by merging tokens while a client was not reading fast enough.",
+        );
+        let _ = writeln!(
+            out,
+            "stream_frames_coalesced_total {}",
+            self.frames_coalesced
         );
         labelled(
             &mut out,
@@ -373,6 +459,10 @@ impl Actor for MetricsSink {
         for stage in Stage::ALL {
             stage_us.insert(stage, histogram()?);
         }
+        let mut enrichment_us = HashMap::new();
+        for field in EnrichmentField::ALL {
+            enrichment_us.insert(field, histogram()?);
+        }
         Ok(MetricsState {
             handle: args.handle,
             chaos: args.chaos,
@@ -387,6 +477,11 @@ impl Actor for MetricsSink {
             connections_open: HashMap::new(),
             connections_total: HashMap::new(),
             disconnects: HashMap::new(),
+            enrichment_us,
+            cache: HashMap::new(),
+            cache_errors: HashMap::new(),
+            appends_dropped: 0,
+            frames_coalesced: 0,
         })
     }
 

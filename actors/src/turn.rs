@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! classify ─► turn_started ─► ┬ retrieve ─────────────┬─► enrich retrieved ids ─► assemble
-//!                             └ enrich named series ──┘   (all inside one preflight budget)
+//!                             └ enrich named series ──┘   (mandatory fields, one budget)
 //!          ─► generator opens the stream ─► bounded channel ─► chunk-forwarder ─► frames
-//!          ─► product cards ─► transcript write ─► done
+//!             └ deferrable fields, beside the stream ─┐
+//!          ─► product cards (if the deferrable lookup made the append deadline) ─► transcript
+//!          ─► done
 //! ```
 //!
 //! Every stage that can be slow is awaited under a deadline, and every failure becomes a reply
@@ -17,15 +19,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
-use mangaassist_protocols::ports::TranscriptStore;
+use mangaassist_protocols::ports::{EnrichmentError, TranscriptStore};
 use mangaassist_protocols::turn::{
-    ContextItem, Enrichment, EnrichmentField, Intent, ProductCard, RetrievedDoc, TurnRecord, Usage,
+    ContextItem, Enrichment, EnrichmentField, FieldPlan, FieldSet, Intent, ProductCard,
+    RetrievedDoc, TurnRecord, Usage,
 };
 use mangaassist_protocols::{ServerFrame, SessionId, TraceId, TurnId, UserId};
 use ractor::{Actor, ActorCell, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::chaos::Chaos;
 use crate::classifier::ClassifierMsg;
@@ -59,6 +63,53 @@ pub struct TurnSettings {
     pub keepalive: Duration,
     /// Where mandatory enrichment happens.
     pub enrichment_mode: EnrichmentMode,
+    /// Which enrichment fields each intent needs before the stream, and which after.
+    pub fields: FieldPolicy,
+    /// How long after the stream's end a deferrable lookup may still make it into the append.
+    pub append_deadline: Duration,
+}
+
+/// The [`FieldPlan`] of every intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldPolicy([FieldPlan; Intent::ALL.len()]);
+
+impl FieldPolicy {
+    /// The plan of `intent`.
+    pub fn plan(&self, intent: Intent) -> FieldPlan {
+        self.0[intent as usize]
+    }
+
+    /// Replaces the plan of `intent`.
+    pub fn set(&mut self, intent: Intent, plan: FieldPlan) {
+        self.0[intent as usize] = plan;
+    }
+}
+
+impl Default for FieldPolicy {
+    /// Price and stock are mandatory wherever the answer names products (a wrong price is worse
+    /// than none); cover art, review blurbs and related titles only ever add. `other` (greetings,
+    /// account questions) looks nothing up.
+    fn default() -> Self {
+        use EnrichmentField as F;
+        let facts = FieldSet::of(&[F::Price, F::Stock]);
+        let extras = FieldSet::of(&[F::CoverUrl, F::ReviewBlurb, F::Related]);
+        let mut policy = FieldPolicy([FieldPlan::default(); Intent::ALL.len()]);
+        for intent in [
+            Intent::Browse,
+            Intent::Search,
+            Intent::Recommend,
+            Intent::PurchaseIntent,
+        ] {
+            policy.set(
+                intent,
+                FieldPlan {
+                    mandatory: facts,
+                    deferrable: extras,
+                },
+            );
+        }
+        policy
+    }
 }
 
 /// Where a turn looks up its mandatory enrichment.
@@ -84,6 +135,8 @@ impl Default for TurnSettings {
             context: ContextBudget::default(),
             keepalive: Duration::from_secs(10),
             enrichment_mode: EnrichmentMode::Preflight,
+            fields: FieldPolicy::default(),
+            append_deadline: Duration::from_millis(250),
         }
     }
 }
@@ -288,8 +341,11 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         .await
         .map_err(|_| None)?;
 
-    // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget.
-    let items = preflight(ctx, intent).await;
+    // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget. Then the
+    //    deferrable fields start beside the stream.
+    let plan = s.fields.plan(intent);
+    let (items, mut facts) = preflight(ctx, intent, plan.mandatory).await;
+    let deferred = deferrable(ctx, plan.deferrable, &items);
 
     // 3. Assemble.
     let t_asm = Instant::now();
@@ -333,6 +389,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
                 InlineLookup {
                     enricher: p.enricher.clone(),
                     series_ids: items.iter().map(|i| i.doc.series_id.clone()).collect(),
+                    fields: plan.mandatory,
                 }
             }),
         },
@@ -391,19 +448,44 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         return Err(fail(f, Some(intent)));
     }
 
-    // 5. Product cards for what the answer was grounded on.
+    // 5. Product cards for what the answer was grounded on, with whatever deferrable fields
+    //    arrive within the append deadline of the stream's end. A lookup that misses it is
+    //    dropped with its cards, never waited for past the deadline.
     if finish_reason == FinishReason::Stop && !items.is_empty() {
-        let cards = ServerFrame::Append {
-            turn_id: ctx.turn_id.clone(),
-            seq,
-            kind: AppendKind::ProductCards,
-            items: items.iter().map(product_card).collect(),
+        let arrived = match deferred {
+            None => Some(Vec::new()),
+            Some(task) => {
+                let deadline = Instant::now() + s.append_deadline;
+                match tokio::time::timeout_at(deadline, task).await {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(_)) | Err(_) => None,
+                }
+            }
         };
-        seq += 1;
-        ctx.outbound
-            .send(&cards, Mark::Plain)
-            .await
-            .map_err(|_| None)?;
+        if let Some(found) = arrived {
+            for e in found {
+                facts
+                    .entry(e.series_id.clone())
+                    .or_insert_with(|| Enrichment::unknown(e.series_id.as_str()))
+                    .merge(e);
+            }
+            let cards = ServerFrame::Append {
+                turn_id: ctx.turn_id.clone(),
+                seq,
+                kind: AppendKind::ProductCards,
+                items: items
+                    .iter()
+                    .map(|i| product_card(i, facts.get(&i.doc.series_id)))
+                    .collect(),
+            };
+            seq += 1;
+            ctx.outbound
+                .send(&cards, Mark::Plain)
+                .await
+                .map_err(|_| None)?;
+        } else {
+            p.metrics.emit(MetricEvent::AppendDropped);
+        }
     }
 
     // 6. Transcript, durably, before `done`.
@@ -464,14 +546,42 @@ async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
     }
 }
 
-/// Retrieval and mandatory enrichment under one budget. Never fails: what misses the budget is
-/// left out, counted, and framed in the prompt by context assembly.
-async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
+/// Asks the enricher for `fields` of the series `build` names, emitting the latency of each
+/// field when the answer arrives in time. `None` when it failed or missed `timeout`.
+async fn enrich(
+    p: &Pipeline,
+    fields: FieldSet,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<Result<Vec<Enrichment>, EnrichmentError>>) -> EnricherMsg,
+) -> Option<Vec<Enrichment>> {
+    let t0 = Instant::now();
+    let found = ask(&p.enricher, ActorKind::Enricher, timeout, build)
+        .await
+        .ok()?
+        .ok()?;
+    let us = micros(t0.elapsed());
+    for field in fields.iter() {
+        p.metrics.emit(MetricEvent::EnrichmentLatency { field, us });
+    }
+    Some(found)
+}
+
+/// Retrieval and the `mandatory` enrichment fields under one budget. Never fails: what misses the
+/// budget is left out, counted by field, and framed in the prompt by context assembly. Returns
+/// the grounding items and every fact found, by series id.
+async fn preflight(
+    ctx: &TurnCtx,
+    intent: Intent,
+    mandatory: FieldSet,
+) -> (Vec<ContextItem>, HashMap<String, Enrichment>) {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let start = Instant::now();
     let deadline = start + s.preflight_budget;
     let remaining = || deadline.saturating_duration_since(Instant::now());
+    // Inline mode looks mandatory fields up in the forwarder instead, before every token.
+    let inline = s.enrichment_mode == EnrichmentMode::Inline;
+    let lookup_here = !inline && !mandatory.is_empty();
 
     let retrieve = async {
         if !intent.wants_retrieval() {
@@ -503,18 +613,17 @@ async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
             }
         }
     };
-    let inline = s.enrichment_mode == EnrichmentMode::Inline;
     let mentions = async {
-        if inline {
+        if !lookup_here {
             return Vec::new();
         }
         let text = ctx.text.clone();
-        ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
-            EnricherMsg::Mentions { text, reply }
+        enrich(p, mandatory, remaining(), |reply| EnricherMsg::Mentions {
+            text,
+            fields: mandatory,
+            reply,
         })
         .await
-        .ok()
-        .and_then(Result::ok)
         .unwrap_or_default()
     };
     let (docs, named) = tokio::join!(retrieve, mentions);
@@ -528,22 +637,26 @@ async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
         .filter(|d| !facts.contains_key(&d.series_id))
         .map(|d| d.series_id.clone())
         .collect();
-    if !inline && !missing.is_empty() && !remaining().is_zero() {
-        let looked_up = ask(&p.enricher, ActorKind::Enricher, remaining(), |reply| {
-            EnricherMsg::Lookup {
-                series_ids: missing,
-                reply,
-            }
+    if lookup_here && !missing.is_empty() && !remaining().is_zero() {
+        let found = enrich(p, mandatory, remaining(), |reply| EnricherMsg::Lookup {
+            series_ids: missing,
+            fields: mandatory,
+            reply,
         })
         .await;
-        if let Ok(Ok(found)) = looked_up {
-            facts.extend(found.into_iter().map(|e| (e.series_id.clone(), e)));
-        }
+        facts.extend(
+            found
+                .into_iter()
+                .flatten()
+                .map(|e| (e.series_id.clone(), e)),
+        );
     }
-    p.metrics.emit(MetricEvent::StageLatency {
-        stage: Stage::Enrich,
-        us: micros(start.elapsed()),
-    });
+    if lookup_here {
+        p.metrics.emit(MetricEvent::StageLatency {
+            stage: Stage::Enrich,
+            us: micros(start.elapsed()),
+        });
+    }
 
     let items: Vec<ContextItem> = docs
         .into_iter()
@@ -556,20 +669,50 @@ async fn preflight(ctx: &TurnCtx, intent: Intent) -> Vec<ContextItem> {
             }
         })
         .collect();
-    if items.iter().any(|i| i.price_jpy.is_none()) {
-        p.metrics.emit(MetricEvent::EnrichmentOmitted {
-            field: EnrichmentField::Price,
-        });
+    // Count every mandatory field some grounding item ended up without (once per turn).
+    if lookup_here {
+        for field in mandatory.iter() {
+            let omitted = items
+                .iter()
+                .any(|i| !facts.get(&i.doc.series_id).is_some_and(|f| f.has(field)));
+            if omitted {
+                p.metrics.emit(MetricEvent::EnrichmentOmitted { field });
+            }
+        }
     }
-    if items.iter().any(|i| i.stock.is_none()) {
-        p.metrics.emit(MetricEvent::EnrichmentOmitted {
-            field: EnrichmentField::Stock,
-        });
-    }
-    items
+    (items, facts)
 }
 
-fn product_card(item: &ContextItem) -> ProductCard {
+/// Starts the lookup of the `deferrable` fields of the grounding items, beside the stream. The
+/// task is aborted if the turn ends before it is awaited; `None` when there is nothing to look up.
+fn deferrable(
+    ctx: &TurnCtx,
+    deferrable: FieldSet,
+    items: &[ContextItem],
+) -> Option<AbortOnDropHandle<Option<Vec<Enrichment>>>> {
+    if deferrable.is_empty() || items.is_empty() {
+        return None;
+    }
+    let p = ctx.pipeline.clone();
+    let series_ids: Vec<String> = items.iter().map(|i| i.doc.series_id.clone()).collect();
+    // Bounded by the connection's life: the turn drops (aborts) it at the append deadline.
+    let limit = DEFERRABLE_LOOKUP_LIMIT;
+    Some(AbortOnDropHandle::new(tokio::spawn(async move {
+        enrich(&p, deferrable, limit, |reply| EnricherMsg::Lookup {
+            series_ids,
+            fields: deferrable,
+            reply,
+        })
+        .await
+    })))
+}
+
+/// Upper bound on a deferrable lookup's own wait; the append deadline normally ends it first.
+const DEFERRABLE_LOOKUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// A card for one grounding item: the facts the answer used (price and stock as the model saw
+/// them) plus the deferrable fields that arrived in time.
+fn product_card(item: &ContextItem, facts: Option<&Enrichment>) -> ProductCard {
     ProductCard {
         series_id: item.doc.series_id.clone(),
         title: item.doc.title.clone(),
@@ -577,5 +720,8 @@ fn product_card(item: &ContextItem) -> ProductCard {
         volumes: item.doc.volumes,
         price_jpy: item.price_jpy,
         stock: item.stock,
+        cover_url: facts.and_then(|f| f.cover_url.clone()),
+        review_blurb: facts.and_then(|f| f.review_blurb.clone()),
+        related: facts.and_then(|f| f.related.clone()),
     }
 }

@@ -185,6 +185,78 @@ impl DisconnectReason {
     }
 }
 
+/// A tier of the enrichment cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheTier {
+    /// The in-process tier (moka).
+    Memory,
+    /// The shared tier (Redis).
+    Redis,
+}
+
+impl CacheTier {
+    /// Every tier.
+    pub const ALL: [CacheTier; 2] = [CacheTier::Memory, CacheTier::Redis];
+
+    /// The label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Redis => "redis",
+        }
+    }
+}
+
+/// What one cache tier had for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheResult {
+    /// A value younger than the TTL.
+    Hit,
+    /// A value past its TTL but inside the stale window: served at once, refreshed behind.
+    Stale,
+    /// Nothing usable.
+    Miss,
+}
+
+impl CacheResult {
+    /// Every result.
+    pub const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Stale, CacheResult::Miss];
+
+    /// The label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Stale => "stale",
+            CacheResult::Miss => "miss",
+        }
+    }
+}
+
+/// Why a cache backend operation did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheErrorKind {
+    /// It took longer than the configured timeout.
+    Timeout,
+    /// The backend answered with an error, or is known to be disconnected (skipped at once).
+    Unavailable,
+}
+
+impl CacheErrorKind {
+    /// Every kind.
+    pub const ALL: [CacheErrorKind; 2] = [CacheErrorKind::Timeout, CacheErrorKind::Unavailable];
+
+    /// The label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheErrorKind::Timeout => "timeout",
+            CacheErrorKind::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Gaps one batch holds.
 pub const GAP_BATCH: usize = 30;
 
@@ -269,6 +341,34 @@ pub enum MetricEvent {
     EnrichmentOmitted {
         /// Which field.
         field: EnrichmentField,
+    },
+    /// An enrichment lookup answered, seen from the turn: one event per field it was asked for.
+    EnrichmentLatency {
+        /// Which field.
+        field: EnrichmentField,
+        /// From asking the enricher to its answer.
+        us: u64,
+    },
+    /// One key looked up in one cache tier.
+    CacheLookup {
+        /// Which tier.
+        tier: CacheTier,
+        /// What it had.
+        result: CacheResult,
+    },
+    /// A cache backend operation failed or was skipped; the lookup went on without it.
+    CacheError {
+        /// Which tier.
+        tier: CacheTier,
+        /// Why.
+        kind: CacheErrorKind,
+    },
+    /// A `product_cards` append missed `enrichment.append_deadline_ms` and was dropped.
+    AppendDropped,
+    /// Token frames merged into one because the client was not reading fast enough.
+    TokensCoalesced {
+        /// Frames saved (tokens merged minus one).
+        frames: u32,
     },
     /// A supervisor restarted a failed actor.
     ActorRestarted {

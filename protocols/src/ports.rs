@@ -8,7 +8,9 @@ use futures_core::Stream;
 
 use crate::frame::ModelInfo;
 use crate::ids::SessionId;
-use crate::turn::{Classification, Enrichment, ModelRequest, RetrievedDoc, TurnRecord, Usage};
+use crate::turn::{
+    Classification, Enrichment, FieldSet, ModelRequest, RetrievedDoc, TurnRecord, Usage,
+};
 
 /// An event from a model stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,13 +92,22 @@ pub enum EnrichmentError {
     /// The source is unreachable or answered badly.
     #[error("enrichment source failed: {0}")]
     Source(String),
+    /// The source did not answer within its per-call timeout.
+    #[error("enrichment source timed out after {0} ms")]
+    Timeout(u64),
 }
 
-/// Serves store facts (price, stock) for series.
+/// Serves store facts (price, stock, cover art, reviews, related titles) for series.
 #[async_trait]
 pub trait EnrichmentSource: Send + Sync + 'static {
-    /// Facts for each id, in the same order; unknown ids get all-`None` entries.
-    async fn lookup(&self, series_ids: &[String]) -> Result<Vec<Enrichment>, EnrichmentError>;
+    /// Facts for each id, in the same order; unknown ids get all-`None` entries
+    /// ([`Enrichment::unknown`]). A source must fill every field in `fields` it knows and may
+    /// fill more (a cache keeps whole records).
+    async fn lookup(
+        &self,
+        series_ids: &[String],
+        fields: FieldSet,
+    ) -> Result<Vec<Enrichment>, EnrichmentError>;
 
     /// Series ids the text names outright ("how much is Frieren?"), so their facts can be
     /// fetched in parallel with retrieval. Must be cheap and must not block; the default finds none.

@@ -81,35 +81,233 @@ pub struct RetrievedDoc {
     pub score: f32,
 }
 
-/// An enrichment field. Mandatory fields are looked up before the stream under a budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An enrichment field: one store fact about a series, served by an enrichment source.
+///
+/// Which fields a turn needs, and which of them it cannot answer without, is configured per intent
+/// ([`FieldPlan`]). The series id itself is always mandatory and comes from retrieval, so it is not
+/// a field here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnrichmentField {
     /// Price per volume.
     Price,
     /// Units in stock.
     Stock,
+    /// Cover art URL.
+    CoverUrl,
+    /// A short review blurb.
+    ReviewBlurb,
+    /// Related series.
+    Related,
 }
 
 impl EnrichmentField {
-    /// The label spelling.
+    /// Every field, in label order.
+    pub const ALL: [EnrichmentField; 5] = [
+        EnrichmentField::Price,
+        EnrichmentField::Stock,
+        EnrichmentField::CoverUrl,
+        EnrichmentField::ReviewBlurb,
+        EnrichmentField::Related,
+    ];
+
+    /// The label and config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             EnrichmentField::Price => "price",
             EnrichmentField::Stock => "stock",
+            EnrichmentField::CoverUrl => "cover_url",
+            EnrichmentField::ReviewBlurb => "review_blurb",
+            EnrichmentField::Related => "related",
         }
+    }
+
+    /// Parses the label spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
     }
 }
 
-/// Store facts for one series. `None` means unknown: the answer must not invent it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl std::fmt::Display for EnrichmentField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of enrichment fields (a bit set: copying it is free).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FieldSet(u8);
+
+impl FieldSet {
+    /// No field.
+    pub const EMPTY: FieldSet = FieldSet(0);
+    /// Every field.
+    pub const ALL: FieldSet = FieldSet(0b1_1111);
+
+    /// The set of `fields`.
+    pub fn of(fields: &[EnrichmentField]) -> Self {
+        fields.iter().fold(Self::EMPTY, |s, &f| s.with(f))
+    }
+
+    /// This set plus `field`.
+    #[must_use]
+    pub fn with(self, field: EnrichmentField) -> Self {
+        FieldSet(self.0 | field.bit())
+    }
+
+    /// Whether `field` is in the set.
+    pub fn contains(self, field: EnrichmentField) -> bool {
+        self.0 & field.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Fields in both sets.
+    #[must_use]
+    pub fn intersection(self, other: FieldSet) -> Self {
+        FieldSet(self.0 & other.0)
+    }
+
+    /// Fields in either set.
+    #[must_use]
+    pub fn union(self, other: FieldSet) -> Self {
+        FieldSet(self.0 | other.0)
+    }
+
+    /// The fields, in label order.
+    pub fn iter(self) -> impl Iterator<Item = EnrichmentField> {
+        EnrichmentField::ALL
+            .into_iter()
+            .filter(move |f| self.contains(*f))
+    }
+}
+
+impl std::fmt::Display for FieldSet {
+    /// Comma-separated label spellings (`price,stock`), empty for the empty set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, field) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(field.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for FieldSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fields = Vec::<EnrichmentField>::deserialize(d)?;
+        Ok(FieldSet::of(&fields))
+    }
+}
+
+/// The enrichment one intent asks for.
+///
+/// **Mandatory** fields are looked up before the stream, in parallel with retrieval, under the
+/// preflight budget: the answer is wrong without them, so one that misses the budget is omitted
+/// and the prompt says so. **Deferrable** fields only add to the answer: they are looked up beside
+/// the stream and arrive in the `product_cards` append, or not at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldPlan {
+    /// Needed before the first token.
+    pub mandatory: FieldSet,
+    /// Welcome after the last token.
+    pub deferrable: FieldSet,
+}
+
+/// Store facts for one series. `None` means unknown or not asked for: the answer must not
+/// invent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrichment {
     /// Series slug.
     pub series_id: String,
     /// Price per volume in yen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_jpy: Option<u32>,
     /// Units in stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<u32>,
+    /// Cover art URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover_url: Option<String>,
+    /// A short review blurb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_blurb: Option<String>,
+    /// Ids of related series, closest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related: Option<Vec<String>>,
+}
+
+impl Enrichment {
+    /// An entry with no facts (an unknown id).
+    pub fn unknown(series_id: impl Into<String>) -> Self {
+        Self {
+            series_id: series_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the entry holds `field`.
+    pub fn has(&self, field: EnrichmentField) -> bool {
+        match field {
+            EnrichmentField::Price => self.price_jpy.is_some(),
+            EnrichmentField::Stock => self.stock.is_some(),
+            EnrichmentField::CoverUrl => self.cover_url.is_some(),
+            EnrichmentField::ReviewBlurb => self.review_blurb.is_some(),
+            EnrichmentField::Related => self.related.is_some(),
+        }
+    }
+
+    /// The same entry with only `fields` kept.
+    #[must_use]
+    pub fn only(mut self, fields: FieldSet) -> Self {
+        use EnrichmentField as F;
+        if !fields.contains(F::Price) {
+            self.price_jpy = None;
+        }
+        if !fields.contains(F::Stock) {
+            self.stock = None;
+        }
+        if !fields.contains(F::CoverUrl) {
+            self.cover_url = None;
+        }
+        if !fields.contains(F::ReviewBlurb) {
+            self.review_blurb = None;
+        }
+        if !fields.contains(F::Related) {
+            self.related = None;
+        }
+        self
+    }
+
+    /// Fills every field `self` lacks from `other` (same series).
+    pub fn merge(&mut self, other: Enrichment) {
+        self.price_jpy = self.price_jpy.or(other.price_jpy);
+        self.stock = self.stock.or(other.stock);
+        if self.cover_url.is_none() {
+            self.cover_url = other.cover_url;
+        }
+        if self.review_blurb.is_none() {
+            self.review_blurb = other.review_blurb;
+        }
+        if self.related.is_none() {
+            self.related = other.related;
+        }
+    }
 }
 
 /// A grounding item handed to the model: a document plus whatever enrichment arrived in budget.
@@ -237,6 +435,15 @@ pub struct ProductCard {
     pub price_jpy: Option<u32>,
     /// Units in stock, when known.
     pub stock: Option<u32>,
+    /// Cover art URL: deferrable, present when it arrived before the append deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover_url: Option<String>,
+    /// Review blurb: deferrable, as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_blurb: Option<String>,
+    /// Related series ids: deferrable, as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related: Option<Vec<String>>,
 }
 
 /// One finished turn as the transcript store keeps it.

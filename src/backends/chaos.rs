@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mangaassist_actors::chaos::{Chaos, SourceKind};
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource, RetrievalError, Retriever};
-use mangaassist_protocols::turn::{Enrichment, RetrievedDoc};
+use mangaassist_protocols::turn::{Enrichment, FieldSet, RetrievedDoc};
 
 /// An enrichment source whose lookups pass through `enrichment_source` chaos rules.
 pub struct ChaosEnrichment {
@@ -22,9 +22,13 @@ pub struct ChaosEnrichment {
 
 #[async_trait]
 impl EnrichmentSource for ChaosEnrichment {
-    async fn lookup(&self, series_ids: &[String]) -> Result<Vec<Enrichment>, EnrichmentError> {
+    async fn lookup(
+        &self,
+        series_ids: &[String],
+        fields: FieldSet,
+    ) -> Result<Vec<Enrichment>, EnrichmentError> {
         self.chaos.before(SourceKind::Enrichment, "lookup").await;
-        self.inner.lookup(series_ids).await
+        self.inner.lookup(series_ids, fields).await
     }
 
     fn mentioned(&self, text: &str) -> Vec<String> {
@@ -60,13 +64,16 @@ mod tests {
 
     #[async_trait]
     impl EnrichmentSource for Fixed {
-        async fn lookup(&self, ids: &[String]) -> Result<Vec<Enrichment>, EnrichmentError> {
+        async fn lookup(
+            &self,
+            ids: &[String],
+            _: FieldSet,
+        ) -> Result<Vec<Enrichment>, EnrichmentError> {
             Ok(ids
                 .iter()
                 .map(|id| Enrichment {
-                    series_id: id.clone(),
                     price_jpy: Some(1),
-                    stock: Some(1),
+                    ..Enrichment::unknown(id.as_str())
                 })
                 .collect())
         }
@@ -80,7 +87,7 @@ mod tests {
             chaos: chaos.clone(),
         };
         let t0 = tokio::time::Instant::now();
-        source.lookup(&["a".into()]).await.unwrap();
+        source.lookup(&["a".into()], FieldSet::ALL).await.unwrap();
         assert_eq!(t0.elapsed(), Duration::ZERO);
         chaos.add(ChaosRule::delay(
             SourceKind::Enrichment,
@@ -90,7 +97,7 @@ mod tests {
             SourceKind::Retrieval,
             Duration::from_secs(9),
         ));
-        source.lookup(&["a".into()]).await.unwrap();
+        source.lookup(&["a".into()], FieldSet::ALL).await.unwrap();
         assert_eq!(t0.elapsed(), Duration::from_secs(4));
     }
 }

@@ -1,5 +1,11 @@
-//! The embedded enrichment source: an [`EnrichmentSource`] that serves price and stock from the
-//! catalog's store fields, with an injectable latency profile.
+//! The embedded enrichment source: an [`EnrichmentSource`] that serves every enrichment field from
+//! an in-memory copy of the catalog, with an injectable latency profile.
+//!
+//! Price and stock are the catalog's store fields. The deferrable fields are derived, and say so:
+//! the cover URL points into the reserved `.invalid` domain, the review blurb is composed from the
+//! series' own facts (status, demographic, genres, volumes, year), and related series are the
+//! closest by shared genres (Jaccard), same demographic first. They exercise the deferrable path
+//! end to end; a real deployment points `enrichment.source = "http"` at its catalog API instead.
 //!
 //! Enrichment is the dependency the runtime must never let stall the stream, so the embedded
 //! default is not instant: every lookup waits a random delay drawn from a [`LatencyProfile`]
@@ -17,7 +23,7 @@ use aho_corasick::AhoCorasick;
 use async_trait::async_trait;
 use mangaassist_protocols::catalog::Series;
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
-use mangaassist_protocols::turn::Enrichment;
+use mangaassist_protocols::turn::{Enrichment, EnrichmentField, FieldSet};
 use rand::Rng;
 
 /// Shortest normalized title [`EmbeddedEnrichment::mentioned`] will match; shorter ones ("Ao",
@@ -64,11 +70,20 @@ impl Default for LatencyProfile {
     }
 }
 
-/// Store facts of one series.
-#[derive(Debug, Clone, Copy)]
+/// Related series per lookup.
+const MAX_RELATED: usize = 3;
+
+/// Store facts of one series, and what the derived fields are computed from.
+#[derive(Debug, Clone)]
 struct Facts {
     price_jpy: u32,
     stock: u32,
+    title: String,
+    status: String,
+    demographic: String,
+    genres: Vec<String>,
+    volumes: u32,
+    year: u16,
 }
 
 /// Serves price and stock from an in-memory copy of the catalog.
@@ -76,6 +91,8 @@ struct Facts {
 pub struct EmbeddedEnrichment {
     /// Series id -> store facts.
     facts: HashMap<String, Facts>,
+    /// Every id, in catalog order (ties in relatedness go to the earlier one).
+    order: Vec<String>,
     /// (normalized title, series id), longest title first; pattern ids of `matcher` index it.
     titles: Vec<(String, String)>,
     /// Finds every title in a normalized message in one pass (`None` only if the automaton
@@ -110,10 +127,17 @@ impl EmbeddedEnrichment {
                 let facts = Facts {
                     price_jpy: s.price_jpy,
                     stock: s.stock,
+                    title: s.title.clone(),
+                    status: s.status.clone(),
+                    demographic: s.demographic.clone(),
+                    genres: s.genres.clone(),
+                    volumes: s.volumes,
+                    year: s.year,
                 };
                 (s.id.clone(), facts)
             })
             .collect();
+        let order = catalog.iter().map(|s| s.id.clone()).collect();
         let mut titles: Vec<(String, String)> = catalog
             .iter()
             .map(|s| (normalize(&s.title), s.id.clone()))
@@ -127,36 +151,112 @@ impl EmbeddedEnrichment {
             .ok();
         Self {
             facts,
+            order,
             titles,
             matcher,
             latency,
         }
     }
 
-    /// The facts for each id in order, without the latency profile.
-    fn facts_for(&self, series_ids: &[String]) -> Vec<Enrichment> {
+    /// The `fields` of each id in order, without the latency profile.
+    fn facts_for(&self, series_ids: &[String], fields: FieldSet) -> Vec<Enrichment> {
+        use EnrichmentField as F;
         series_ids
             .iter()
             .map(|id| {
-                let facts = self.facts.get(id);
+                let Some(f) = self.facts.get(id) else {
+                    return Enrichment::unknown(id.as_str());
+                };
                 Enrichment {
                     series_id: id.clone(),
-                    price_jpy: facts.map(|f| f.price_jpy),
-                    stock: facts.map(|f| f.stock),
+                    price_jpy: fields.contains(F::Price).then_some(f.price_jpy),
+                    stock: fields.contains(F::Stock).then_some(f.stock),
+                    cover_url: fields
+                        .contains(F::CoverUrl)
+                        .then(|| format!("https://covers.mangaassist.invalid/{id}/volume-1.jpg")),
+                    review_blurb: fields.contains(F::ReviewBlurb).then(|| blurb(f)),
+                    related: fields.contains(F::Related).then(|| self.related(id, f)),
                 }
             })
             .collect()
+    }
+
+    /// The closest series by shared genres (Jaccard), same demographic breaking ties; one pass
+    /// over the catalog, done only when `related` is asked for.
+    fn related(&self, id: &str, of: &Facts) -> Vec<String> {
+        let mut scored: Vec<(u32, usize)> = self
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(_, other)| other.as_str() != id)
+            .filter_map(|(i, other)| {
+                let o = self.facts.get(other)?;
+                let shared = of.genres.iter().filter(|g| o.genres.contains(g)).count();
+                if shared == 0 {
+                    return None;
+                }
+                let union = of.genres.len() + o.genres.len() - shared;
+                // Jaccard in thousandths, plus a small bonus for the same demographic.
+                let score = (shared * 1000 / union.max(1)) as u32
+                    + if o.demographic == of.demographic {
+                        100
+                    } else {
+                        0
+                    };
+                Some((score, i))
+            })
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .into_iter()
+            .take(MAX_RELATED)
+            .map(|(_, i)| self.order[i].clone())
+            .collect()
+    }
+}
+
+/// A one-line blurb composed from the series' own facts.
+fn blurb(f: &Facts) -> String {
+    let genres = match f.genres.as_slice() {
+        [] => String::new(),
+        [one] => format!(" {one}"),
+        [a, b, ..] => format!(" {a} and {b}"),
+    };
+    let run = if f.status == "completed" {
+        format!("complete in {} volumes", f.volumes)
+    } else {
+        format!("{} volumes so far", f.volumes)
+    };
+    format!(
+        "{}: {}{} {} since {}, {}.",
+        f.title,
+        article(&f.demographic),
+        genres,
+        f.demographic,
+        f.year,
+        run
+    )
+}
+
+fn article(word: &str) -> &'static str {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
     }
 }
 
 #[async_trait]
 impl EnrichmentSource for EmbeddedEnrichment {
-    async fn lookup(&self, series_ids: &[String]) -> Result<Vec<Enrichment>, EnrichmentError> {
+    async fn lookup(
+        &self,
+        series_ids: &[String],
+        fields: FieldSet,
+    ) -> Result<Vec<Enrichment>, EnrichmentError> {
         let delay = self.latency.sample();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok(self.facts_for(series_ids))
+        Ok(self.facts_for(series_ids, fields))
     }
 
     /// Ids of series whose title appears in `text` as whole words (case and punctuation ignored,
@@ -238,31 +338,67 @@ mod tests {
     #[tokio::test]
     async fn lookup_keeps_order_and_marks_unknown_ids() {
         let e = EmbeddedEnrichment::new(&catalog(), LatencyProfile::none());
+        let mandatory = FieldSet::of(&[EnrichmentField::Price, EnrichmentField::Stock]);
         let got = e
-            .lookup(&ids(&["monster", "nope", "one-piece"]))
+            .lookup(&ids(&["monster", "nope", "one-piece"]), mandatory)
             .await
             .unwrap();
         assert_eq!(
             got,
             vec![
                 Enrichment {
-                    series_id: "monster".into(),
                     price_jpy: Some(1100),
-                    stock: Some(5)
+                    stock: Some(5),
+                    ..Enrichment::unknown("monster")
                 },
+                Enrichment::unknown("nope"),
                 Enrichment {
-                    series_id: "nope".into(),
-                    price_jpy: None,
-                    stock: None
-                },
-                Enrichment {
-                    series_id: "one-piece".into(),
                     price_jpy: Some(528),
-                    stock: Some(12)
+                    stock: Some(12),
+                    ..Enrichment::unknown("one-piece")
                 },
             ]
         );
-        assert!(e.lookup(&[]).await.unwrap().is_empty());
+        assert!(e.lookup(&[], mandatory).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn deferrable_fields_are_served_only_when_asked() {
+        let mut cat = catalog();
+        cat[0].genres = vec!["action".into(), "adventure".into()];
+        cat[1].genres = vec!["action".into(), "adventure".into()];
+        cat[5].genres = vec!["romance".into()];
+        cat[5].demographic = "josei".into();
+        cat[5].status = "completed".into();
+        let e = EmbeddedEnrichment::new(&cat, LatencyProfile::none());
+        let got = e
+            .lookup(
+                &ids(&["one-piece"]),
+                FieldSet::of(&[EnrichmentField::Related]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got[0].price_jpy, None, "not asked for");
+        assert_eq!(got[0].cover_url, None);
+        let related = got[0].related.clone().unwrap();
+        assert_eq!(related[0], "dragon-ball", "same genres rank first");
+        assert!(!related.contains(&"one-piece".to_string()), "never itself");
+        assert!(!related.contains(&"nana".to_string()), "no shared genre");
+        assert!(related.len() <= MAX_RELATED);
+
+        let all = e.lookup(&ids(&["nana"]), FieldSet::ALL).await.unwrap();
+        let nana = &all[0];
+        assert_eq!(nana.price_jpy, Some(460));
+        assert!(nana.cover_url.as_deref().unwrap().contains("/nana/"));
+        assert_eq!(
+            nana.review_blurb.as_deref(),
+            Some("NANA: a romance josei since 2000, complete in 1 volumes.")
+        );
+        assert_eq!(
+            nana.related.as_deref(),
+            Some(&[][..]),
+            "asked, none related"
+        );
     }
 
     #[test]
@@ -308,7 +444,7 @@ mod tests {
         let e = EmbeddedEnrichment::new(&catalog(), profile);
         for _ in 0..20 {
             let start = tokio::time::Instant::now();
-            let got = e.lookup(&ids(&["nana"])).await.unwrap();
+            let got = e.lookup(&ids(&["nana"]), FieldSet::ALL).await.unwrap();
             let waited = start.elapsed();
             assert_eq!(got[0].price_jpy, Some(460));
             assert!(
@@ -325,7 +461,10 @@ mod tests {
             },
         );
         let start = tokio::time::Instant::now();
-        fixed.lookup(&ids(&["nana", "ao"])).await.unwrap();
+        fixed
+            .lookup(&ids(&["nana", "ao"]), FieldSet::ALL)
+            .await
+            .unwrap();
         assert_eq!(
             start.elapsed(),
             Duration::from_millis(900),
@@ -334,7 +473,7 @@ mod tests {
 
         let none = EmbeddedEnrichment::new(&catalog(), LatencyProfile::none());
         let start = tokio::time::Instant::now();
-        none.lookup(&ids(&["nana"])).await.unwrap();
+        none.lookup(&ids(&["nana"]), FieldSet::ALL).await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

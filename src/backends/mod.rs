@@ -3,11 +3,16 @@
 //! Embedded defaults (no service needed): [`simulated`] model, [`local_classifier`],
 //! [`tantivy`] retriever over the shipped [`catalog`], [`embedded_enrichment`] source, and the
 //! [`embedded_store`] durable transcript store. [`chaos`] wraps sources with injectable latency.
+//!
+//! Real backends: [`http_catalog`] (a third-party catalog API as the enrichment source) and the
+//! two-tier enrichment [`cache`] (in-process, plus Redis when configured).
 
+pub mod cache;
 pub mod catalog;
 pub mod chaos;
 pub mod embedded_enrichment;
 pub mod embedded_store;
+pub mod http_catalog;
 pub mod local_classifier;
 pub mod simulated;
 pub mod tantivy;
