@@ -133,6 +133,8 @@ pub struct RawFieldPlan {
 pub struct RawStream {
     /// Silence before the first token after which a `keepalive` frame is sent.
     pub keepalive_ms: Option<u64>,
+    /// Most bytes of token text merged into one frame while a client is not reading.
+    pub coalesce_max_bytes: Option<usize>,
 }
 
 /// `[server]`
@@ -520,6 +522,13 @@ impl RawConfig {
             enrichment_mode,
             fields,
             append_deadline,
+            coalesce_max_bytes: ranged(
+                "stream.coalesce_max_bytes",
+                self.stream.coalesce_max_bytes,
+                16 * 1024,
+                1,
+                16 * 1024 * 1024,
+            )?,
             keepalive: ms(ranged(
                 "stream.keepalive_ms",
                 self.stream.keepalive_ms,

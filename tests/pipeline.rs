@@ -3,244 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use common::*;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use mangaassist::config::Config;
-use mangaassist::runtime::Runtime;
 use mangaassist_actors::chaos::ChaosRule;
 use mangaassist_actors::enricher::EnricherMsg;
+use mangaassist_protocols::ServerFrame;
 use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
 use mangaassist_protocols::metrics::ActorKind;
-use mangaassist_protocols::turn::{FieldSet, TurnRecord};
-use mangaassist_protocols::{ServerFrame, SessionId};
+use mangaassist_protocols::turn::FieldSet;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
-
-struct Server {
-    runtime: Runtime,
-    _dir: tempfile::TempDir,
-}
-
-fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tcp_listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    c.model.first_token_delay = Duration::from_millis(20);
-    c.model.token_pacing = Duration::from_millis(2);
-    c.enrichment_latency.min = Duration::ZERO;
-    c.enrichment_latency.max = Duration::from_millis(1);
-    c
-}
-
-async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    f(&mut config);
-    let runtime = Runtime::start(config).await.unwrap();
-    Server { runtime, _dir: dir }
-}
-
-async fn transcript(server: &Server, session: &SessionId) -> Vec<TurnRecord> {
-    server
-        .runtime
-        .pipeline
-        .transcripts
-        .load_session(session)
-        .await
-        .unwrap()
-}
-
-async fn start() -> Server {
-    start_with(|_| {}).await
-}
-
-/// A frame-level client over either transport.
-enum Client {
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
-    Tcp {
-        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-        writer: tokio::net::tcp::OwnedWriteHalf,
-    },
-}
-
-static TURN: AtomicU64 = AtomicU64::new(1);
-
-fn next_turn_id() -> String {
-    format!("t{}", TURN.fetch_add(1, Ordering::Relaxed))
-}
-
-impl Client {
-    async fn ws(server: &Server) -> Self {
-        let url = format!("ws://{}/ws", server.runtime.http_addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client::Ws(Box::new(ws))
-    }
-
-    async fn tcp(server: &Server) -> Self {
-        let stream = TcpStream::connect(server.runtime.tcp_addr).await.unwrap();
-        let (r, w) = stream.into_split();
-        Client::Tcp {
-            reader: BufReader::new(r),
-            writer: w,
-        }
-    }
-
-    async fn send_raw(&mut self, text: &str) {
-        match self {
-            Client::Ws(ws) => ws
-                .send(Message::Text(text.to_owned().into()))
-                .await
-                .unwrap(),
-            Client::Tcp { writer, .. } => {
-                writer.write_all(text.as_bytes()).await.unwrap();
-                writer.write_all(b"\n").await.unwrap();
-            }
-        }
-    }
-
-    async fn send(&mut self, v: serde_json::Value) {
-        self.send_raw(&v.to_string()).await;
-    }
-
-    async fn next(&mut self) -> ServerFrame {
-        let text = tokio::time::timeout(FRAME_TIMEOUT, async {
-            match self {
-                Client::Ws(ws) => loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
-                        Some(Ok(Message::Close(c))) => panic!("closed: {c:?}"),
-                        Some(Ok(_)) => continue,
-                        other => panic!("ws ended: {other:?}"),
-                    }
-                },
-                Client::Tcp { reader, .. } => {
-                    let mut line = String::new();
-                    let n = reader.read_line(&mut line).await.unwrap();
-                    assert!(n > 0, "tcp connection closed");
-                    line
-                }
-            }
-        })
-        .await
-        .expect("no frame within the timeout");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
-    }
-
-    async fn hello(&mut self) -> SessionId {
-        self.send(json!({"type": "hello", "protocol": 1})).await;
-        match self.next().await {
-            ServerFrame::Welcome {
-                session_id, model, ..
-            } => {
-                assert!(model.simulated, "the simulated model says so");
-                session_id
-            }
-            other => panic!("expected welcome, got {other:?}"),
-        }
-    }
-
-    async fn expect_error(&mut self) -> ErrorFrame {
-        match self.next().await {
-            ServerFrame::Error(e) => e,
-            other => panic!("expected error, got {other:?}"),
-        }
-    }
-}
-
-/// Everything one turn produced, checked for protocol invariants on the way.
-#[derive(Debug, Default)]
-struct TurnResult {
-    frames: Vec<ServerFrame>,
-    tokens: Vec<String>,
-    done: Option<(u32, FinishReason)>,
-    error: Option<ErrorFrame>,
-}
-
-impl TurnResult {
-    fn answer(&self) -> String {
-        self.tokens.concat()
-    }
-}
-
-async fn run_turn(client: &mut Client, text: &str) -> TurnResult {
-    let turn_id = next_turn_id();
-    client
-        .send(json!({"type": "user_message", "turn_id": turn_id, "text": text}))
-        .await;
-    collect_turn(client, &turn_id).await
-}
-
-async fn collect_turn(client: &mut Client, turn_id: &str) -> TurnResult {
-    let mut r = TurnResult::default();
-    let mut expected_seq = 0u64;
-    loop {
-        let f = client.next().await;
-        let seq = match &f {
-            ServerFrame::TurnStarted {
-                turn_id: t, seq, ..
-            }
-            | ServerFrame::Token {
-                turn_id: t, seq, ..
-            }
-            | ServerFrame::Append {
-                turn_id: t, seq, ..
-            }
-            | ServerFrame::Done {
-                turn_id: t, seq, ..
-            } => {
-                assert_eq!(t.as_str(), turn_id);
-                Some(*seq)
-            }
-            ServerFrame::Error(e) => e.seq,
-            _ => None,
-        };
-        if let Some(seq) = seq {
-            assert_eq!(seq, expected_seq, "seq rises by one per frame: {f:?}");
-            expected_seq += 1;
-        }
-        match &f {
-            ServerFrame::Token { text, .. } => r.tokens.push(text.clone()),
-            ServerFrame::Done {
-                usage,
-                finish_reason,
-                ..
-            } => r.done = Some((usage.output_tokens, *finish_reason)),
-            ServerFrame::Error(e) => r.error = Some(e.clone()),
-            _ => {}
-        }
-        let end = matches!(f, ServerFrame::Done { .. } | ServerFrame::Error(_));
-        r.frames.push(f);
-        if end {
-            return r;
-        }
-    }
-}
-
-fn assert_streamed(r: &TurnResult) {
-    assert!(r.error.is_none(), "turn failed: {:?}", r.error);
-    assert!(
-        matches!(r.frames.first(), Some(ServerFrame::TurnStarted { .. })),
-        "{:?}",
-        r.frames.first()
-    );
-    assert!(
-        r.tokens.len() >= 5,
-        "tokens streamed one by one: {:?}",
-        r.tokens
-    );
-    let (out, reason) = r.done.expect("done");
-    assert_eq!(reason, FinishReason::Stop);
-    assert_eq!(out as usize, r.tokens.len(), "usage counts the tokens sent");
-}
 
 #[tokio::test]
 async fn websocket_turn_streams_tokens_then_done() {
@@ -362,18 +141,6 @@ async fn binary_websocket_frames_are_refused() {
     }
     assert_eq!(c.expect_error().await.code, ErrorCode::BadRequest);
     assert_streamed(&run_turn(&mut c, "hi there").await);
-}
-
-async fn metrics_text(server: &Server) -> String {
-    let (status, body) = http(server, "GET", "/metrics", "").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name_and_labels} missing"))
 }
 
 async fn restart_case(actor: ActorKind) {
@@ -761,25 +528,6 @@ async fn a_websocket_message_beyond_the_hard_limit_closes_only_that_connection()
     }
     // Everyone else goes on.
     assert_streamed(&run_turn(&mut other, "hi").await);
-}
-
-async fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out)
-        .await
-        .unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]

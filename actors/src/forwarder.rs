@@ -19,16 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mangaassist_protocols::frame::FinishReason;
-use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::metrics::{ActorKind, MetricEvent};
 use mangaassist_protocols::turn::{FieldSet, StreamEvent, Usage};
 use mangaassist_protocols::{ServerFrame, TurnId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::chaos::Chaos;
 use crate::enricher::EnricherMsg;
-use crate::outbound::{Mark, Outbound};
+use crate::metrics_sink::MetricsHandle;
+use crate::outbound::{CloseReason, Mark, Outbound, Place};
 use crate::supervisor::WorkerSlot;
 
 /// How long a forwarder whose connection closed waits for the model's partial usage.
@@ -92,6 +94,10 @@ pub struct ForwarderArgs {
     pub cancel: CancellationToken,
     /// `--enrichment-mode inline` only: look enrichment up before every token frame.
     pub inline_enrichment: Option<InlineLookup>,
+    /// Most bytes of token text merged into one frame while the client is not reading.
+    pub coalesce_max_bytes: usize,
+    /// Metrics, fire and forget.
+    pub metrics: MetricsHandle,
 }
 
 /// The anti-pattern of `--enrichment-mode inline`: an enrichment lookup awaited between a token
@@ -103,6 +109,32 @@ pub struct InlineLookup {
     pub series_ids: Vec<String>,
     /// The intent's mandatory fields.
     pub fields: FieldSet,
+}
+
+/// Tokens waiting for a place in a full outbound queue, to go out as one frame.
+struct Pending {
+    text: String,
+    tokens: u32,
+    /// When the queue was first found full.
+    since: Instant,
+}
+
+impl Pending {
+    fn new(text: String) -> Self {
+        Self {
+            text,
+            tokens: 1,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Sleeps until `timeout` after `since` (forever when there is no `since`).
+async fn sleep_until_after(since: Option<Instant>, timeout: Duration) {
+    match since {
+        Some(t) => tokio::time::sleep_until(t + timeout).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long an inline lookup may hold a token (it has no budget: that is the point).
@@ -124,43 +156,69 @@ pub struct ForwarderState {
     keepalive: Duration,
     cancel: CancellationToken,
     inline_enrichment: Option<InlineLookup>,
+    coalesce_max_bytes: usize,
+    metrics: MetricsHandle,
+    /// Bytes of `answer` already queued.
+    sent_len: usize,
 }
 
 impl ForwarderState {
-    /// Forwards the whole stream, one frame per event, until it ends or the connection closes.
+    /// Forwards the whole stream until it ends or the connection closes.
     ///
-    /// Per chunk: mailbox chaos, receive, encode, queue. The cancellation future of the
-    /// connection is registered once for the stream, not once per chunk.
+    /// Per chunk: receive, mailbox chaos, encode, queue. The queue is never waited on while
+    /// tokens arrive: when it is full, tokens are merged into one pending frame (up to
+    /// `coalesce_max_bytes`) that goes out as soon as a place frees. If no place frees within the
+    /// slow-client timeout, the connection is closed as `slow_consumer`.
     async fn forward(&mut self) -> Forwarded {
         let closing = self.outbound.closing().clone();
         let closed = closing.cancelled();
         tokio::pin!(closed);
-        let mut waiting_for_first = true;
-        loop {
-            self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
-            let event = if waiting_for_first {
-                // Time to first token can be long (cold model, slow preflight): keep proxies'
-                // idle timers from cutting a healthy stream.
-                loop {
-                    tokio::select! {
-                        biased;
-                        event = self.events.recv() => break event,
-                        () = &mut closed => return self.wind_down().await,
-                        () = tokio::time::sleep(self.keepalive) => {
-                            if self.outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
-                                return self.wind_down().await;
-                            }
-                        }
+        let outbound = self.outbound.clone();
+        // Time to first token can be long (cold model, slow preflight): keep proxies' idle timers
+        // from cutting a healthy stream.
+        let first = loop {
+            tokio::select! {
+                biased;
+                event = self.events.recv() => break event,
+                () = &mut closed => return self.wind_down().await,
+                () = tokio::time::sleep(self.keepalive) => {
+                    if outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
+                        return self.wind_down().await;
                     }
                 }
-            } else {
-                tokio::select! {
-                    biased;
-                    event = self.events.recv() => event,
-                    () = &mut closed => return self.wind_down().await,
+            }
+        };
+        let mut next = Some(first);
+        let mut pending: Option<Pending> = None;
+        loop {
+            let event = match next.take() {
+                Some(event) => event,
+                None => {
+                    let room = pending
+                        .as_ref()
+                        .is_none_or(|p| p.text.len() < self.coalesce_max_bytes);
+                    let stuck_since = pending.as_ref().map(|p| p.since);
+                    tokio::select! {
+                        biased;
+                        () = &mut closed => return self.wind_down().await,
+                        place = outbound.reserve(), if pending.is_some() => {
+                            let Ok(place) = place else {
+                                return self.wind_down().await;
+                            };
+                            if let Some(p) = pending.take() {
+                                self.queue(place, p);
+                            }
+                            continue;
+                        }
+                        () = sleep_until_after(stuck_since, outbound.slow_client_timeout()), if pending.is_some() => {
+                            outbound.close(CloseReason::SlowConsumer);
+                            return self.wind_down().await;
+                        }
+                        event = self.events.recv(), if room => event,
+                    }
                 }
             };
-            waiting_for_first = false;
+            self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
             match event {
                 Some(StreamEvent::Token(text)) => {
                     if let Some(inline) = &self.inline_enrichment {
@@ -175,34 +233,46 @@ impl ForwarderState {
                             })
                             .await;
                     }
-                    let sent_len = self.answer.len();
                     self.answer.push_str(&text);
-                    let frame = ServerFrame::Token {
-                        turn_id: self.turn_id.clone(),
-                        seq: self.next_seq,
-                        text,
-                    };
-                    self.next_seq += 1;
-                    if self.outbound.send(&frame, Mark::Token).await.is_err() {
-                        self.answer.truncate(sent_len);
-                        return self.wind_down().await;
+                    if let Some(p) = &mut pending {
+                        p.text.push_str(&text);
+                        p.tokens += 1;
+                        continue;
+                    }
+                    match outbound.try_reserve() {
+                        Ok(Some(place)) => self.queue(place, Pending::new(text)),
+                        Ok(None) => pending = Some(Pending::new(text)),
+                        Err(_) => return self.wind_down().await,
                     }
                 }
-                Some(StreamEvent::End {
-                    usage,
-                    finish_reason,
-                }) => {
-                    return Forwarded::Finished {
-                        answer: std::mem::take(&mut self.answer),
-                        usage,
-                        finish_reason,
-                        next_seq: self.next_seq,
-                    };
-                }
-                Some(StreamEvent::Failed { message }) => {
-                    return Forwarded::Failed {
-                        message,
-                        next_seq: self.next_seq,
+                Some(end) => {
+                    // The last tokens go out before the turn learns the stream ended.
+                    if let Some(p) = pending.take() {
+                        let deadline = p.since + outbound.slow_client_timeout();
+                        match tokio::time::timeout_at(deadline, outbound.reserve()).await {
+                            Ok(Ok(place)) => self.queue(place, p),
+                            Ok(Err(_)) => return self.wind_down().await,
+                            Err(_) => {
+                                outbound.close(CloseReason::SlowConsumer);
+                                return self.wind_down().await;
+                            }
+                        }
+                    }
+                    return match end {
+                        StreamEvent::End {
+                            usage,
+                            finish_reason,
+                        } => Forwarded::Finished {
+                            answer: std::mem::take(&mut self.answer),
+                            usage,
+                            finish_reason,
+                            next_seq: self.next_seq,
+                        },
+                        StreamEvent::Failed { message } => Forwarded::Failed {
+                            message,
+                            next_seq: self.next_seq,
+                        },
+                        StreamEvent::Token(_) => unreachable!("tokens are matched above"),
                     };
                 }
                 None => {
@@ -215,9 +285,28 @@ impl ForwarderState {
         }
     }
 
+    /// Queues `p` as one token frame in a reserved place, counting the frames it saved.
+    fn queue(&mut self, place: Place<'_>, p: Pending) {
+        let frame = ServerFrame::Token {
+            turn_id: self.turn_id.clone(),
+            seq: self.next_seq,
+            text: p.text,
+        };
+        self.next_seq += 1;
+        self.sent_len = self.answer.len();
+        place.send_text(frame.encode(), Mark::Token);
+        if p.tokens > 1 {
+            self.metrics.emit(MetricEvent::TokensCoalesced {
+                frames: p.tokens - 1,
+            });
+        }
+    }
+
     /// The connection is gone: stop the model at once and collect its partial usage.
     async fn wind_down(&mut self) -> Forwarded {
         self.cancel.cancel();
+        // Only what reached the queue is part of the answer.
+        self.answer.truncate(self.sent_len);
         let answer = std::mem::take(&mut self.answer);
         // The generation task answers cancellation with `End` straight away; tokens it had
         // already produced were never sent and are not part of the answer.
@@ -265,6 +354,9 @@ impl Actor for ForwarderActor {
             keepalive: args.keepalive,
             cancel: args.cancel,
             inline_enrichment: args.inline_enrichment,
+            coalesce_max_bytes: args.coalesce_max_bytes.max(1),
+            metrics: args.metrics,
+            sent_len: 0,
         })
     }
 
@@ -277,5 +369,140 @@ impl Actor for ForwarderActor {
         let outcome = state.forward().await;
         state.finish(&myself, outcome);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mangaassist_protocols::frame::FinishReason;
+    use mangaassist_protocols::turn::Usage;
+
+    use super::*;
+    use crate::outbound::OutFrame;
+    use crate::supervisor::WorkerSlot;
+
+    struct Stream {
+        tokens: mpsc::Sender<StreamEvent>,
+        frames: mpsc::Receiver<OutFrame>,
+        outbound: Outbound,
+        done: oneshot::Receiver<Forwarded>,
+    }
+
+    /// A real forwarder over a real outbound queue of `queue` frames that nobody drains yet.
+    async fn forwarder(queue: usize, slow_client_timeout: Duration, coalesce: usize) -> Stream {
+        let (tokens, events) = mpsc::channel(64);
+        let (outbound, frames) = Outbound::channel(queue, slow_client_timeout);
+        let (done_tx, done) = oneshot::channel();
+        Actor::spawn(
+            None,
+            ForwarderActor,
+            ForwarderArgs {
+                turn_id: TurnId::parse("t1").unwrap(),
+                events,
+                outbound: outbound.clone(),
+                first_seq: 1,
+                done: done_tx,
+                chaos: Chaos::new(),
+                keepalive: Duration::from_secs(10),
+                cancel: CancellationToken::new(),
+                inline_enrichment: None,
+                coalesce_max_bytes: coalesce,
+                metrics: MetricsHandle::new(WorkerSlot::empty(), 16),
+            },
+        )
+        .await
+        .unwrap();
+        Stream {
+            tokens,
+            frames,
+            outbound,
+            done,
+        }
+    }
+
+    fn text(frame: &OutFrame) -> (u64, String) {
+        let v: serde_json::Value = serde_json::from_str(&frame.text).unwrap();
+        assert_eq!(v["type"], "token", "{v}");
+        assert_eq!(frame.mark, Mark::Token);
+        (
+            v["seq"].as_u64().unwrap(),
+            v["text"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn end() -> StreamEvent {
+        StreamEvent::End {
+            usage: Usage {
+                input_tokens: 1,
+                output_tokens: 6,
+            },
+            finish_reason: FinishReason::Stop,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_coalesces_tokens_into_one_frame() {
+        let mut s = forwarder(2, Duration::from_secs(5), 1024).await;
+        for t in ["a", "b", "c", "d", "e", "f"] {
+            s.tokens.send(StreamEvent::Token(t.into())).await.unwrap();
+        }
+        // Two frames fill the queue; the other four tokens wait as one pending frame.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(text(&s.frames.recv().await.unwrap()), (1, "a".into()));
+        assert_eq!(text(&s.frames.recv().await.unwrap()), (2, "b".into()));
+        assert_eq!(text(&s.frames.recv().await.unwrap()), (3, "cdef".into()));
+        s.tokens.send(end()).await.unwrap();
+        match s.done.await.unwrap() {
+            Forwarded::Finished {
+                answer, next_seq, ..
+            } => {
+                assert_eq!(answer, "abcdef");
+                assert_eq!(next_seq, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.outbound.close_reason(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_closed_as_slow_consumer() {
+        let mut s = forwarder(1, Duration::from_secs(5), 4).await;
+        let t0 = Instant::now();
+        for t in ["ab", "cd", "ef", "gh"] {
+            s.tokens.send(StreamEvent::Token(t.into())).await.unwrap();
+        }
+        // Nobody reads: "ab" fills the queue, "cdef" reaches the coalescing limit, "gh" waits in
+        // the bounded token channel; five seconds later the connection is closed.
+        tokio::time::sleep_until(t0 + Duration::from_millis(4_990)).await;
+        assert_eq!(s.outbound.close_reason(), None);
+        tokio::time::sleep_until(t0 + Duration::from_millis(5_010)).await;
+        assert_eq!(s.outbound.close_reason(), Some(CloseReason::SlowConsumer));
+        // (The forwarder then waits up to a second for the model's partial usage.)
+        let outcome = s.done.await.unwrap();
+        match outcome {
+            Forwarded::Disconnected { answer, .. } => {
+                assert_eq!(answer, "ab", "only what was queued is part of the answer")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(text(&s.frames.recv().await.unwrap()), (1, "ab".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_catches_up_in_time_is_not_closed() {
+        // Negative control for the test above: the same stream, read after 4 s, is not closed.
+        let mut s = forwarder(1, Duration::from_secs(5), 4).await;
+        for t in ["ab", "cd", "ef", "gh"] {
+            s.tokens.send(StreamEvent::Token(t.into())).await.unwrap();
+        }
+        s.tokens.send(end()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut got = String::new();
+        while got.len() < 8 {
+            got.push_str(&text(&s.frames.recv().await.unwrap()).1);
+        }
+        assert_eq!(got, "abcdefgh");
+        assert!(matches!(s.done.await.unwrap(), Forwarded::Finished { .. }));
+        assert_eq!(s.outbound.close_reason(), None);
     }
 }

@@ -4,6 +4,10 @@
 //! the socket writer time what it writes (TTFT, chunk gaps) without parsing. The queue is bounded;
 //! a producer that cannot queue within the slow-client timeout closes the connection with
 //! [`CloseReason::SlowConsumer`] instead of buffering without limit.
+//!
+//! The chunk-forwarder does not wait on a full queue: it [`Outbound::try_reserve`]s a place, and
+//! when there is none it coalesces the next tokens into one pending frame while it
+//! [`Outbound::reserve`]s (see `forwarder.rs`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -105,6 +109,29 @@ impl Outbound {
         }
     }
 
+    /// A place in the queue if one is free now; `Ok(None)` when the queue is full.
+    pub fn try_reserve(&self) -> Result<Option<Place<'_>>, Closed> {
+        match self.tx.try_reserve() {
+            Ok(permit) => Ok(Some(Place(permit))),
+            Err(mpsc::error::TrySendError::Full(())) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Closed),
+        }
+    }
+
+    /// Waits for a place in the queue (cancel-safe: dropping the future gives up no place), or
+    /// for the connection to close. The caller bounds the wait (the slow-client policy).
+    pub async fn reserve(&self) -> Result<Place<'_>, Closed> {
+        tokio::select! {
+            permit = self.tx.reserve() => permit.map(Place).map_err(|_| Closed),
+            () = self.closing.cancelled() => Err(Closed),
+        }
+    }
+
+    /// How long the queue may stay full before the client counts as slow.
+    pub fn slow_client_timeout(&self) -> Duration {
+        self.slow_client_timeout
+    }
+
     /// Encodes and queues a frame.
     pub async fn send(&self, frame: &ServerFrame, mark: Mark) -> Result<(), Closed> {
         self.send_text(frame.encode(), mark).await
@@ -127,6 +154,17 @@ impl Outbound {
     }
 }
 
+/// A reserved place in a connection's outbound queue: queueing into it cannot wait or fail.
+#[derive(Debug)]
+pub struct Place<'a>(mpsc::Permit<'a, OutFrame>);
+
+impl Place<'_> {
+    /// Queues an encoded frame in the reserved place.
+    pub fn send_text(self, text: String, mark: Mark) {
+        self.0.send(OutFrame { text, mark });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +178,26 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
         assert_eq!(out.close_reason(), Some(CloseReason::SlowConsumer));
         assert!(out.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn places_are_reserved_without_waiting_or_waited_for() {
+        let (out, mut rx) = Outbound::channel(1, Duration::from_secs(5));
+        out.try_reserve()
+            .unwrap()
+            .unwrap()
+            .send_text("a".into(), Mark::Token);
+        assert!(out.try_reserve().unwrap().is_none(), "full");
+        let waited = tokio::time::timeout(Duration::from_millis(20), out.reserve()).await;
+        assert!(waited.is_err(), "reserve waits while the queue is full");
+        assert_eq!(rx.recv().await.unwrap().text, "a");
+        out.reserve()
+            .await
+            .unwrap()
+            .send_text("b".into(), Mark::Token);
+        assert_eq!(rx.recv().await.unwrap().text, "b");
+        out.close(CloseReason::SlowConsumer);
+        assert_eq!(out.reserve().await.err(), Some(Closed));
     }
 
     #[tokio::test]

@@ -67,6 +67,8 @@ pub struct TurnSettings {
     pub fields: FieldPolicy,
     /// How long after the stream's end a deferrable lookup may still make it into the append.
     pub append_deadline: Duration,
+    /// Most bytes of token text merged into one frame while a client is not reading.
+    pub coalesce_max_bytes: usize,
 }
 
 /// The [`FieldPlan`] of every intent.
@@ -137,6 +139,7 @@ impl Default for TurnSettings {
             enrichment_mode: EnrichmentMode::Preflight,
             fields: FieldPolicy::default(),
             append_deadline: Duration::from_millis(250),
+            coalesce_max_bytes: 16 * 1024,
         }
     }
 }
@@ -392,6 +395,8 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
                     fields: plan.mandatory,
                 }
             }),
+            coalesce_max_bytes: s.coalesce_max_bytes,
+            metrics: p.metrics.clone(),
         },
         ctx.session.clone(),
     )
