@@ -217,29 +217,27 @@ impl EmbeddedEnrichment {
 
 /// A one-line blurb composed from the series' own facts.
 fn blurb(f: &Facts) -> String {
-    let genres = match f.genres.as_slice() {
-        [] => String::new(),
-        [one] => format!(" {one}"),
-        [a, b, ..] => format!(" {a} and {b}"),
+    let kind = match f.genres.as_slice() {
+        [] => f.demographic.clone(),
+        [one] => format!("{one} {}", f.demographic),
+        [a, b, ..] => format!("{a} and {b} {}", f.demographic),
     };
+    let volumes = if f.volumes == 1 { "volume" } else { "volumes" };
     let run = if f.status == "completed" {
-        format!("complete in {} volumes", f.volumes)
+        format!("complete in {} {volumes}", f.volumes)
     } else {
-        format!("{} volumes so far", f.volumes)
+        format!("{} {volumes} so far", f.volumes)
     };
     format!(
-        "{}: {}{} {} since {}, {}.",
+        "{}: {} {kind} series since {}, {run}.",
         f.title,
-        article(&f.demographic),
-        genres,
-        f.demographic,
-        f.year,
-        run
+        article(&kind),
+        f.year
     )
 }
 
-fn article(word: &str) -> &'static str {
-    match word.chars().next() {
+fn article(phrase: &str) -> &'static str {
+    match phrase.chars().next() {
         Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
         _ => "a",
     }
@@ -392,7 +390,7 @@ mod tests {
         assert!(nana.cover_url.as_deref().unwrap().contains("/nana/"));
         assert_eq!(
             nana.review_blurb.as_deref(),
-            Some("NANA: a romance josei since 2000, complete in 1 volumes.")
+            Some("NANA: a romance josei series since 2000, complete in 1 volume.")
         );
         assert_eq!(
             nana.related.as_deref(),
