@@ -749,3 +749,77 @@ async fn a_slow_enrichment_source_is_left_out_like_a_slow_mailbox() {
     let priced = run_turn(&mut c, "how much is one piece?").await;
     assert!(priced.answer().contains('¥'), "{}", priced.answer());
 }
+
+/// A TCP client that says hello, then floods pings, and reads the pongs only if `reads`.
+async fn flood(server: &Server, reads: bool) -> tokio::task::JoinHandle<()> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.runtime.tcp_addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    w.write_all(b"{\"type\":\"hello\",\"protocol\":1}\n")
+        .await
+        .unwrap();
+    let mut welcome = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut welcome)
+        .await
+        .unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    tokio::spawn(async move {
+        let drain = tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            if reads {
+                let _ = tokio::io::copy(&mut r, &mut sink).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+            drop(r);
+        });
+        let _drain = tokio_util::task::AbortOnDropHandle::new(drain);
+        let pings = b"{\"type\":\"ping\"}\n".repeat(4096);
+        // Ends when the server closes the connection (or the test drops the task).
+        while w.write_all(&pings).await.is_ok() {}
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_go_on() {
+    let server = start_with(|c| c.slow_client_timeout = Duration::from_millis(300)).await;
+    let flood = flood(&server, false).await;
+    let mut other = Client::ws(&server).await;
+    other.hello().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut turns = 0;
+    loop {
+        // Another session streams whole turns meanwhile.
+        assert_streamed(&run_turn(&mut other, "do you have frieren?").await);
+        turns += 1;
+        let m = metrics_text(&server).await;
+        if metric(&m, "stream_disconnect_total{reason=\"slow_consumer\"}") == 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flooding client was never closed: {m}"
+        );
+    }
+    flood.abort();
+    assert!(turns >= 1);
+    assert_streamed(&run_turn(&mut other, "and one piece?").await);
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "stream_disconnect_total{reason=\"error\"}"), 0.0);
+}
+
+#[tokio::test]
+async fn negative_control_a_flooding_client_that_reads_is_not_closed() {
+    let server = start_with(|c| c.slow_client_timeout = Duration::from_millis(300)).await;
+    let flood = flood(&server, true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!flood.is_finished(), "the connection is still up");
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, "stream_disconnect_total{reason=\"slow_consumer\"}"),
+        0.0
+    );
+    flood.abort();
+}
