@@ -136,6 +136,12 @@ impl TurnEnd {
     pub fn is_failure(&self) -> bool {
         !matches!(self, TurnEnd::Done | TurnEnd::Cancelled)
     }
+
+    /// True when the client stopped reading a turn the server had not ended: the run's deadline
+    /// or the per-turn timeout. Such a turn keeps the gaps it saw and notes its open wait.
+    pub fn is_incomplete(&self) -> bool {
+        matches!(self, TurnEnd::Cancelled | TurnEnd::TimedOut(_))
+    }
 }
 
 /// One finished turn: what was measured and how it ended.
@@ -153,6 +159,9 @@ impl TurnRecord {
     /// Records the timing and counts the outcome.
     pub fn record_into(&self, stats: &mut RunStats) {
         stats.record_timing(&self.timing);
+        if self.end.is_incomplete() {
+            stats.record_incomplete(&self.timing);
+        }
         let turn = self.turn_id.as_str();
         match &self.end {
             TurnEnd::Done => stats.turns_ok += 1,
@@ -290,8 +299,12 @@ impl TurnTracker {
         Ok(())
     }
 
-    /// Ends the turn with `end`.
-    pub fn finish(self, end: TurnEnd) -> TurnRecord {
+    /// Ends the turn with `end`, decided at `at`; an incomplete end
+    /// ([`TurnEnd::is_incomplete`]) notes how long the turn had been waiting.
+    pub fn finish(mut self, end: TurnEnd, at: Instant) -> TurnRecord {
+        if end.is_incomplete() {
+            self.timer.abandon(at);
+        }
         TurnRecord {
             turn_id: self.turn_id,
             timing: self.timer.finish(),
@@ -440,7 +453,10 @@ impl Connection {
         let sent = Instant::now();
         let mut tracker = TurnTracker::new(turn_id, sent);
         if let Err(e) = self.ws.send(msg).await {
-            return tracker.finish(TurnEnd::Dropped(format!("send failed: {e}")));
+            return tracker.finish(
+                TurnEnd::Dropped(format!("send failed: {e}")),
+                Instant::now(),
+            );
         }
         let deadline = sleep_until(sent + limit);
         tokio::pin!(deadline);
@@ -472,7 +488,7 @@ impl Connection {
                 }
             }
         };
-        tracker.finish(end)
+        tracker.finish(end, Instant::now())
     }
 
     /// Holds the connection open and idle (reading, so pings get their pongs) until `cancel`
@@ -531,6 +547,7 @@ fn frame_name(frame: &ServerFrame) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::OpenWait;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -592,11 +609,41 @@ mod tests {
         }
         let done = r#"{"type":"done","turn_id":"t1","seq":5,"usage":{"input_tokens":9,"output_tokens":3},"finish_reason":"stop"}"#;
         assert_eq!(tr.on_text(done, t0 + ms(20)), Some(TurnEnd::Done));
-        let rec = tr.finish(TurnEnd::Done);
+        let rec = tr.finish(TurnEnd::Done, t0 + ms(20));
+        assert_eq!(rec.timing.open_wait, None);
         assert_eq!(rec.timing.ttft, Some(ms(10)));
         assert_eq!(rec.timing.gaps, vec![ms(2), ms(5)]);
         assert_eq!(rec.timing.latency, Some(ms(20)));
         assert_eq!(rec.timing.tokens, 3);
+    }
+
+    #[test]
+    fn cut_turn_keeps_its_gaps() {
+        let t0 = Instant::now();
+        let mut tr = TurnTracker::new(tid("t1"), t0);
+        let started = r#"{"type":"turn_started","turn_id":"t1","seq":0,"intent":"search","trace_id":"1-5759e988-bd862e3fe1be46a994272793"}"#;
+        assert_eq!(tr.on_text(started, t0 + ms(3)), None);
+        for (at, seq) in [(10, 1), (2_010, 2), (4_010, 3)] {
+            let token = format!(r#"{{"type":"token","turn_id":"t1","seq":{seq},"text":"x"}}"#);
+            assert_eq!(tr.on_text(&token, t0 + ms(at)), None);
+        }
+        assert!(TurnEnd::Cancelled.is_incomplete());
+        assert!(TurnEnd::TimedOut(ms(1)).is_incomplete());
+        assert!(!TurnEnd::Done.is_incomplete());
+        assert!(!TurnEnd::Dropped("x".into()).is_incomplete());
+        let rec = tr.finish(TurnEnd::Cancelled, t0 + ms(5_000));
+        assert_eq!(rec.timing.gaps, vec![ms(2_000), ms(2_000)]);
+        assert_eq!(rec.timing.open_wait, Some(OpenWait::NextToken(ms(990))));
+        let mut stats = RunStats::new().unwrap();
+        rec.record_into(&mut stats);
+        assert_eq!(stats.turns_cut, 1);
+        assert_eq!(stats.gap.len(), 2);
+        assert_eq!(stats.incomplete_gaps, 2);
+        assert_eq!(stats.open_gap.len(), 1);
+        // A turn that ended on its own notes no open wait.
+        let tr = TurnTracker::new(tid("t1"), t0);
+        let rec = tr.finish(TurnEnd::Dropped("gone".into()), t0 + ms(5));
+        assert_eq!(rec.timing.open_wait, None);
     }
 
     #[test]

@@ -10,13 +10,15 @@
 //! - [`rss`]: the server's resident memory from `/proc/<pid>/status` or its `/metrics` text.
 //! - [`scenario`]: what a run does — [`scenario::run`] (N sessions x M turns) and
 //!   [`scenario::idle`] (bytes per idle session) — plus the progress line.
-//! - [`report`]: the aligned stdout table and the JSON report.
+//! - [`report`]: the aligned stdout table and the JSON report (with percentile curves).
+//! - [`plot`]: the `plot` subcommand, percentile curves of several run reports as one SVG.
 //! - [`queries`]: the built-in shop queries.
 //!
 //! This file is the command line: clap types, validation into scenario configs, the open-file
 //! limit, and printing.
 
 mod client;
+mod plot;
 mod queries;
 mod report;
 mod rss;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::plot::{Metric, PlotRequest, RunSpec, parse_run_spec, value_label};
 use crate::report::{CommandLine, IdleReport, RunReport, unix_ms_now, write_json};
 use crate::rss::RssSource;
 use crate::scenario::idle::IdleConfig;
@@ -44,7 +47,8 @@ const FD_HEADROOM: u64 = 64;
 ///
 /// Measures what clients see: time to first token, gaps between streamed chunks, turn latency,
 /// error frames, and the server's resident memory. Progress goes to stderr once a second, the
-/// report to stdout (and to a JSON file with --json).
+/// report to stdout (and to a JSON file with --json). `plot` draws the chunk-gap curves of
+/// several such JSON files side by side.
 #[derive(Debug, Parser)]
 #[command(name = "mangaassist-load", version, max_term_width = 100)]
 struct Cli {
@@ -59,7 +63,9 @@ enum Command {
     /// Each session opens its own connection (starts spread over --ramp-secs), says hello, then
     /// sends turns t1..tM in sequence with built-in shop queries, waiting for each turn's done
     /// or error. The run stops when all turns are sent or after --max-secs, and reports what it
-    /// measured either way.
+    /// measured either way: chunk gaps seen in turns still streaming at the stop (or abandoned by
+    /// --turn-timeout-secs) are counted, and the report says how many turns were incomplete.
+    /// The JSON report holds TTFT and chunk-gap percentile curves for `plot`.
     #[command(after_help = "Example (server on this machine):\n  \
         mangaassist-load run --sessions 200 --turns 10 --server-pid <PID> --json run.json")]
     Run(RunArgs),
@@ -70,6 +76,23 @@ enum Command {
     #[command(after_help = "Example:\n  \
         mangaassist-load idle --sessions 5000 --ramp-secs 10 --server-pid <PID> --json idle.json")]
     Idle(IdleArgs),
+    /// Draw chunk-gap (or TTFT) percentile curves of several `run --json` reports as one SVG.
+    ///
+    /// One line per run: x is the percentile on a "nines" axis (-log10(1 - p/100), so 90, 99,
+    /// 99.9, 99.99 are equally spaced and the tail gets the room), y the value in milliseconds on
+    /// a log10 axis (a 25 ms median and a 10 s stall fit one chart). The legend, under the plot,
+    /// gives each run's label and p99. Curves come from latency_ms.chunk_gap_percentiles in each
+    /// file, which include the gaps of turns cut by --max-secs or --turn-timeout-secs; a JSON
+    /// file from an older version lacks it and must be re-run.
+    #[command(
+        after_help = "Example (three runs of 1,000 sessions each, then one chart):\n  \
+        mangaassist-load plot --out docs/img/chunk-gaps.svg \\\n    \
+        baseline.json='no chaos' \\\n    \
+        preflight.json='preflight, 5 s enrichment' \\\n    \
+        inline.json='inline, 5 s enrichment'\n\n\
+        Prints each run's p99 to stdout. --metric ttft draws time to first token instead."
+    )]
+    Plot(PlotArgs),
 }
 
 /// Options shared by every scenario.
@@ -152,6 +175,26 @@ struct IdleArgs {
 
     #[command(flatten)]
     target: Target,
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// Run reports to draw, each as RUN.json=LABEL (split at the first `=`; without one, the
+    /// label is the file name). Drawn and listed in this order.
+    #[arg(value_name = "RUN.json=LABEL", required = true, value_parser = parse_run_spec)]
+    runs: Vec<RunSpec>,
+
+    /// SVG file to write; missing parent directories are created.
+    #[arg(long, value_name = "OUT.svg")]
+    out: PathBuf,
+
+    /// Chart title [default: names the metric].
+    #[arg(long, value_name = "T")]
+    title: Option<String>,
+
+    /// Which distribution to draw.
+    #[arg(long, value_enum, default_value = "chunk-gap")]
+    metric: Metric,
 }
 
 /// Parses a non-negative number of seconds (fractions allowed).
@@ -261,6 +304,25 @@ async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(out.stats.sessions_connected))
 }
 
+async fn plot_runs(args: PlotArgs) -> anyhow::Result<ExitCode> {
+    let req = PlotRequest {
+        runs: args.runs,
+        out: args.out,
+        title: args.title,
+        metric: args.metric,
+    };
+    let out = req.out.clone();
+    let series = tokio::task::spawn_blocking(move || plot::run(&req))
+        .await
+        .context("plot task")??;
+    for s in &series {
+        let p99 = s.p99().map_or_else(|| "-".to_owned(), value_label);
+        println!("{:<40} p99 {p99}", s.label);
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// 0 when at least one session connected (the report has figures), 2 when none did.
 fn exit_code(connected: u64) -> ExitCode {
     if connected == 0 {
@@ -276,6 +338,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Idle(args) => idle(args).await,
+        Command::Plot(args) => plot_runs(args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -325,6 +388,35 @@ mod tests {
                 "-1"
             ])
             .is_err()
+        );
+    }
+
+    #[test]
+    fn plot_parses_runs_and_labels() {
+        let cli = Cli::try_parse_from([
+            "mangaassist-load",
+            "plot",
+            "--out",
+            "docs/img/chunk-gaps.svg",
+            "a.json=no chaos",
+            "b.json=preflight, 5 s enrichment",
+            "--title",
+            "T",
+        ])
+        .unwrap();
+        let Command::Plot(args) = cli.command else {
+            panic!("not plot")
+        };
+        assert_eq!(args.runs.len(), 2);
+        assert_eq!(args.runs[1].label, "preflight, 5 s enrichment");
+        assert_eq!(args.metric, Metric::ChunkGap);
+        assert_eq!(args.title.as_deref(), Some("T"));
+        assert!(
+            Cli::try_parse_from(["mangaassist-load", "plot", "--out", "x.svg"]).is_err(),
+            "at least one run"
+        );
+        assert!(
+            Cli::try_parse_from(["mangaassist-load", "plot", "--out", "x.svg", "a.json="]).is_err()
         );
     }
 

@@ -4,6 +4,10 @@
 //! settings and the exact [`CommandLine`], so a JSON file alone says how to reproduce it.
 //! Latencies appear in milliseconds: with two decimals in the table ([`fmt_ms`]), with microsecond
 //! precision in JSON ([`LatencyMs`]). Memory is in bytes in JSON, MiB/KiB in the table.
+//!
+//! A run's JSON also carries the TTFT and chunk-gap curves at [`PERCENTILES`] ([`PercentileMs`]),
+//! which `mangaassist-load plot` ([`crate::plot`]) reads back; new fields are only ever added, so
+//! older files keep parsing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,13 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use mangaassist_protocols::frame::ModelInfo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rss::RssSource;
 use crate::scenario::RssReading;
 use crate::scenario::idle::{IdleConfig, IdleOutcome};
 use crate::scenario::run::{RunConfig, RunOutcome};
-use crate::stats::{LatencyHistogram, LatencySummary, RunStats, fmt_ms};
+use crate::stats::{LatencyHistogram, LatencySummary, PERCENTILES, RunStats, fmt_ms};
 
 /// The tool's name in reports.
 const TOOL: &str = env!("CARGO_PKG_NAME");
@@ -116,6 +120,26 @@ fn latency(h: &LatencyHistogram) -> Option<LatencyMs> {
     h.summary().map(LatencyMs::from)
 }
 
+/// One point of a distribution's percentile curve: `{"p": 99.9, "ms": 31.2}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PercentileMs {
+    /// The percentile, 0 (minimum) to 100 (maximum).
+    pub p: f64,
+    /// The value there, in milliseconds (microsecond precision).
+    pub ms: f64,
+}
+
+/// The curve of `h` at [`PERCENTILES`]; empty when nothing was recorded.
+pub fn percentile_curve(h: &LatencyHistogram) -> Vec<PercentileMs> {
+    h.percentiles(&PERCENTILES)
+        .into_iter()
+        .map(|(p, us)| PercentileMs {
+            p,
+            ms: us as f64 / 1000.0,
+        })
+        .collect()
+}
+
 /// The four latency histograms of a run; `null` when nothing was recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latencies {
@@ -127,6 +151,11 @@ pub struct Latencies {
     pub turn: Option<LatencyMs>,
     /// TCP connect + upgrade + `hello` -> `welcome`.
     pub connect: Option<LatencyMs>,
+    /// `ttft` at [`PERCENTILES`], for plots; empty when nothing was recorded.
+    pub ttft_percentiles: Vec<PercentileMs>,
+    /// `chunk_gap` at [`PERCENTILES`], for plots (`mangaassist-load plot`); empty when nothing
+    /// was recorded.
+    pub chunk_gap_percentiles: Vec<PercentileMs>,
 }
 
 /// Settings of a `run`, as used.
@@ -186,8 +215,47 @@ pub struct TurnCounts {
     pub timed_out: u64,
     /// In flight when `--max-secs` ran out.
     pub cut_by_max_secs: u64,
+    /// Not ended when the client stopped reading: `cut_by_max_secs` + `timed_out` (the latter
+    /// also counts as failed). Their chunk gaps are in the latency figures all the same.
+    pub incomplete: u64,
     /// `ok` per second of run time.
     pub ok_per_sec: f64,
+}
+
+/// Turns the client stopped reading before they ended: cut by `--max-secs` or timed out.
+///
+/// Every gap they showed is in `latency_ms.chunk_gap` (gaps are a property of the frames seen);
+/// what they were still waiting for is reported here, apart, because it is only a lower bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncompleteTurns {
+    /// Incomplete turns: `cut_by_max_secs` + `timed_out`.
+    pub count: u64,
+    /// In flight when `--max-secs` ran out.
+    pub cut_by_max_secs: u64,
+    /// No `done`/`error` within the per-turn timeout.
+    pub timed_out: u64,
+    /// Of `count`, those that had received at least one token.
+    pub with_tokens: u64,
+    /// Chunk gaps observed in these turns, included in `latency_ms.chunk_gap`.
+    pub chunk_gaps_included: u64,
+    /// Turns with tokens: time from their last token to the stop (lower bounds of unseen gaps).
+    pub waiting_for_next_token_ms: Option<LatencyMs>,
+    /// Turns without a token: time from the send to the stop (lower bounds of unseen TTFTs).
+    pub waiting_for_first_token_ms: Option<LatencyMs>,
+}
+
+impl IncompleteTurns {
+    fn new(s: &RunStats) -> Self {
+        Self {
+            count: s.turns_incomplete(),
+            cut_by_max_secs: s.turns_cut,
+            timed_out: s.turns_timed_out,
+            with_tokens: s.incomplete_with_tokens,
+            chunk_gaps_included: s.incomplete_gaps,
+            waiting_for_next_token_ms: latency(&s.open_gap),
+            waiting_for_first_token_ms: latency(&s.open_ttft),
+        }
+    }
 }
 
 /// Server RSS around a `run`.
@@ -234,6 +302,8 @@ pub struct RunReport {
     pub sessions: SessionCounts,
     /// Turn counts and throughput.
     pub turns: TurnCounts,
+    /// Turns cut by the deadline or timed out, and what they were still waiting for.
+    pub incomplete_turns: IncompleteTurns,
     /// `token` frames received.
     pub tokens_received: u64,
     /// `error` frames received, by code.
@@ -325,12 +395,14 @@ impl RunReport {
                 dropped: s.turns_dropped,
                 timed_out: s.turns_timed_out,
                 cut_by_max_secs: s.turns_cut,
+                incomplete: s.turns_incomplete(),
                 ok_per_sec: if elapsed > 0.0 {
                     s.turns_ok as f64 / elapsed
                 } else {
                     0.0
                 },
             },
+            incomplete_turns: IncompleteTurns::new(s),
             tokens_received: s.tokens,
             error_frames: error_frames(s),
             protocol_errors: s.protocol_errors,
@@ -340,6 +412,8 @@ impl RunReport {
                 chunk_gap: latency(&s.gap),
                 turn: latency(&s.turn),
                 connect: latency(&s.connect),
+                ttft_percentiles: percentile_curve(&s.ttft),
+                chunk_gap_percentiles: percentile_curve(&s.gap),
             },
             server_rss: RunRssReport {
                 source: rss.describe(),
@@ -416,13 +490,7 @@ impl RunReport {
                 t.failed, t.error_frame, t.protocol_error, t.dropped, t.timed_out
             ),
         );
-        if t.cut_by_max_secs > 0 {
-            kv(
-                &mut o,
-                "turns cut by --max-secs",
-                t.cut_by_max_secs.to_string(),
-            );
-        }
+        incomplete_lines(&mut o, &self.incomplete_turns);
         kv(&mut o, "tokens received", self.tokens_received.to_string());
         kv(&mut o, "error frames", codes(&self.error_frames));
         kv(&mut o, "protocol errors", self.protocol_errors.to_string());
@@ -447,6 +515,51 @@ impl RunReport {
         failures(&mut o, &self.failure_samples);
         o
     }
+}
+
+/// The incomplete-turn lines of the run table: always the count, then (when there are any) the
+/// gaps they contributed and what they were still waiting for.
+fn incomplete_lines(o: &mut String, inc: &IncompleteTurns) {
+    kv(
+        o,
+        "turns incomplete",
+        format!(
+            "{} (cut by --max-secs {}, timed out {})",
+            inc.count, inc.cut_by_max_secs, inc.timed_out
+        ),
+    );
+    if inc.count == 0 {
+        return;
+    }
+    kv(
+        o,
+        "  their chunk gaps",
+        format!(
+            "{} (included above; {} of the turns had tokens)",
+            inc.chunk_gaps_included, inc.with_tokens
+        ),
+    );
+    let waiting = |w: &Option<LatencyMs>| {
+        w.map_or_else(
+            || "0".to_owned(),
+            |l| {
+                format!(
+                    "{}, longest {:.2} ms (lower bounds, not in the table)",
+                    l.count, l.max_ms
+                )
+            },
+        )
+    };
+    kv(
+        o,
+        "  waiting for next token",
+        waiting(&inc.waiting_for_next_token_ms),
+    );
+    kv(
+        o,
+        "  waiting for 1st token",
+        waiting(&inc.waiting_for_first_token_ms),
+    );
 }
 
 /// Settings of an `idle` run, as used.
@@ -861,6 +974,27 @@ mod tests {
         assert!((10.0..10.01).contains(&p50), "{p50}");
         assert_eq!(json["latency_ms"]["chunk_gap"]["count"], 2);
         assert_eq!(json["latency_ms"]["connect"], serde_json::Value::Null);
+        let curve = json["latency_ms"]["chunk_gap_percentiles"]
+            .as_array()
+            .unwrap();
+        assert_eq!(curve.len(), PERCENTILES.len());
+        assert_eq!(curve[3]["p"], 50.0);
+        assert_eq!(curve[12]["p"], 99.999);
+        let gap_ms = curve[3]["ms"].as_f64().unwrap();
+        assert!((2.0..2.01).contains(&gap_ms), "{gap_ms}");
+        let curve: Vec<PercentileMs> =
+            serde_json::from_value(json["latency_ms"]["ttft_percentiles"].clone()).unwrap();
+        assert!(curve.windows(2).all(|w| w[0].ms <= w[1].ms), "{curve:?}");
+        assert_eq!(
+            json["latency_ms"]["turn"]["count"], 1,
+            "existing fields unchanged"
+        );
+        assert_eq!(json["turns"]["incomplete"], 0);
+        assert_eq!(json["incomplete_turns"]["count"], 0);
+        assert_eq!(
+            json["incomplete_turns"]["waiting_for_next_token_ms"],
+            serde_json::Value::Null
+        );
         assert_eq!(json["error_frames"]["busy"], 1);
         assert_eq!(json["command_line"]["shell"], "x");
         assert_eq!(json["server_rss"]["source"], "/proc/1/status");
@@ -870,6 +1004,61 @@ mod tests {
         assert!(text.contains("busy=1"), "{text}");
         assert!(text.contains("+2.0 MiB"), "{text}");
         assert!(text.contains("turns/s (ok)             0.5"), "{text}");
+        assert!(
+            text.contains("turns incomplete         0 (cut by --max-secs 0, timed out 0)"),
+            "{text}"
+        );
+        assert!(!text.contains("their chunk gaps"), "{text}");
+    }
+
+    #[test]
+    fn run_report_states_incomplete_turns() {
+        let (cfg, mut out) = sample_run();
+        let t0 = Instant::now();
+        let mut timer = TurnTimer::new(t0);
+        for ms in [100, 5_100, 10_100] {
+            timer.on_token(t0 + Duration::from_millis(ms));
+        }
+        timer.abandon(t0 + Duration::from_millis(12_100));
+        let timing = timer.finish();
+        out.stats.record_timing(&timing);
+        out.stats.record_incomplete(&timing);
+        out.stats.turns_cut = 1;
+        out.stopped_by_max = true;
+        let report = RunReport::new(
+            CommandLine::from_args(vec!["x".into()]),
+            1,
+            &cfg,
+            &RssSource::Proc(1),
+            None,
+            &out,
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["turns"]["incomplete"], 1);
+        assert_eq!(json["turns"]["cut_by_max_secs"], 1);
+        let inc = &json["incomplete_turns"];
+        assert_eq!(inc["count"], 1);
+        assert_eq!(inc["with_tokens"], 1);
+        assert_eq!(inc["chunk_gaps_included"], 2);
+        assert_eq!(inc["waiting_for_next_token_ms"]["count"], 1);
+        assert_eq!(json["latency_ms"]["chunk_gap"]["count"], 4, "2 + 2 gaps");
+        let max = json["latency_ms"]["chunk_gap_percentiles"][13]["ms"]
+            .as_f64()
+            .unwrap();
+        assert!((5000.0..5010.0).contains(&max), "{max}");
+        let text = report.render(&out.stats);
+        assert!(
+            text.contains("turns incomplete         1 (cut by --max-secs 1, timed out 0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("their chunk gaps       2 (included above"),
+            "{text}"
+        );
+        assert!(
+            text.contains("waiting for next token 1, longest 2000."),
+            "{text}"
+        );
     }
 
     #[test]

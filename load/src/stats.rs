@@ -3,10 +3,13 @@
 //! - [`TurnTimer`] turns frame arrival instants into one turn's figures ([`TurnTiming`]): TTFT
 //!   (send -> first `token`), the mid-stream chunk gaps (between consecutive `token` frames, the
 //!   first token excluded) and turn latency (send -> `done`). It is pure arithmetic on
-//!   [`Instant`]s, so tests script the arrival times.
+//!   [`Instant`]s, so tests script the arrival times. A turn the client stopped reading before it
+//!   ended (the run's deadline, the per-turn timeout) keeps every gap it saw, plus an [`OpenWait`]:
+//!   how long it had been waiting for the frame that never came.
 //! - [`LatencyHistogram`] wraps an HDR histogram at microsecond resolution and 3 significant
-//!   figures; [`LatencySummary`] is its p50/p95/p99/p99.9/max and [`fmt_ms`] renders microseconds
-//!   as milliseconds with two decimals.
+//!   figures; [`LatencySummary`] is its p50/p95/p99/p99.9/max, [`LatencyHistogram::percentiles`]
+//!   its curve at [`PERCENTILES`] (for plots), and [`fmt_ms`] renders microseconds as
+//!   milliseconds with two decimals.
 //! - [`RunStats`] holds every histogram and counter of a run; [`Recorder`] shares it between
 //!   session tasks and adds lock-free [`Progress`] counters for the once-a-second progress line.
 
@@ -29,6 +32,12 @@ pub const HIST_SIGFIG: u8 = 3;
 /// How many failure messages a run keeps verbatim for the report.
 pub const MAX_FAILURE_SAMPLES: usize = 8;
 
+/// The percentiles a report lists for each distribution it can plot: dense in the tail, where
+/// stalls show, on a roughly logarithmic "nines" scale. 0 is the minimum and 100 the maximum.
+pub const PERCENTILES: [f64; 14] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
 /// A histogram could not be built (only possible with invalid constant bounds).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create latency histogram: {0}")]
@@ -45,6 +54,20 @@ pub struct TurnTiming {
     pub latency: Option<Duration>,
     /// `token` frames received.
     pub tokens: u64,
+    /// Set when the client stopped reading before the turn ended (see [`TurnTimer::abandon`]).
+    pub open_wait: Option<OpenWait>,
+}
+
+/// What an abandoned turn was waiting for when the client stopped reading, and for how long.
+///
+/// The wait is a lower bound of a gap (or TTFT) that was never observed, so it is counted apart
+/// and never mixed into the histograms of observed figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenWait {
+    /// No token had arrived: the time since the `user_message` was sent.
+    FirstToken(Duration),
+    /// At least one token had arrived: the time since the last one.
+    NextToken(Duration),
 }
 
 /// Builds a [`TurnTiming`] from arrival instants.
@@ -83,6 +106,15 @@ impl TurnTimer {
         self.timing.latency = Some(at.saturating_duration_since(self.sent));
     }
 
+    /// The client stopped reading at `at` before the turn ended (deadline or timeout): notes how
+    /// long it had been waiting. Gaps already observed stay as they are.
+    pub fn abandon(&mut self, at: Instant) {
+        self.timing.open_wait = Some(match self.last_token {
+            None => OpenWait::FirstToken(at.saturating_duration_since(self.sent)),
+            Some(prev) => OpenWait::NextToken(at.saturating_duration_since(prev)),
+        });
+    }
+
     /// The figures of the turn.
     pub fn finish(self) -> TurnTiming {
         self.timing
@@ -119,6 +151,30 @@ impl LatencyHistogram {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The value at each percentile of `ps` (0 to 100; 0 is the minimum, 100 the maximum), in
+    /// microseconds, as `(percentile, value)` pairs in the order given; empty when nothing was
+    /// recorded. Values are HDR-equivalent, as in [`Self::summary`].
+    pub fn percentiles(&self, ps: &[f64]) -> Vec<(f64, u64)> {
+        let h = &self.0;
+        if h.is_empty() {
+            return Vec::new();
+        }
+        ps.iter()
+            .map(|&p| {
+                let us = if p <= 0.0 {
+                    h.min()
+                } else if p >= 100.0 {
+                    h.max()
+                } else {
+                    // Rounded so 99.9 asks for the quantile 0.999, not 0.9990000000000001
+                    // (which HDR resolves one value higher).
+                    h.value_at_quantile((p * 1e7).round() / 1e9)
+                };
+                (p, us)
+            })
+            .collect()
     }
 
     /// Quantiles of what was recorded; `None` when empty.
@@ -176,7 +232,8 @@ pub fn fmt_ms(us: u64) -> String {
 pub struct RunStats {
     /// Send of `user_message` to first `token`.
     pub ttft: LatencyHistogram,
-    /// Between consecutive `token` frames of one turn.
+    /// Between consecutive `token` frames of one turn, whatever the turn's end: gaps are a
+    /// property of the frames seen, so turns cut by the deadline or timed out count too.
     pub gap: LatencyHistogram,
     /// Send of `user_message` to `done`, for turns that ended with `done`.
     pub turn: LatencyHistogram,
@@ -200,6 +257,16 @@ pub struct RunStats {
     pub turns_timed_out: u64,
     /// Turns in flight when `--max-secs` ran out.
     pub turns_cut: u64,
+    /// Incomplete turns (cut or timed out) that had received at least one `token`.
+    pub incomplete_with_tokens: u64,
+    /// Chunk gaps observed in incomplete turns (already in [`Self::gap`]).
+    pub incomplete_gaps: u64,
+    /// Incomplete turns with tokens: time from their last token to when the client stopped
+    /// reading. Lower bounds of gaps never observed; not in [`Self::gap`].
+    pub open_gap: LatencyHistogram,
+    /// Incomplete turns without a token: time from the send to when the client stopped reading.
+    /// Lower bounds of TTFTs never observed; not in [`Self::ttft`].
+    pub open_ttft: LatencyHistogram,
     /// `token` frames received, over all turns.
     pub tokens: u64,
     /// Every `error` frame received, by its wire code.
@@ -229,6 +296,10 @@ impl RunStats {
             turns_dropped: 0,
             turns_timed_out: 0,
             turns_cut: 0,
+            incomplete_with_tokens: 0,
+            incomplete_gaps: 0,
+            open_gap: LatencyHistogram::new()?,
+            open_ttft: LatencyHistogram::new()?,
             tokens: 0,
             error_frames: BTreeMap::new(),
             protocol_errors: 0,
@@ -250,6 +321,26 @@ impl RunStats {
             self.turn.record(l);
         }
         self.tokens += timing.tokens;
+    }
+
+    /// Adds the figures particular to a turn the client stopped reading before it ended (cut by
+    /// the deadline or timed out); its observed figures go through [`Self::record_timing`] as
+    /// for any turn.
+    pub fn record_incomplete(&mut self, timing: &TurnTiming) {
+        if timing.tokens > 0 {
+            self.incomplete_with_tokens += 1;
+        }
+        self.incomplete_gaps += timing.gaps.len() as u64;
+        match timing.open_wait {
+            Some(OpenWait::NextToken(d)) => self.open_gap.record(d),
+            Some(OpenWait::FirstToken(d)) => self.open_ttft.record(d),
+            None => {}
+        }
+    }
+
+    /// Turns the client stopped reading before they ended: cut by `--max-secs` or timed out.
+    pub fn turns_incomplete(&self) -> u64 {
+        self.turns_cut + self.turns_timed_out
     }
 
     /// Counts a session that reached `welcome` after `latency`, keeping the first model seen.
@@ -385,6 +476,84 @@ mod tests {
         let b = big.summary().unwrap();
         assert!(b.max_us.abs_diff(1_234_000) <= 1_234, "{}", b.max_us);
         assert_eq!(&fmt_ms(b.max_us)[..4], "1234");
+    }
+
+    #[test]
+    fn percentile_curve_walks_the_histogram() {
+        let mut h = LatencyHistogram::new().unwrap();
+        assert!(h.percentiles(&PERCENTILES).is_empty());
+        for us in 1..=1000 {
+            h.record(Duration::from_micros(us));
+        }
+        let curve = h.percentiles(&PERCENTILES);
+        let ps: Vec<f64> = curve.iter().map(|(p, _)| *p).collect();
+        assert_eq!(ps, PERCENTILES.to_vec(), "every percentile, in order");
+        let us: Vec<u64> = curve.iter().map(|(_, v)| *v).collect();
+        assert_eq!(
+            us,
+            [
+                1, 100, 250, 500, 750, 900, 950, 990, 995, 999, 1000, 1000, 1000, 1000
+            ],
+            "0 is the min, 100 the max; exact below 2048 µs"
+        );
+        // Agrees with the summary.
+        let s = h.summary().unwrap();
+        assert_eq!((us[3], us[7], us[9]), (s.p50_us, s.p99_us, s.p999_us));
+        // A stalled tail shows at the top percentiles only.
+        let mut tail = LatencyHistogram::new().unwrap();
+        for _ in 0..9_990 {
+            tail.record(ms(25));
+        }
+        for _ in 0..10 {
+            tail.record(Duration::from_secs(5));
+        }
+        let curve = tail.percentiles(&[99.0, 99.9, 99.95, 100.0]);
+        assert!(curve[0].1.abs_diff(25_000) <= 25, "{curve:?}");
+        assert!(
+            curve[1].1.abs_diff(25_000) <= 25,
+            "p99.9 is the last 25 ms: {curve:?}"
+        );
+        assert!(curve[2].1.abs_diff(5_000_000) <= 5_000, "{curve:?}");
+        assert!(curve[3].1.abs_diff(5_000_000) <= 5_000, "{curve:?}");
+    }
+
+    #[test]
+    fn abandoned_turns_keep_their_gaps_and_note_the_wait() {
+        let t0 = Instant::now();
+        // Inline anti-pattern: each token waits seconds; the run stops mid-wait.
+        let mut timer = TurnTimer::new(t0);
+        for at in [100, 5_100, 10_100] {
+            timer.on_token(t0 + ms(at));
+        }
+        timer.abandon(t0 + ms(13_100));
+        let cut = timer.finish();
+        assert_eq!(cut.gaps, vec![ms(5_000), ms(5_000)]);
+        assert_eq!(cut.latency, None);
+        assert_eq!(cut.open_wait, Some(OpenWait::NextToken(ms(3_000))));
+        // Abandoned before any token.
+        let mut timer = TurnTimer::new(t0);
+        timer.abandon(t0 + ms(700));
+        let silent = timer.finish();
+        assert_eq!(silent.open_wait, Some(OpenWait::FirstToken(ms(700))));
+
+        let mut stats = RunStats::new().unwrap();
+        for t in [&cut, &silent] {
+            stats.record_timing(t);
+            stats.record_incomplete(t);
+        }
+        stats.turns_cut = 1;
+        stats.turns_timed_out = 1;
+        assert_eq!(stats.gap.len(), 2, "gaps of an unfinished turn count");
+        assert_eq!(stats.ttft.len(), 1);
+        assert!(stats.turn.is_empty());
+        assert_eq!(stats.turns_incomplete(), 2);
+        assert_eq!(stats.incomplete_with_tokens, 1);
+        assert_eq!(stats.incomplete_gaps, 2);
+        assert_eq!(stats.open_gap.len(), 1, "the open wait is kept apart");
+        assert_eq!(stats.open_ttft.len(), 1);
+        let open = stats.open_gap.summary().unwrap();
+        assert!(open.max_us.abs_diff(3_000_000) <= 3_000, "{open:?}");
+        assert!(stats.gap.summary().unwrap().max_us < 5_010_000);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! sends turn `t<n>` with a built-in query ([`crate::queries`]), waits for its `done` or `error`,
 //! thinks for [`RunConfig::think`] and goes on. The run ends when every session has sent its turns
 //! or when [`RunConfig::max`] elapses, whichever is first; at the deadline in-flight turns are
-//! abandoned (counted as cut, not as failures) and what was measured is reported. The server's RSS
+//! abandoned (counted as cut, not as failures; the gaps they showed still count, as for turns
+//! abandoned by [`RunConfig::turn_timeout`]) and what was measured is reported. The server's RSS
 //! is read before the first connection, sampled each second, and read again after the last close.
 
 use std::sync::Arc;
@@ -286,6 +287,67 @@ mod tests {
         assert_eq!(out.stats.sessions_connected, 2);
         assert_eq!(out.stats.turns_cut, 2);
         assert_eq!(out.stats.turns_failed(), 0);
+    }
+
+    /// A server streaming `tokens` tokens `gap` apart: far longer than the tests let it run.
+    async fn slow_stream() -> TestServer {
+        TestServer::start(Script::Stream {
+            tokens: 1_000,
+            gap: Duration::from_millis(40),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn turns_cut_by_max_secs_keep_their_gaps() {
+        let server = slow_stream().await;
+        let mut cfg = config(server.url(), 2, 3);
+        cfg.max = Duration::from_millis(500);
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        let s = &out.stats;
+        assert!(out.stopped_by_max);
+        assert_eq!(s.turns_ok, 0);
+        assert_eq!(s.turns_cut, 2, "one in flight per session");
+        assert_eq!(s.turns_incomplete(), 2);
+        assert_eq!(s.turns_failed(), 0);
+        assert_eq!(s.incomplete_with_tokens, 2);
+        assert!(
+            s.gap.len() >= 2,
+            "gaps seen before the stop: {}",
+            s.gap.len()
+        );
+        assert_eq!(
+            s.incomplete_gaps,
+            s.gap.len(),
+            "every gap came from a cut turn"
+        );
+        assert_eq!(
+            s.gap.len() + 2,
+            s.tokens,
+            "first token of each turn has no gap"
+        );
+        assert_eq!(s.open_gap.len(), 2, "each was waiting for its next token");
+        assert!(s.gap.summary().unwrap().p50_us >= 20_000);
+    }
+
+    #[tokio::test]
+    async fn timed_out_turns_keep_their_gaps() {
+        let server = slow_stream().await;
+        let mut cfg = config(server.url(), 2, 3);
+        cfg.turn_timeout = Duration::from_millis(300);
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        let s = &out.stats;
+        assert!(!out.stopped_by_max);
+        assert_eq!(s.turns_timed_out, 2, "then the session closes");
+        assert_eq!(s.turns_failed(), 2);
+        assert_eq!(s.turns_incomplete(), 2);
+        assert!(s.gap.len() >= 2, "{}", s.gap.len());
+        assert_eq!(s.incomplete_gaps, s.gap.len());
+        assert_eq!(s.open_gap.len() + s.open_ttft.len(), 2);
     }
 
     #[tokio::test]
