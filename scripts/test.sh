@@ -2,8 +2,11 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this).
 #
 # Provisions whatever the tests need before running them and fails loudly if it cannot; no test
-# skips itself because something is missing. Today the suite needs no external service: the
-# runtime's embedded defaults (simulated model, tantivy, embedded stores) are what it tests.
+# skips itself because something is missing. Most of the suite runs on the runtime's embedded
+# defaults (simulated model, tantivy, embedded stores). The one service it needs is Redis:
+# `redis-server` and `redis-cli` on PATH (installed with apt-get when missing; tests/redis_cache.rs
+# starts, kills and restarts its own redis-server processes on free ports), plus a shared instance
+# on 127.0.0.1:6379 for end-to-end tests (started here when nothing answers there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,40 @@ cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# --- Redis -----------------------------------------------------------------------------------
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "not root and no sudo: cannot run $*" >&2
+    return 1
+  fi
+}
+redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  step "installing redis-server (apt-get)"
+  apt_install() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+  apt_install || { as_root apt-get update && apt_install; } || true
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "ERROR: redis-server/redis-cli are not on PATH and 'apt-get install -y redis-server' failed." >&2
+    echo "       The Redis cache tests (tests/redis_cache.rs) need them; install Redis and re-run." >&2
+    exit 1
+  fi
+fi
+if ! redis_ping 6379; then
+  step "starting the shared redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no
+  for _ in $(seq 50); do redis_ping 6379 && break; sleep 0.1; done
+  if ! redis_ping 6379; then
+    echo "ERROR: redis-server on 127.0.0.1:6379 did not answer PING within 5 s" >&2
+    exit 1
+  fi
+fi
+echo "redis: $(redis-server --version | cut -d' ' -f3), shared instance on 127.0.0.1:6379 answers PING"
 
 step "cargo test --workspace"
 log=$(mktemp)

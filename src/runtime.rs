@@ -35,20 +35,22 @@ use mangaassist_actors::worker::WorkerArgs;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::ActorKind;
-use mangaassist_protocols::ports::{ModelBackend, TranscriptStore};
+use mangaassist_protocols::ports::{EnrichmentSource, ModelBackend, TranscriptStore};
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backends::cache::TwoTierCache;
 use crate::backends::catalog::load_catalog;
 use crate::backends::chaos::{ChaosEnrichment, ChaosRetriever};
-use crate::backends::embedded_enrichment::EmbeddedEnrichment;
+use crate::backends::embedded_enrichment::{EmbeddedEnrichment, WithCatalogNames};
 use crate::backends::embedded_store::EmbeddedTranscriptStore;
+use crate::backends::http_catalog::HttpCatalog;
 use crate::backends::local_classifier::LocalClassifier;
 use crate::backends::simulated::SimulatedModel;
 use crate::backends::tantivy::TantivyRetriever;
-use crate::config::Config;
+use crate::config::{Config, EnrichmentSourceConfig};
 use crate::front::{FrontLimits, FrontState, http, tcp};
 
 /// The catalog shipped in `data/catalog.jsonl`, built into the binary so `serve` runs anywhere.
@@ -84,6 +86,9 @@ pub enum StartError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The enrichment source or its cache could not be set up.
+    #[error("enrichment: {0}")]
+    Enrichment(String),
     /// An actor could not be spawned.
     #[error("actor system: {0}")]
     Actors(String),
@@ -105,6 +110,7 @@ pub struct Runtime {
     pub model: ModelInfo,
     workers: ActorRef<SupervisorMsg>,
     sessions: ActorRef<SupervisorMsg>,
+    cache: Arc<TwoTierCache>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -143,7 +149,17 @@ impl Runtime {
                     message: e.to_string(),
                 })?,
         );
-        let enrichment = Arc::new(EmbeddedEnrichment::new(&catalog, config.enrichment_latency));
+        let embedded = EmbeddedEnrichment::new(&catalog, config.enrichment_latency);
+        let source: Arc<dyn EnrichmentSource> = match &config.enrichment_source {
+            EnrichmentSourceConfig::Embedded => Arc::new(embedded),
+            EnrichmentSourceConfig::Http(http) => Arc::new(WithCatalogNames {
+                names: embedded,
+                inner: Arc::new(
+                    HttpCatalog::new(http.clone())
+                        .map_err(|e| StartError::Enrichment(e.to_string()))?,
+                ),
+            }),
+        };
         let model: Arc<dyn ModelBackend> = Arc::new(SimulatedModel::new(config.model));
         let model_info = model.info();
         let classifier = Arc::new(LocalClassifier::new());
@@ -152,6 +168,20 @@ impl Runtime {
         let chaos = Chaos::new();
         let metrics_slot = WorkerSlot::empty();
         let metrics = MetricsHandle::new(metrics_slot.clone(), config.metrics_queue);
+        // Enricher -> cache (memory, then Redis) -> source chaos -> the source: injected source
+        // latency is what a cache miss pays, as a slow real dependency would be.
+        let cache = Arc::new(
+            TwoTierCache::start(
+                Arc::new(ChaosEnrichment {
+                    inner: source,
+                    chaos: chaos.clone(),
+                }),
+                config.cache.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(|e| StartError::Enrichment(e.to_string()))?,
+        );
         let classifier_slot = WorkerSlot::empty();
         let retriever_slot = WorkerSlot::empty();
         let enricher_slot = WorkerSlot::empty();
@@ -195,10 +225,7 @@ impl Runtime {
                 Restart::Permanent,
                 EnricherActor::default,
                 WorkerArgs {
-                    service: Arc::new(Enrich(Arc::new(ChaosEnrichment {
-                        inner: enrichment,
-                        chaos: chaos.clone(),
-                    }))),
+                    service: Arc::new(Enrich(cache.clone())),
                     chaos: chaos.clone(),
                 },
                 enricher_slot.clone(),
@@ -320,6 +347,7 @@ impl Runtime {
             model: model_info,
             workers,
             sessions,
+            cache,
             shutdown,
             tasks,
         })
@@ -347,5 +375,6 @@ impl Runtime {
                 .await;
             let _ = sup.stop_and_wait(None, Some(Duration::from_secs(5))).await;
         }
+        self.cache.shutdown().await;
     }
 }

@@ -297,6 +297,31 @@ impl EnrichmentSource for EmbeddedEnrichment {
     }
 }
 
+/// A source that serves facts by id but cannot resolve names (a third-party catalog API), with
+/// names resolved against the embedded catalog's titles, so the series a user names are still
+/// looked up in parallel with retrieval.
+pub struct WithCatalogNames {
+    /// Resolves names; its own facts are never served.
+    pub names: EmbeddedEnrichment,
+    /// Serves the facts.
+    pub inner: std::sync::Arc<dyn EnrichmentSource>,
+}
+
+#[async_trait]
+impl EnrichmentSource for WithCatalogNames {
+    async fn lookup(
+        &self,
+        series_ids: &[String],
+        fields: FieldSet,
+    ) -> Result<Vec<Enrichment>, EnrichmentError> {
+        self.inner.lookup(series_ids, fields).await
+    }
+
+    fn mentioned(&self, text: &str) -> Vec<String> {
+        self.names.mentioned(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
