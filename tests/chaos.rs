@@ -198,6 +198,20 @@ async fn negative_control_the_same_delay_in_the_forwarder_mailbox_stalls_the_str
         p99 > Duration::from_secs(1),
         "the measurement must notice a stalled forwarder: p99 {p99:?}"
     );
+    // The server's own histogram notices too, though every client left mid-turn: a connection
+    // that closes hands the gaps it measured to the metrics-sink.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics_text(&server).await;
+        let open = metric(&m, "connections_open{transport=\"websocket\"}");
+        let server_p99 = metric(&m, "stream_chunk_gap_ms{quantile=\"0.99\"}");
+        if open == 0.0 {
+            assert!(server_p99 > 1000.0, "server-side p99 {server_p99} ms");
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections did not close: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

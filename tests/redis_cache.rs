@@ -712,3 +712,81 @@ async fn works_against_a_redis_cluster() {
     );
     a.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the whole runtime, on the shared instance scripts/test.sh starts on 127.0.0.1:6379.
+
+mod common;
+
+/// Two runtimes sharing one Redis: what one fetched, the other serves, even with its own source
+/// too slow for the budget. The negative control is the same slow runtime without Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_share_enrichment_through_redis() {
+    use common::{Client, metric, metrics_text, run_turn, start_with};
+    use mangaassist_actors::chaos::{ChaosRule, SourceKind};
+
+    const SHARED: &str = "redis://127.0.0.1:6379";
+    assert!(
+        ping(6379).await,
+        "no Redis answers on 127.0.0.1:6379. Run scripts/test.sh, which starts one."
+    );
+    let prefix = format!("mangaassist-test:{}:", uuid::Uuid::new_v4());
+    // One grounding item (the series named), so its price alone decides what the answer says.
+    let redis = |c: &mut mangaassist::config::Config| {
+        c.turn.retrieval_limit = 1;
+        c.cache.redis = Some(RedisSettings {
+            url: SHARED.into(),
+            timeout: Duration::from_millis(50),
+            key_prefix: prefix.clone(),
+        });
+    };
+    let question = "how much is monster?";
+
+    // Node A fetches from its (fast) source and writes the record to Redis.
+    let a = start_with(redis).await;
+    let mut c = Client::ws(&a).await;
+    c.hello().await;
+    assert!(run_turn(&mut c, question).await.answer().contains("¥693"));
+    let raw = Builder::from_config(RedisConfig::from_url(SHARED).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    let key = format!("{prefix}monster");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw.get::<Option<String>, _>(&key).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{key} never reached Redis");
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // Node B: its own source now takes 5 s, far past the 800 ms budget, yet the price is there.
+    let b = start_with(redis).await;
+    b.runtime.chaos.add(ChaosRule::delay(
+        SourceKind::Enrichment,
+        Duration::from_secs(5),
+    ));
+    let mut c = Client::ws(&b).await;
+    c.hello().await;
+    let r = run_turn(&mut c, question).await;
+    assert!(r.answer().contains("¥693"), "{}", r.answer());
+    let m = metrics_text(&b).await;
+    assert!(
+        metric(&m, "enrichment_cache_total{tier=\"redis\",result=\"hit\"}") >= 1.0,
+        "{m}"
+    );
+
+    // Negative control: the same slow node without Redis has no price to give.
+    let alone = start_with(|c| c.turn.retrieval_limit = 1).await;
+    alone.runtime.chaos.add(ChaosRule::delay(
+        SourceKind::Enrichment,
+        Duration::from_secs(5),
+    ));
+    let mut c = Client::ws(&alone).await;
+    c.hello().await;
+    let r = run_turn(&mut c, question).await;
+    assert!(!r.answer().contains('¥'), "{}", r.answer());
+    let m = metrics_text(&alone).await;
+    assert_eq!(metric(&m, "enrichment_omitted_total{field=\"price\"}"), 1.0);
+
+    let _: i64 = raw.del(&key).await.unwrap();
+    let _ = raw.quit().await;
+}

@@ -248,7 +248,20 @@ impl TwoTierCache {
             .time_to_live(window.max(Duration::from_millis(1)))
             .build();
         let redis = match &settings.redis {
-            Some(r) => Some(RedisTier::start(r)?),
+            Some(r) => {
+                let tier = RedisTier::start(r)?;
+                // A healthy Redis is connected before the first lookup (otherwise the first
+                // records fetched would skip it); an unreachable one costs the start this wait
+                // once, and the client goes on trying in the background.
+                let wait = r.timeout.max(CONNECT_TIMEOUT_FLOOR);
+                if tokio::time::timeout(wait, tier.client.wait_for_connect())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(url = %r.url, waited_ms = wait.as_millis() as u64, "redis not reachable yet; the cache runs without it until it connects");
+                }
+                Some(tier)
+            }
             None => None,
         };
         Ok(Self {

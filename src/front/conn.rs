@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
 use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionMsg};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
@@ -335,17 +336,29 @@ pub fn close_frame(reason: CloseReason) -> ServerFrame {
 /// and the gap between consecutive token frames of the turn.
 ///
 /// Gaps are sent to the metrics-sink in batches ([`GapBatch`]): one event per batch or per turn,
-/// not one per token.
-#[derive(Debug, Default)]
+/// not one per token. Whatever a connection that closes mid-turn had measured is sent when the
+/// timer is dropped, so stalled streams that the client gave up on still count.
+#[derive(Debug)]
 pub struct WriteTimer {
+    metrics: MetricsHandle,
     received_at: Option<Instant>,
     last_token: Option<Instant>,
     gaps: GapBatch,
 }
 
 impl WriteTimer {
+    /// A timer reporting to `metrics`.
+    pub fn new(metrics: MetricsHandle) -> Self {
+        Self {
+            metrics,
+            received_at: None,
+            last_token: None,
+            gaps: GapBatch::default(),
+        }
+    }
+
     /// Records that a frame with `mark` finished writing at `now`.
-    pub fn written(&mut self, mark: Mark, now: Instant, state: &FrontState) {
+    pub fn written(&mut self, mark: Mark, now: Instant) {
         match mark {
             Mark::Plain => {}
             Mark::TurnStart { received_at } => {
@@ -356,29 +369,34 @@ impl WriteTimer {
                 match self.last_token {
                     Some(prev) => {
                         if self.gaps.push(micros(now.duration_since(prev))) {
-                            state
-                                .pipeline
-                                .metrics
-                                .emit(MetricEvent::ChunkGaps(self.gaps.take()));
+                            self.flush();
                         }
                     }
-                    None => state.pipeline.metrics.emit(MetricEvent::FirstToken {
+                    None => self.metrics.emit(MetricEvent::FirstToken {
                         ttft_us: micros(now.duration_since(self.received_at.unwrap_or(now))),
                     }),
                 }
                 self.last_token = Some(now);
             }
             Mark::TurnEnd => {
-                if !self.gaps.is_empty() {
-                    state
-                        .pipeline
-                        .metrics
-                        .emit(MetricEvent::ChunkGaps(self.gaps.take()));
-                }
+                self.flush();
                 self.received_at = None;
                 self.last_token = None;
             }
         }
+    }
+
+    /// Sends the gaps measured so far.
+    fn flush(&mut self) {
+        if !self.gaps.is_empty() {
+            self.metrics.emit(MetricEvent::ChunkGaps(self.gaps.take()));
+        }
+    }
+}
+
+impl Drop for WriteTimer {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -398,7 +416,7 @@ pub async fn write_loop<W, F>(
 where
     W: FrameSink<F>,
 {
-    let mut timer = WriteTimer::default();
+    let mut timer = WriteTimer::new(state.pipeline.metrics.clone());
     let mut marks: Vec<Mark> = Vec::with_capacity(16);
     loop {
         let first = tokio::select! {
@@ -421,7 +439,7 @@ where
         sink.flush().await.map_err(|_| ())?;
         let now = Instant::now();
         for m in &marks {
-            timer.written(*m, now, state);
+            timer.written(*m, now);
         }
     }
 }
