@@ -29,6 +29,9 @@ pub enum ChatError {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// How often an interactive client that is waiting for its user pings the server.
+const KEEP_OPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn next_frame(ws: &mut Ws) -> Result<ServerFrame, ChatError> {
     loop {
         match ws.next().await {
@@ -91,7 +94,17 @@ pub async fn run(
             let _ = std::io::stderr().flush();
         }
         let line = if interactive {
-            match stdin.next_line().await? {
+            // While the user thinks, a WebSocket ping now and then keeps the server's idle
+            // timeout (server.idle_timeout_ms) from closing the session.
+            let read = loop {
+                tokio::select! {
+                    line = stdin.next_line() => break line?,
+                    () = tokio::time::sleep(KEEP_OPEN_EVERY) => {
+                        ws.send(Message::Ping(Vec::new().into())).await?;
+                    }
+                }
+            };
+            match read {
                 Some(l) => l,
                 None => break,
             }
@@ -157,7 +170,12 @@ pub async fn run(
                 }
                 ServerFrame::Error(e) => {
                     let _ = writeln!(out, "\n  error {}: {}", e.code.as_str(), e.message);
-                    if matches!(e.code, ErrorCode::SlowConsumer | ErrorCode::ServerShutdown) {
+                    if matches!(
+                        e.code,
+                        ErrorCode::SlowConsumer
+                            | ErrorCode::ServerShutdown
+                            | ErrorCode::IdleTimeout
+                    ) {
                         return Err(ChatError::Closed);
                     }
                     if e.turn_id.as_ref().is_some_and(|t| t.as_str() == turn_id) {

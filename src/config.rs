@@ -151,6 +151,8 @@ pub struct RawServer {
     pub outbound_queue: Option<usize>,
     /// How long a producer waits for queue space before the client counts as slow.
     pub slow_client_timeout_ms: Option<u64>,
+    /// Close a connection with no frame either way for this long; 0 never does.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// `[data]`
@@ -243,6 +245,8 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Slow-client timeout.
     pub slow_client_timeout: Duration,
+    /// Idle timeout (`None`: connections are never closed for idleness).
+    pub idle_timeout: Option<Duration>,
     /// Catalog file, or `None` for the built-in one.
     pub catalog: Option<PathBuf>,
     /// Data directory.
@@ -344,6 +348,14 @@ impl RawConfig {
             1,
             600_000,
         )?);
+
+        let idle_ms = ranged(
+            "server.idle_timeout_ms",
+            s.idle_timeout_ms,
+            300_000,
+            0,
+            86_400_000,
+        )?;
 
         let m = self.model;
         if let Some(b) = m.backend.as_deref()
@@ -548,12 +560,25 @@ impl RawConfig {
             },
         };
 
+        // Keepalives are what keep a long wait for the first token from looking idle.
+        if idle_ms != 0 && Duration::from_millis(idle_ms) <= turn.keepalive {
+            return Err(invalid(
+                "server.idle_timeout_ms",
+                format!(
+                    "{idle_ms} must be 0 (off) or longer than stream.keepalive_ms ({}), or a \
+                     healthy wait for the first token would be cut",
+                    turn.keepalive.as_millis()
+                ),
+            ));
+        }
+
         Ok(Config {
             listen,
             tcp_listen,
             max_frame_bytes,
             outbound_queue,
             slow_client_timeout,
+            idle_timeout: (idle_ms != 0).then(|| ms(idle_ms)),
             catalog: self.data.catalog,
             data_dir: self.data.dir.unwrap_or_else(|| PathBuf::from("var")),
             transcript_commit_linger: ms(ranged(
@@ -693,6 +718,19 @@ mod tests {
         assert!(e.contains("model.backend"), "{e}");
         let e = parse("[retrieval]\ntop_k = 0\n").unwrap_err().to_string();
         assert!(e.contains("retrieval.top_k"), "{e}");
+        let e = parse("[server]\nidle_timeout_ms = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.idle_timeout_ms") && e.contains("keepalive"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("[server]\nidle_timeout_ms = 0\n")
+                .unwrap()
+                .idle_timeout,
+            None
+        );
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Runtime {
                 max_frame_bytes: config.max_frame_bytes,
                 outbound_queue: config.outbound_queue,
                 slow_client_timeout: config.slow_client_timeout,
+                idle_timeout: config.idle_timeout,
             },
             model: model_info.clone(),
             ready: ready.clone(),

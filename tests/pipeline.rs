@@ -824,3 +824,54 @@ async fn negative_control_a_flooding_client_that_reads_is_not_closed() {
     );
     flood.abort();
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_idle_timeout_and_a_busy_one_is_not() {
+    let server = start_with(|c| {
+        c.idle_timeout = Some(Duration::from_millis(400));
+        c.turn.keepalive = Duration::from_millis(100);
+        c.model.first_token_delay = Duration::from_millis(600);
+        c.model.token_pacing = Duration::from_millis(25);
+    })
+    .await;
+
+    // A turn longer than the idle timeout, with a first token later than it, is not idle:
+    // keepalives and tokens are frames.
+    let mut busy = Client::ws(&server).await;
+    busy.hello().await;
+    let r = run_turn(&mut busy, "do you have frieren?").await;
+    assert_streamed(&r);
+    assert!(
+        r.frames.iter().any(|f| matches!(f, ServerFrame::Keepalive)),
+        "keepalives filled the wait"
+    );
+    drop(busy);
+
+    // A client that pings is not idle either (negative control for the close below).
+    let mut pinger = Client::tcp(&server).await;
+    pinger.hello().await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pinger.send(json!({"type": "ping"})).await;
+        assert!(matches!(pinger.next().await, ServerFrame::Pong));
+    }
+    drop(pinger);
+
+    // One that says nothing is closed after 400 ms with an idle_timeout error frame.
+    let mut quiet = Client::tcp(&server).await;
+    quiet.hello().await;
+    let t0 = tokio::time::Instant::now();
+    let e = quiet.expect_error().await;
+    assert_eq!(e.code, ErrorCode::IdleTimeout);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, "stream_disconnect_total{reason=\"idle_timeout\"}"),
+        1.0,
+        "{m}"
+    );
+}

@@ -9,6 +9,7 @@
 //! when there is none it coalesces the next tokens into one pending frame while it
 //! [`Outbound::reserve`]s (see `forwarder.rs`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -49,12 +50,25 @@ pub enum CloseReason {
     SlowConsumer,
     /// The runtime is shutting down.
     ServerShutdown,
+    /// No frame went either way for the idle timeout.
+    IdleTimeout,
 }
 
 /// The queue is gone: the connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("connection closed")]
 pub struct Closed;
+
+/// State every clone of one connection's [`Outbound`] shares.
+#[derive(Debug)]
+struct Shared {
+    /// The first reason given for closing.
+    reason: OnceLock<CloseReason>,
+    /// When the connection opened.
+    opened: Instant,
+    /// Milliseconds after `opened` of the last frame read or written.
+    last_activity_ms: AtomicU64,
+}
 
 /// Producer side of a connection's outbound queue. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -63,8 +77,8 @@ pub struct Outbound {
     tx: mpsc::Sender<OutFrame>,
     /// Cancelled when the connection must close; the reader and writer watch it.
     closing: CancellationToken,
-    /// The first reason given for closing.
-    reason: Arc<OnceLock<CloseReason>>,
+    /// Close reason and activity clock, shared by every clone.
+    shared: Arc<Shared>,
     /// How long a producer may wait for queue space before the client counts as slow.
     slow_client_timeout: Duration,
 }
@@ -80,7 +94,11 @@ impl Outbound {
             Self {
                 tx,
                 closing: CancellationToken::new(),
-                reason: Arc::new(OnceLock::new()),
+                shared: Arc::new(Shared {
+                    reason: OnceLock::new(),
+                    opened: Instant::now(),
+                    last_activity_ms: AtomicU64::new(0),
+                }),
                 slow_client_timeout,
             },
             rx,
@@ -121,9 +139,11 @@ impl Outbound {
     /// Waits for a place in the queue (cancel-safe: dropping the future gives up no place), or
     /// for the connection to close. The caller bounds the wait (the slow-client policy).
     pub async fn reserve(&self) -> Result<Place<'_>, Closed> {
+        // A closing connection takes nothing more, even when its queue has room.
         tokio::select! {
-            permit = self.tx.reserve() => permit.map(Place).map_err(|_| Closed),
+            biased;
             () = self.closing.cancelled() => Err(Closed),
+            permit = self.tx.reserve() => permit.map(Place).map_err(|_| Closed),
         }
     }
 
@@ -139,8 +159,40 @@ impl Outbound {
 
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
+        let _ = self.shared.reason.set(reason);
         self.closing.cancel();
+    }
+
+    /// Notes that a frame was read or written at `now` (for the idle timeout).
+    pub fn touch(&self, now: Instant) {
+        let ms = u64::try_from(
+            now.saturating_duration_since(self.shared.opened)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        self.shared
+            .last_activity_ms
+            .fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When a frame was last read or written (the opening, if none yet).
+    pub fn last_activity(&self) -> Instant {
+        self.shared.opened
+            + Duration::from_millis(self.shared.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    /// Returns once no frame has been read or written for `limit` (never when `None`).
+    pub async fn idle_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = self.last_activity() + limit;
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 
     /// The token the connection's tasks watch to know it is closing.
@@ -150,7 +202,7 @@ impl Outbound {
 
     /// Why the server closed the connection, if it did.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.reason.get().copied()
+        self.shared.reason.get().copied()
     }
 }
 
@@ -198,6 +250,22 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().text, "b");
         out.close(CloseReason::SlowConsumer);
         assert_eq!(out.reserve().await.err(), Some(Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_is_measured_from_the_last_frame_either_way() {
+        let (out, _rx) = Outbound::channel(4, Duration::from_secs(5));
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        out.touch(Instant::now());
+        out.idle_for(Some(Duration::from_secs(3))).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(5),
+            "3 s after the last touch"
+        );
+        let never = tokio::time::timeout(Duration::from_secs(3600), out.idle_for(None)).await;
+        assert!(never.is_err(), "no limit, never idle");
     }
 
     #[tokio::test]

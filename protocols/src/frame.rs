@@ -91,11 +91,13 @@ pub enum ErrorCode {
     SlowConsumer,
     /// The server is shutting down; the connection closes.
     ServerShutdown,
+    /// No frame went either way for the idle timeout; the connection closes.
+    IdleTimeout,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive metric labels.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::TooLarge,
@@ -110,6 +112,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::SlowConsumer,
         ErrorCode::ServerShutdown,
+        ErrorCode::IdleTimeout,
     ];
 
     /// The wire (and metric label) spelling.
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
 }

@@ -303,6 +303,7 @@ impl Connection {
         let reason = match self.outbound.close_reason() {
             Some(CloseReason::SlowConsumer) => DisconnectReason::SlowConsumer,
             Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,
+            Some(CloseReason::IdleTimeout) => DisconnectReason::IdleTimeout,
             None => seen,
         };
         let metrics = &self.state.pipeline.metrics;
@@ -328,6 +329,12 @@ pub fn close_frame(reason: CloseReason) -> ServerFrame {
             None,
             ErrorCode::ServerShutdown,
             "the server is shutting down",
+        ),
+        CloseReason::IdleTimeout => ServerFrame::error(
+            None,
+            None,
+            ErrorCode::IdleTimeout,
+            "no frame was read or written for server.idle_timeout_ms; closing",
         ),
     }
 }
@@ -438,6 +445,7 @@ where
         }
         sink.flush().await.map_err(|_| ())?;
         let now = Instant::now();
+        outbound.touch(now);
         for m in &marks {
             timer.written(*m, now);
         }

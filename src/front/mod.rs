@@ -34,6 +34,8 @@ pub struct FrontLimits {
     pub outbound_queue: usize,
     /// Slow-client timeout.
     pub slow_client_timeout: Duration,
+    /// Close a connection with no frame either way for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// What the fronts need from the runtime. Cheap to clone.

@@ -97,6 +97,10 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
                     outbound.close(CloseReason::ServerShutdown);
                     break DisconnectReason::ServerShutdown;
                 }
+                () = outbound.idle_for(state.limits.idle_timeout) => {
+                    outbound.close(CloseReason::IdleTimeout);
+                    break DisconnectReason::IdleTimeout;
+                }
             };
             match read {
                 Ok(0) => {
@@ -107,7 +111,7 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
                     break DisconnectReason::ClientClosed;
                 }
                 Err(_) => break DisconnectReason::Error,
-                Ok(_) => {}
+                Ok(_) => outbound.touch(Instant::now()),
             }
         };
         conn.close(ended).await;

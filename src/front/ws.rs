@@ -56,13 +56,10 @@ async fn run(socket: WebSocket, state: FrontState) {
             // Best effort: a client that stopped reading may never take these.
             let bye = async {
                 let _ = sink.feed(close_frame(reason).encode()).await;
-                let code = match reason {
-                    CloseReason::SlowConsumer => 1008,
-                    CloseReason::ServerShutdown => 1001,
-                };
-                let reason_text = match reason {
-                    CloseReason::SlowConsumer => "slow_consumer",
-                    CloseReason::ServerShutdown => "server_shutdown",
+                let (code, reason_text) = match reason {
+                    CloseReason::SlowConsumer => (1008, "slow_consumer"),
+                    CloseReason::ServerShutdown => (1001, "server_shutdown"),
+                    CloseReason::IdleTimeout => (1000, "idle_timeout"),
                 };
                 let _ = sink
                     .0
@@ -87,8 +84,13 @@ async fn run(socket: WebSocket, state: FrontState) {
                     outbound.close(CloseReason::ServerShutdown);
                     break DisconnectReason::ServerShutdown;
                 }
+                () = outbound.idle_for(state.limits.idle_timeout) => {
+                    outbound.close(CloseReason::IdleTimeout);
+                    break DisconnectReason::IdleTimeout;
+                }
             };
             let received_at = Instant::now();
+            outbound.touch(received_at);
             match msg {
                 Some(Ok(Message::Text(text))) => {
                     if text.len() > max {
