@@ -22,7 +22,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mangaassist_actors::chaos::ChaosRule;
+use mangaassist_actors::chaos::{ChaosRule, SourceKind};
 use mangaassist_actors::turn::EnrichmentMode;
 use mangaassist_protocols::ServerFrame;
 use mangaassist_protocols::metrics::ActorKind;
@@ -47,6 +47,13 @@ async fn chaos_server(mode: EnrichmentMode) -> Server {
         c.turn.enrichment_mode = mode;
     })
     .await
+}
+
+/// Four seconds in the enricher's mailbox and four in the enrichment source.
+fn slow_enrichment(server: &Server) {
+    let chaos = &server.runtime.chaos;
+    chaos.add(ChaosRule::delay(ActorKind::Enricher, DELAY));
+    chaos.add(ChaosRule::delay(SourceKind::Enrichment, DELAY));
 }
 
 /// What one session saw of its turn, up to `max_gaps` mid-stream gaps.
@@ -120,14 +127,7 @@ fn quantile(gaps: &mut [Duration], q: f64) -> Duration {
 async fn a_slow_enricher_and_source_never_stall_fifty_streams() {
     let _serial = SERIAL.lock().await;
     let server = chaos_server(EnrichmentMode::Preflight).await;
-    server
-        .runtime
-        .chaos
-        .add(ChaosRule::delay(ActorKind::Enricher, DELAY));
-    server.runtime.chaos.add(ChaosRule::delay(
-        mangaassist_actors::chaos::SourceKind::Enrichment,
-        DELAY,
-    ));
+    slow_enrichment(&server);
 
     let started = Instant::now();
     let runs = observe_many(&server, SESSIONS, usize::MAX).await;
@@ -220,14 +220,7 @@ async fn negative_control_inline_enrichment_stalls_the_stream() {
     let server = chaos_server(EnrichmentMode::Inline).await;
     // The same two rules as the main check. One session is enough, and more would only queue
     // behind each other in the one slow mailbox (every token of every session asks it).
-    server
-        .runtime
-        .chaos
-        .add(ChaosRule::delay(ActorKind::Enricher, DELAY));
-    server.runtime.chaos.add(ChaosRule::delay(
-        mangaassist_actors::chaos::SourceKind::Enrichment,
-        DELAY,
-    ));
+    slow_enrichment(&server);
     let runs = observe_many(&server, 1, 2).await;
     let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
     let p99 = quantile(&mut gaps, 0.99);

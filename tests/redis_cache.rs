@@ -19,13 +19,9 @@ use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use futures_util::future::join_all;
 use mangaassist::backends::cache::{CacheSettings, RedisSettings, TwoTierCache};
-use mangaassist_actors::chaos::Chaos;
-use mangaassist_actors::metrics_sink::{MetricsHandle, MetricsMsg, MetricsSink, MetricsSinkArgs};
-use mangaassist_actors::supervisor::WorkerSlot;
+use mangaassist_actors::metrics_sink::{MetricsHandle, StandaloneSink};
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
 use mangaassist_protocols::turn::{Enrichment, EnrichmentField, FieldSet};
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -227,42 +223,20 @@ impl EnrichmentSource for Fake {
     }
 }
 
-struct Metrics {
-    handle: MetricsHandle,
-    sink: ActorRef<MetricsMsg>,
-}
+struct Metrics(StandaloneSink);
 
 impl Metrics {
     async fn start() -> Self {
-        let slot = WorkerSlot::empty();
-        let handle = MetricsHandle::new(slot.clone(), 65_536);
-        let (sink, _join) = Actor::spawn(
-            None,
-            MetricsSink,
-            MetricsSinkArgs {
-                handle: handle.clone(),
-                chaos: Chaos::new(),
-            },
-        )
-        .await
-        .unwrap();
-        slot.set(sink.clone());
-        Self { handle, sink }
+        Self(StandaloneSink::start(65_536).await.unwrap())
+    }
+
+    fn handle(&self) -> MetricsHandle {
+        self.0.handle.clone()
     }
 
     /// The value of the exposition line starting with `series` (0 when absent).
     async fn get(&self, series: &str) -> u64 {
-        let CallResult::Success(text) = self
-            .sink
-            .call(MetricsMsg::Render, Some(Duration::from_secs(5)))
-            .await
-            .unwrap()
-        else {
-            panic!("metrics-sink did not answer");
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix(series))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        self.0.value(series).await as u64
     }
 
     async fn lookups(&self, tier: &str, result: &str) -> u64 {
@@ -278,12 +252,6 @@ impl Metrics {
             + self
                 .get("enrichment_cache_errors_total{tier=\"redis\",kind=\"unavailable\"} ")
                 .await
-    }
-}
-
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        self.sink.stop(None);
     }
 }
 
@@ -306,7 +274,7 @@ async fn connected_cache(
     settings: CacheSettings,
     metrics: &Metrics,
 ) -> TwoTierCache {
-    let cache = TwoTierCache::start(fake.clone(), settings, metrics.handle.clone())
+    let cache = TwoTierCache::start(fake.clone(), settings, metrics.handle())
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -88,6 +88,62 @@ impl MetricsHandle {
     }
 }
 
+/// A metrics-sink of its own, outside any supervisor, with the handle that feeds it: for a
+/// backend used on its own (the enrichment cache in another program) and for tests. The runtime
+/// starts its sink under the root supervisor instead. Stopped when dropped.
+pub struct StandaloneSink {
+    /// Emit events here.
+    pub handle: MetricsHandle,
+    sink: ActorRef<MetricsMsg>,
+}
+
+impl StandaloneSink {
+    /// Starts a sink admitting at most `capacity` queued events.
+    pub async fn start(capacity: usize) -> Result<Self, ractor::SpawnErr> {
+        let slot = WorkerSlot::empty();
+        let handle = MetricsHandle::new(slot.clone(), capacity);
+        let (sink, _join) = Actor::spawn(
+            None,
+            MetricsSink,
+            MetricsSinkArgs {
+                handle: handle.clone(),
+                chaos: Chaos::new(),
+            },
+        )
+        .await?;
+        slot.set(sink.clone());
+        Ok(Self { handle, sink })
+    }
+
+    /// The Prometheus exposition, after every event emitted before this call (the sink handles
+    /// messages in order); `None` if the sink did not answer within five seconds.
+    pub async fn render(&self) -> Option<String> {
+        match self
+            .sink
+            .call(MetricsMsg::Render, Some(std::time::Duration::from_secs(5)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value of the exposition line that starts with `series` (labels included), 0 when
+    /// there is none.
+    pub async fn value(&self, series: &str) -> f64 {
+        let text = self.render().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for StandaloneSink {
+    fn drop(&mut self) {
+        self.sink.stop(None);
+    }
+}
+
 /// Arguments of the metrics-sink.
 #[derive(Clone)]
 pub struct MetricsSinkArgs {

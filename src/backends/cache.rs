@@ -736,13 +736,9 @@ impl Drop for RedisTier {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-    use mangaassist_actors::chaos::Chaos;
-    use mangaassist_actors::metrics_sink::{MetricsMsg, MetricsSink, MetricsSinkArgs};
+    use mangaassist_actors::metrics_sink::StandaloneSink;
     use mangaassist_actors::supervisor::WorkerSlot;
     use mangaassist_protocols::turn::EnrichmentField;
-    use ractor::concurrency::JoinHandle;
-    use ractor::rpc::CallResult;
-    use ractor::{Actor, ActorRef};
     use tokio::time::{Instant, advance};
 
     use super::*;
@@ -860,34 +856,12 @@ mod tests {
         cache.lookup(&ids(&[id]), price()).await.unwrap()[0].price_jpy
     }
 
-    async fn metrics_sink() -> (MetricsHandle, ActorRef<MetricsMsg>, JoinHandle<()>) {
-        let slot = WorkerSlot::empty();
-        let handle = MetricsHandle::new(slot.clone(), 65_536);
-        let (sink, join) = Actor::spawn(
-            None,
-            MetricsSink,
-            MetricsSinkArgs {
-                handle: handle.clone(),
-                chaos: Chaos::new(),
-            },
-        )
-        .await
-        .unwrap();
-        slot.set(sink.clone());
-        (handle, sink, join)
+    async fn metrics_sink() -> StandaloneSink {
+        StandaloneSink::start(65_536).await.unwrap()
     }
 
-    async fn counter(sink: &ActorRef<MetricsMsg>, line_prefix: &str) -> u64 {
-        let CallResult::Success(text) = sink
-            .call(MetricsMsg::Render, Some(Duration::from_secs(5)))
-            .await
-            .unwrap()
-        else {
-            panic!("metrics-sink did not answer");
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .map_or(0, |v| v.trim().parse().unwrap())
+    async fn counter(sink: &StandaloneSink, series: &str) -> u64 {
+        sink.value(series).await as u64
     }
 
     #[tokio::test(start_paused = true)]
@@ -1096,7 +1070,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_key_is_counted_once_per_tier() {
-        let (metrics, sink, _join) = metrics_sink().await;
+        let sink = metrics_sink().await;
+        let metrics = sink.handle.clone();
         let fake = Fake::new(Duration::ZERO);
         let cache = cache_with(&fake, 60_000, 60_000, metrics).await;
         cache.lookup(&ids(&["a", "b"]), price()).await.unwrap();
@@ -1111,7 +1086,6 @@ mod tests {
             0,
             "no Redis tier, never consulted"
         );
-        sink.stop(None);
     }
 
     #[tokio::test]
@@ -1132,7 +1106,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_redis_is_skipped_at_once() {
-        let (metrics, sink, _join) = metrics_sink().await;
+        let sink = metrics_sink().await;
+        let metrics = sink.handle.clone();
         // Nothing listens on port 1: every connection attempt is refused.
         let fake = Fake::new(Duration::ZERO);
         let settings = CacheSettings {
@@ -1164,6 +1139,5 @@ mod tests {
         // 20 reads and the writes that got as far as Redis.
         assert!(counter(&sink, skipped).await >= 20);
         cache.shutdown().await;
-        sink.stop(None);
     }
 }
