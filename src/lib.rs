@@ -10,9 +10,12 @@
 //! - [`front`]: the HTTP listener (`/ws`, `/metrics`, `/healthz`, `/readyz`) and the raw TCP
 //!   listener; both turn bytes into frames, frames into typed session messages.
 //! - [`chat`]: the terminal client behind `mangaassist chat`.
+//! - [`eval`]: the intent-classifier evaluation gate behind `mangaassist eval`.
 
 pub mod backends;
 pub mod chat;
 pub mod config;
+pub mod eval;
 pub mod front;
+pub mod policy;
 pub mod runtime;

@@ -1,4 +1,4 @@
-//! The `mangaassist` command: `serve`, `chat`, `catalog synth`.
+//! The `mangaassist` command: `serve`, `chat`, `eval`, `policy`, `catalog synth`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +68,35 @@ enum Command {
         #[arg(long = "message", short = 'm')]
         messages: Vec<String>,
     },
+    /// Evaluate intent classifiers on a labelled set, optionally as a pass/fail gate.
+    ///
+    /// Prints accuracy, per-class precision and recall, the confusion matrix, the misrouting rate
+    /// (shop intents classified as `other` or the reverse), latency and cost per 1,000 requests,
+    /// and the delta between the first two models; exits 1 when a gate fails. Example:
+    ///
+    /// mangaassist eval --dataset data/intents/eval.jsonl
+    ///   --model intent_classification=local_classifier:keyword-rules-v1
+    ///   --model intent_classification=local_classifier:ngram-logreg-v1
+    ///   --gate accuracy>=0.90,misroute<=0.05 --json eval-report.json
+    Eval {
+        /// Labelled JSON Lines: {"text": "...", "intent": "search"} per line.
+        #[arg(long, value_name = "FILE")]
+        dataset: PathBuf,
+        /// TASK=BACKEND:MODEL_ID (repeatable). Local models: ngram-logreg-v1 (trained), keyword-rules-v1 (the older weighted table).
+        #[arg(long = "model", value_name = "SPEC", required = true)]
+        models: Vec<String>,
+        /// Comma-separated rules every model must pass: accuracy>=X, macro_f1>=X, misroute<=X.
+        #[arg(long, value_name = "RULES")]
+        gate: Option<String>,
+        /// Train the ngram model on this file instead of the built-in data/intents/train.jsonl.
+        #[arg(long, value_name = "FILE")]
+        train: Option<PathBuf>,
+        /// Also write the report as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Model-tier policy: validate a file, list activated versions, roll back (docs/policy.md).
+    Policy(mangaassist::policy::cli::PolicyArgs),
     /// Catalog tools.
     Catalog {
         #[command(subcommand)]
@@ -181,6 +210,39 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => mangaassist::chat::run(&url, session, messages)
             .await
             .with_context(|| format!("chat with {url}")),
+        Command::Eval {
+            dataset,
+            models,
+            gate,
+            train,
+            json,
+        } => {
+            use mangaassist::eval;
+            let data = eval::load_dataset(&dataset)?;
+            let train = train.as_deref().map(eval::load_dataset).transpose()?;
+            let gates = gate.as_deref().map(eval::parse_gates).transpose()?;
+            let mut reports = Vec::new();
+            for m in &models {
+                let c = eval::candidate(eval::ModelSpec::parse(m)?, train.as_deref())?;
+                eprintln!("evaluating {} on {} examples", c.spec.label(), data.len());
+                reports.push(eval::evaluate(&c, &data).await?);
+            }
+            let report = eval::finish(&dataset, reports, gates.as_deref().unwrap_or(&[]));
+            print!("{}", eval::render(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if !report.passed {
+                anyhow::bail!("a gate failed");
+            }
+            Ok(())
+        }
+        Command::Policy(args) => {
+            mangaassist::policy::cli::run(args, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::Catalog {
             command: CatalogCommand::Synth { count, out, seed },
         } => {

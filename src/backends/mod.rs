@@ -7,12 +7,16 @@
 //! Real backends: [`http_catalog`] (a third-party catalog API as the enrichment source) and the
 //! two-tier enrichment [`cache`] (in-process, plus Redis when configured).
 
+pub mod bedrock;
 pub mod cache;
 pub mod catalog;
 pub mod chaos;
 pub mod embedded_enrichment;
 pub mod embedded_store;
 pub mod http_catalog;
+pub mod llm_classifier;
 pub mod local_classifier;
+pub mod ngram_classifier;
+pub mod openai;
 pub mod simulated;
 pub mod tantivy;
