@@ -87,6 +87,32 @@ pub struct RawConfig {
     /// `[cache]`
     #[serde(default)]
     pub cache: RawCache,
+    /// `[policy]`
+    #[serde(default)]
+    pub policy: RawPolicySettings,
+}
+
+/// `[policy]`: the model-tier policy (docs/policy.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicySettings {
+    /// Policy file; absent runs without one.
+    pub file: Option<PathBuf>,
+    /// Audit directory; default `<file>.history` next to it.
+    pub audit_dir: Option<PathBuf>,
+    /// Quiet period after a file event before reloading.
+    pub watch_debounce_ms: Option<u64>,
+}
+
+/// The validated `[policy]` section.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// Policy file.
+    pub file: PathBuf,
+    /// Audit directory override.
+    pub audit_dir: Option<PathBuf>,
+    /// Watch debounce.
+    pub debounce: Duration,
 }
 
 /// `[cache]`: the enrichment cache.
@@ -261,6 +287,8 @@ pub struct Config {
     pub enrichment_source: EnrichmentSourceConfig,
     /// The enrichment cache.
     pub cache: CacheSettings,
+    /// Model-tier policy (`None`: no `[policy] file`).
+    pub policy: Option<PolicySettings>,
     /// Per-turn limits.
     pub turn: TurnSettings,
     /// Metrics-sink queue.
@@ -560,6 +588,19 @@ impl RawConfig {
             },
         };
 
+        let policy_debounce = ms(ranged(
+            "policy.watch_debounce_ms",
+            self.policy.watch_debounce_ms,
+            250,
+            10,
+            60_000,
+        )?);
+        let policy = self.policy.file.map(|file| PolicySettings {
+            file,
+            audit_dir: self.policy.audit_dir,
+            debounce: policy_debounce,
+        });
+
         // Keepalives are what keep a long wait for the first token from looking idle.
         if idle_ms != 0 && Duration::from_millis(idle_ms) <= turn.keepalive {
             return Err(invalid(
@@ -595,6 +636,7 @@ impl RawConfig {
             },
             enrichment_source,
             cache,
+            policy,
             turn,
             metrics_queue: ranged(
                 "metrics.queue_capacity",

@@ -89,6 +89,9 @@ pub enum StartError {
     /// The enrichment source or its cache could not be set up.
     #[error("enrichment: {0}")]
     Enrichment(String),
+    /// The model-tier policy file is invalid or its audit log unusable.
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// An actor could not be spawned.
     #[error("actor system: {0}")]
     Actors(String),
@@ -127,6 +130,19 @@ impl Runtime {
             None => parse_jsonl(BUILTIN_CATALOG).map_err(|e| StartError::Catalog(e.to_string()))?,
         };
         let catalog = Arc::new(catalog);
+        // The policy is checked before anything binds: an invalid one stops the start.
+        let policy = match &config.policy {
+            Some(p) => {
+                let (file, dir) = (p.file.clone(), p.audit_dir.clone());
+                let store = tokio::task::spawn_blocking(move || {
+                    crate::policy::PolicyStore::open(file, dir.as_deref())
+                })
+                .await
+                .map_err(actors_err)??;
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
 
         // Backends. The index is opened (or built and cached) before readiness.
         let index_root = config.data_dir.join("index");
@@ -303,6 +319,11 @@ impl Runtime {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        if let (Some(store), Some(p)) = (&policy, &config.policy) {
+            crate::policy::store::watch(store.clone(), p.debounce, shutdown.clone(), &tasks)?;
+            #[cfg(unix)]
+            crate::policy::store::sighup(store.clone(), shutdown.clone(), &tasks)?;
+        }
         let registry = SessionRegistry::new();
         let ready = Arc::new(AtomicBool::new(false));
         let front = FrontState {
@@ -319,6 +340,7 @@ impl Runtime {
             ready: ready.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            policy: policy.clone(),
         };
         let app = http::router(front.clone());
         let stop = shutdown.clone();

@@ -778,3 +778,69 @@ fn cli_history_and_rollback() {
         assert!(v["sha256"].is_string() && v["version"].is_u64() && v["at"].is_string());
     }
 }
+
+// ---- through the running server -------------------------------------------------------------
+
+mod common;
+
+/// `[policy] file` in the server's config: shown and reloaded over the admin routes, refused when
+/// invalid (the active version stays), and picked up by the file watch when edited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_serves_reloads_and_watches_its_policy() {
+    use common::{http, start_with};
+    use mangaassist::config::PolicySettings;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    let example = std::fs::read_to_string("policy.example.toml").unwrap();
+    std::fs::write(&file, &example).unwrap();
+    let settings = PolicySettings {
+        file: file.clone(),
+        audit_dir: None,
+        debounce: Duration::from_millis(50),
+    };
+    let server = start_with(move |c| c.policy = Some(settings)).await;
+
+    let (status, body) = http(&server, "GET", "/admin/policy", "").await;
+    assert_eq!(status, 200, "{body}");
+    let active: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(active["version"], 1, "{body}");
+
+    // An invalid file is refused with its errors named; version 1 stays active.
+    std::fs::write(&file, example.replace("-v1:0", "")).unwrap();
+    let (status, body) = http(&server, "POST", "/admin/policy/reload", "").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("pinned") || body.contains("version"),
+        "{body}"
+    );
+    let (_, body) = http(&server, "GET", "/admin/policy", "").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"],
+        1
+    );
+
+    // A valid edit is picked up by the file watch, without any request.
+    std::fs::write(&file, format!("{example}\n# edited\n")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http(&server, "GET", "/admin/policy", "").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["version"] == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit was never activated: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Without `[policy] file` the routes say so instead of inventing one.
+#[tokio::test]
+async fn without_a_policy_the_routes_answer_404() {
+    let server = common::start().await;
+    let (status, body) = common::http(&server, "POST", "/admin/policy/reload", "").await;
+    assert_eq!(status, 404, "{body}");
+}

@@ -109,6 +109,7 @@ impl Default for TrainParams {
 
 /// The trained model.
 pub struct NgramClassifier {
+    features: FeatureConfig,
     /// `weights[class * DIMENSIONS + bucket]`.
     weights: Vec<f32>,
     bias: [f32; CLASSES],
@@ -140,8 +141,35 @@ fn bucket(h: u64) -> u32 {
     (h % DIMENSIONS as u64) as u32
 }
 
+/// Which features a model uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureConfig {
+    /// Shortest character n-gram.
+    pub char_min: usize,
+    /// Longest character n-gram.
+    pub char_max: usize,
+    /// Word unigrams.
+    pub words: bool,
+    /// Adjacent word pairs.
+    pub bigrams: bool,
+    /// The weighted cue table's five intent scores, as five extra features (scaled by this).
+    pub cues: f32,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        Self {
+            char_min: 1,
+            char_max: 4,
+            words: true,
+            bigrams: true,
+            cues: 0.0,
+        }
+    }
+}
+
 /// The features of `text`.
-fn features(text: &str) -> Features {
+fn features(text: &str, cfg: &FeatureConfig) -> Features {
     let lower: Vec<char> = std::iter::once(' ')
         .chain(text.chars().flat_map(char::to_lowercase))
         .chain(std::iter::once(' '))
@@ -149,7 +177,7 @@ fn features(text: &str) -> Features {
         .collect();
     let mut buckets: Vec<u32> = Vec::with_capacity(lower.len() * 4 + 16);
     let mut utf8 = [0u8; 4];
-    for n in 1..=4 {
+    for n in cfg.char_min..=cfg.char_max {
         for gram in lower.windows(n) {
             if n == 1 && gram[0] == ' ' {
                 continue;
@@ -165,17 +193,41 @@ fn features(text: &str) -> Features {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
-    for w in &words {
-        buckets.push(bucket(fnv1a(b'w', w.bytes())));
+    if cfg.words {
+        for w in &words {
+            buckets.push(bucket(fnv1a(b'w', w.bytes())));
+        }
     }
-    for pair in words.windows(2) {
-        let joined = format!("{} {}", pair[0], pair[1]);
-        buckets.push(bucket(fnv1a(b'b', joined.bytes())));
+    if cfg.bigrams {
+        for pair in words.windows(2) {
+            let joined = format!("{} {}", pair[0], pair[1]);
+            buckets.push(bucket(fnv1a(b'b', joined.bytes())));
+        }
     }
     buckets.sort_unstable();
     buckets.dedup();
     let norm = (buckets.len().max(1) as f32).sqrt();
-    buckets.into_iter().map(|b| (b, 1.0 / norm)).collect()
+    let mut out: Features = buckets.into_iter().map(|b| (b, 1.0 / norm)).collect();
+    if cfg.cues > 0.0 {
+        let scores = cue_scores(text);
+        for (i, v) in scores.into_iter().enumerate() {
+            let b = bucket(fnv1a(b'q', [i as u8]));
+            if let Some(f) = out.iter_mut().find(|f| f.0 == b) {
+                f.1 += v * cfg.cues;
+            } else {
+                out.push((b, v * cfg.cues));
+            }
+        }
+    }
+    out
+}
+
+/// The cue table's intent shares for `text` (softmax of its scores).
+fn cue_scores(text: &str) -> [f32; CLASSES] {
+    static TABLE: OnceLock<super::local_classifier::LocalClassifier> = OnceLock::new();
+    TABLE
+        .get_or_init(super::local_classifier::LocalClassifier::new)
+        .shares(text)
 }
 
 /// A deterministic xorshift64* generator for the training shuffle.
@@ -209,13 +261,19 @@ fn class(intent: Intent) -> usize {
 impl NgramClassifier {
     /// Trains on `examples`.
     pub fn train(examples: &[Labelled], params: TrainParams) -> Self {
+        Self::train_with(examples, params, FeatureConfig::default())
+    }
+
+    /// Trains on `examples` with a feature set of its own.
+    pub fn train_with(examples: &[Labelled], params: TrainParams, cfg: FeatureConfig) -> Self {
         let mut model = Self {
+            features: cfg,
             weights: vec![0.0; CLASSES * DIMENSIONS],
             bias: [0.0; CLASSES],
         };
         let mut data: Vec<(Features, usize)> = examples
             .iter()
-            .map(|e| (features(&e.text), class(e.intent)))
+            .map(|e| (features(&e.text, &cfg), class(e.intent)))
             .collect();
         let mut rng = Shuffle(params.seed | 1);
         for epoch in 0..params.epochs {
@@ -266,7 +324,7 @@ impl NgramClassifier {
 
     /// Classifies one message.
     pub fn classify_text(&self, text: &str) -> Classification {
-        let p = self.probabilities(&features(text));
+        let p = self.probabilities(&features(text, &self.features));
         let (best, &confidence) = p
             .iter()
             .enumerate()
@@ -300,11 +358,14 @@ mod tests {
 
     #[test]
     fn features_are_normalized_and_typo_tolerant() {
-        let a = features("frieren volume 3");
+        let cfg = FeatureConfig::default();
+        let a = features("frieren volume 3", &cfg);
         let norm: f32 = a.iter().map(|(_, v)| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-4);
-        let b: std::collections::HashSet<u32> =
-            features("freiren volum 3").iter().map(|f| f.0).collect();
+        let b: std::collections::HashSet<u32> = features("freiren volum 3", &cfg)
+            .iter()
+            .map(|f| f.0)
+            .collect();
         let shared = a.iter().filter(|f| b.contains(&f.0)).count();
         assert!(
             shared * 2 > a.len(),
@@ -312,7 +373,7 @@ mod tests {
             a.len()
         );
         assert!(
-            !features("ワンピース 105巻").is_empty(),
+            !features("ワンピース 105巻", &cfg).is_empty(),
             "no tokenizer needed"
         );
     }
@@ -357,5 +418,145 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 2") && e.contains("shopping"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tune {
+    use super::*;
+
+    #[test]
+    #[ignore = "parameter search, run by hand"]
+    fn grid() {
+        let train = parse_dataset(BUILTIN_TRAIN).unwrap();
+        let eval = parse_dataset(include_str!("../../data/intents/eval.jsonl")).unwrap();
+        let cfgs = [
+            ("default", FeatureConfig::default()),
+            (
+                "c2-5",
+                FeatureConfig {
+                    char_min: 2,
+                    char_max: 5,
+                    ..FeatureConfig::default()
+                },
+            ),
+            (
+                "c3-5",
+                FeatureConfig {
+                    char_min: 3,
+                    char_max: 5,
+                    ..FeatureConfig::default()
+                },
+            ),
+            (
+                "c1-4 cues1",
+                FeatureConfig {
+                    cues: 1.0,
+                    ..FeatureConfig::default()
+                },
+            ),
+            (
+                "c1-4 cues3",
+                FeatureConfig {
+                    cues: 3.0,
+                    ..FeatureConfig::default()
+                },
+            ),
+            (
+                "c2-5 cues3",
+                FeatureConfig {
+                    char_min: 2,
+                    char_max: 5,
+                    cues: 3.0,
+                    ..FeatureConfig::default()
+                },
+            ),
+            (
+                "words only",
+                FeatureConfig {
+                    char_min: 1,
+                    char_max: 0,
+                    ..FeatureConfig::default()
+                },
+            ),
+        ];
+        let mut rng = Shuffle(7);
+        let mut noisy = train.clone();
+        for e in &train {
+            for _ in 0..2 {
+                let mut chars: Vec<char> = e.text.chars().collect();
+                if chars.len() > 3 {
+                    let i = (rng.next() % chars.len() as u64) as usize;
+                    match rng.next() % 3 {
+                        0 => {
+                            chars.remove(i);
+                        }
+                        1 if i + 1 < chars.len() => chars.swap(i, i + 1),
+                        _ => {
+                            let c = chars[i];
+                            chars.insert(i, c);
+                        }
+                    }
+                }
+                noisy.push(Labelled {
+                    text: chars.into_iter().collect(),
+                    intent: e.intent,
+                });
+            }
+        }
+        {
+            let cfg = FeatureConfig {
+                cues: 1.0,
+                ..FeatureConfig::default()
+            };
+            let m = NgramClassifier::train_with(
+                &train,
+                TrainParams {
+                    learning_rate: 3.0,
+                    ..TrainParams::default()
+                },
+                cfg,
+            );
+            for e in &eval {
+                let got = m.classify_text(&e.text).intent;
+                if got != e.intent {
+                    println!(
+                        "MISS {:?}: want {} got {}",
+                        e.text,
+                        e.intent.as_str(),
+                        got.as_str()
+                    );
+                }
+            }
+        }
+        for (name, cfg) in cfgs {
+            let p = TrainParams {
+                epochs: 30,
+                learning_rate: 3.0,
+                ..TrainParams::default()
+            };
+            let m = NgramClassifier::train_with(&noisy, p, cfg);
+            let right = eval
+                .iter()
+                .filter(|e| m.classify_text(&e.text).intent == e.intent)
+                .count();
+            println!("{name} noisy: eval {:.3}", right as f64 / eval.len() as f64);
+            for lr in [1.0, 3.0] {
+                let p = TrainParams {
+                    epochs: 30,
+                    learning_rate: lr,
+                    ..TrainParams::default()
+                };
+                let m = NgramClassifier::train_with(&train, p, cfg);
+                let right = eval
+                    .iter()
+                    .filter(|e| m.classify_text(&e.text).intent == e.intent)
+                    .count();
+                println!(
+                    "{name} lr {lr}: eval {:.3}",
+                    right as f64 / eval.len() as f64
+                );
+            }
+        }
     }
 }

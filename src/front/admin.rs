@@ -4,6 +4,9 @@
 //! - `POST /admin/chaos`: replace them with `{"rules": ["enricher=4000ms", ...]}` (or a bare JSON
 //!   array of rule strings), in the syntax of `serve --chaos`.
 //! - `DELETE /admin/chaos`: remove them all.
+//! - `GET /admin/policy`: the active model-tier policy version (404 without `[policy] file`).
+//! - `POST /admin/policy/reload`: re-read and validate the policy file; an invalid file is
+//!   refused (422, every error listed) and the active policy stays.
 
 use std::net::SocketAddr;
 
@@ -22,6 +25,8 @@ use super::FrontState;
 pub fn routes() -> Router<FrontState> {
     Router::new()
         .route("/admin/chaos", get(list).post(replace).delete(clear))
+        .route("/admin/policy", get(policy_show))
+        .route("/admin/policy/reload", axum::routing::post(policy_reload))
         .route_layer(middleware::from_fn(loopback_only))
 }
 
@@ -53,6 +58,42 @@ fn refuse_remote(peer: SocketAddr) -> Option<Response> {
             serde_json::json!({"error": "admin routes answer only on loopback"}),
         )
     })
+}
+
+fn no_policy() -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({"error": "no [policy] file is configured"}),
+    )
+}
+
+async fn policy_show(State(state): State<FrontState>) -> Response {
+    match &state.policy {
+        Some(store) => json(
+            StatusCode::OK,
+            serde_json::to_value(&*store.current()).unwrap_or_default(),
+        ),
+        None => no_policy(),
+    }
+}
+
+async fn policy_reload(State(state): State<FrontState>) -> Response {
+    let Some(store) = state.policy.clone() else {
+        return no_policy();
+    };
+    match tokio::task::spawn_blocking(move || store.reload(crate::policy::ReloadSource::Admin))
+        .await
+    {
+        Ok(Ok(a)) => json(StatusCode::OK, serde_json::to_value(&a).unwrap_or_default()),
+        Ok(Err(e)) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 fn rules_json(rules: &[ChaosRule]) -> serde_json::Value {

@@ -57,4 +57,6 @@ pub struct FrontState {
     pub shutdown: CancellationToken,
     /// Owner of connection tasks.
     pub tasks: TaskTracker,
+    /// The model-tier policy, when `[policy] file` is set.
+    pub policy: Option<Arc<crate::policy::PolicyStore>>,
 }
