@@ -320,6 +320,8 @@ async fn metrics_expose_ttft_chunk_gaps_turns_and_errors() {
         1.0
     );
     assert_eq!(metric(&m, "errors_total{code=\"bad_request\"}"), 1.0);
+    let calls = "model_invocations_total{task_type=\"answer_synthesis\",model_id=\"mangaassist-simulated-v1\",outcome=\"ok\"}";
+    assert_eq!(metric(&m, calls), 1.0, "{m}");
     assert!(metric(&m, "process_resident_memory_bytes") > 0.0);
     assert_eq!(metric(&m, "sessions_open"), 1.0);
 }

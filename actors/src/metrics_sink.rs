@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
 use mangaassist_protocols::metrics::{
-    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, MetricEvent, Stage,
-    Transport, TurnOutcome,
+    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, MetricEvent, ModelOutcome,
+    Stage, TaskType, Transport, TurnOutcome,
 };
 use mangaassist_protocols::turn::{EnrichmentField, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -177,6 +177,16 @@ pub struct MetricsState {
     cache_errors: HashMap<(CacheTier, CacheErrorKind), u64>,
     appends_dropped: u64,
     frames_coalesced: u64,
+    models: HashMap<(TaskType, Arc<str>), ModelStats>,
+}
+
+/// What one (task, model) pair has done.
+struct ModelStats {
+    outcomes: [u64; ModelOutcome::ALL.len()],
+    latency_us: Histogram<u64>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_micro_usd: u64,
 }
 
 fn histogram() -> Result<Histogram<u64>, ActorProcessingErr> {
@@ -220,6 +230,34 @@ impl MetricsState {
                 *self.cache_errors.entry((tier, kind)).or_default() += 1
             }
             MetricEvent::AppendDropped => self.appends_dropped += 1,
+            MetricEvent::ModelInvocation {
+                task,
+                model_id,
+                outcome,
+                latency_us,
+                input_tokens,
+                output_tokens,
+                cost_micro_usd,
+            } => {
+                let stats = match self.models.entry((task, model_id)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let Ok(latency_us) = histogram() else { return };
+                        e.insert(ModelStats {
+                            outcomes: [0; ModelOutcome::ALL.len()],
+                            latency_us,
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            cost_micro_usd: 0,
+                        })
+                    }
+                };
+                stats.outcomes[outcome as usize] += 1;
+                stats.latency_us.saturating_record(latency_us.max(1));
+                stats.input_tokens += input_tokens;
+                stats.output_tokens += output_tokens;
+                stats.cost_micro_usd += cost_micro_usd;
+            }
             MetricEvent::TokensCoalesced { frames } => self.frames_coalesced += u64::from(frames),
             MetricEvent::ActorRestarted { actor } => *self.restarts.entry(actor).or_default() += 1,
             MetricEvent::Disconnect { reason } => *self.disconnects.entry(reason).or_default() += 1,
@@ -416,6 +454,7 @@ impl MetricsState {
             "reason",
             DisconnectReason::ALL.map(|r| (r.as_str(), count(&self.disconnects, &r))),
         );
+        self.render_models(&mut out);
         header(
             &mut out,
             "metrics_events_dropped_total",
@@ -428,6 +467,76 @@ impl MetricsState {
             self.handle.dropped()
         );
         out
+    }
+}
+
+impl MetricsState {
+    /// The per-model series, one line per (task, model) pair seen, sorted for stable output.
+    fn render_models(&self, out: &mut String) {
+        let mut keys: Vec<&(TaskType, Arc<str>)> = self.models.keys().collect();
+        keys.sort();
+        header(
+            out,
+            "model_invocations_total",
+            "counter",
+            "Model calls, by task type, pinned model id and outcome.",
+        );
+        for key @ (task, model) in &keys {
+            let s = &self.models[*key];
+            for outcome in ModelOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "model_invocations_total{{task_type=\"{}\",model_id=\"{model}\",outcome=\"{}\"}} {}",
+                    task.as_str(),
+                    outcome.as_str(),
+                    s.outcomes[outcome as usize]
+                );
+            }
+        }
+        header(
+            out,
+            "model_latency_ms",
+            "summary",
+            "From opening a model stream to its end, by task type and model, milliseconds.",
+        );
+        for key @ (task, model) in &keys {
+            summary_body(
+                out,
+                "model_latency_ms",
+                &[("task_type", task.as_str()), ("model_id", model)],
+                &self.models[*key].latency_us,
+            );
+        }
+        header(
+            out,
+            "model_tokens_total",
+            "counter",
+            "Tokens in and out of model calls, by task type, model and direction.",
+        );
+        for key @ (task, model) in &keys {
+            let s = &self.models[*key];
+            for (direction, n) in [("input", s.input_tokens), ("output", s.output_tokens)] {
+                let _ = writeln!(
+                    out,
+                    "model_tokens_total{{task_type=\"{}\",model_id=\"{model}\",direction=\"{direction}\"}} {n}",
+                    task.as_str()
+                );
+            }
+        }
+        header(
+            out,
+            "model_cost_usd_total",
+            "counter",
+            "Price of model calls from the policy's pricing table, by task type and model, US dollars.",
+        );
+        for key @ (task, model) in &keys {
+            let _ = writeln!(
+                out,
+                "model_cost_usd_total{{task_type=\"{}\",model_id=\"{model}\"}} {:.6}",
+                task.as_str(),
+                self.models[*key].cost_micro_usd as f64 / 1e6
+            );
+        }
     }
 }
 
@@ -538,6 +647,7 @@ impl Actor for MetricsSink {
             cache_errors: HashMap::new(),
             appends_dropped: 0,
             frames_coalesced: 0,
+            models: HashMap::new(),
         })
     }
 

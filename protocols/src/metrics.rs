@@ -185,6 +185,108 @@ impl DisconnectReason {
     }
 }
 
+/// The six kinds of model call the pipeline makes. Each is assigned exactly one primary model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    /// Deciding the intent of a message.
+    IntentClassification,
+    /// Screening a message before anything else runs.
+    ModerationPrecheck,
+    /// Pulling structured slots (title, volume, format) out of a message.
+    SlotExtraction,
+    /// Writing the streamed answer.
+    AnswerSynthesis,
+    /// Condensing a long conversation.
+    Summarization,
+    /// Learning what a customer likes for later turns.
+    PreferenceExtraction,
+}
+
+impl TaskType {
+    /// Every task type, in file order.
+    pub const ALL: [TaskType; 6] = [
+        TaskType::IntentClassification,
+        TaskType::ModerationPrecheck,
+        TaskType::SlotExtraction,
+        TaskType::AnswerSynthesis,
+        TaskType::Summarization,
+        TaskType::PreferenceExtraction,
+    ];
+
+    /// The file and label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::IntentClassification => "intent_classification",
+            TaskType::ModerationPrecheck => "moderation_precheck",
+            TaskType::SlotExtraction => "slot_extraction",
+            TaskType::AnswerSynthesis => "answer_synthesis",
+            TaskType::Summarization => "summarization",
+            TaskType::PreferenceExtraction => "preference_extraction",
+        }
+    }
+
+    /// Parses the file spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Tasks a premium model should never serve: short, structured outputs.
+    pub fn is_cheap(self) -> bool {
+        matches!(
+            self,
+            TaskType::IntentClassification
+                | TaskType::ModerationPrecheck
+                | TaskType::SlotExtraction
+                | TaskType::PreferenceExtraction
+        )
+    }
+}
+
+impl std::fmt::Display for TaskType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one model call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelOutcome {
+    /// The stream finished.
+    Ok,
+    /// The provider refused for rate.
+    Throttled,
+    /// A first-token, chunk-gap or total deadline passed.
+    Timeout,
+    /// The stream broke or the call was refused.
+    Error,
+    /// The caller dropped the stream before it finished (cancel, disconnect).
+    Cancelled,
+}
+
+impl ModelOutcome {
+    /// Every outcome.
+    pub const ALL: [ModelOutcome; 5] = [
+        ModelOutcome::Ok,
+        ModelOutcome::Throttled,
+        ModelOutcome::Timeout,
+        ModelOutcome::Error,
+        ModelOutcome::Cancelled,
+    ];
+
+    /// The label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelOutcome::Ok => "ok",
+            ModelOutcome::Throttled => "throttled",
+            ModelOutcome::Timeout => "timeout",
+            ModelOutcome::Error => "error",
+            ModelOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// A tier of the enrichment cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -303,7 +405,7 @@ impl GapBatch {
 }
 
 /// One thing worth counting. Durations are microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
     /// A turn was accepted and classified.
     TurnStarted {
@@ -369,6 +471,23 @@ pub enum MetricEvent {
     TokensCoalesced {
         /// Frames saved (tokens merged minus one).
         frames: u32,
+    },
+    /// One model call ended: the per-invocation record of every model the runtime calls.
+    ModelInvocation {
+        /// What the call was for.
+        task: TaskType,
+        /// The pinned model id.
+        model_id: std::sync::Arc<str>,
+        /// How it ended.
+        outcome: ModelOutcome,
+        /// From opening the stream to its end.
+        latency_us: u64,
+        /// Prompt tokens.
+        input_tokens: u64,
+        /// Answer tokens.
+        output_tokens: u64,
+        /// Price of the call, in millionths of a US dollar.
+        cost_micro_usd: u64,
     },
     /// A supervisor restarted a failed actor.
     ActorRestarted {

@@ -487,20 +487,6 @@ impl LocalClassifier {
         scores
     }
 
-    /// The softmax share of each intent, in [`Intent::ALL`] order.
-    pub fn shares(&self, text: &str) -> [f32; 5] {
-        let scores = self.scores(text);
-        let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = scores.iter().map(|s| (s - top).exp()).sum();
-        let mut out = [0.0; 5];
-        for (i, intent) in ORDER.iter().enumerate() {
-            if let Some(j) = Intent::ALL.iter().position(|x| x == intent) {
-                out[j] = (scores[i] - top).exp() / total;
-            }
-        }
-        out
-    }
-
     /// Classifies one message synchronously (microseconds; safe on an async task).
     pub fn classify_text(&self, text: &str) -> Classification {
         let scores = self.scores(text);

@@ -17,6 +17,7 @@ pub mod http_catalog;
 pub mod llm_classifier;
 pub mod local_classifier;
 pub mod ngram_classifier;
+pub mod observed;
 pub mod openai;
 pub mod simulated;
 pub mod tantivy;

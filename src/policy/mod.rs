@@ -29,69 +29,7 @@ use sha2::{Digest, Sha256};
 pub use file::{FieldError, PolicyError};
 pub use store::{Activation, PolicyStore, ReloadSource};
 
-/// The six kinds of model call the pipeline makes. Each is assigned exactly one primary model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskType {
-    /// Deciding the intent of a message.
-    IntentClassification,
-    /// Screening a message before anything else runs.
-    ModerationPrecheck,
-    /// Pulling structured slots (title, volume, format) out of a message.
-    SlotExtraction,
-    /// Writing the streamed answer.
-    AnswerSynthesis,
-    /// Condensing a long conversation.
-    Summarization,
-    /// Learning what a customer likes for later turns.
-    PreferenceExtraction,
-}
-
-impl TaskType {
-    /// Every task type, in file order.
-    pub const ALL: [TaskType; 6] = [
-        TaskType::IntentClassification,
-        TaskType::ModerationPrecheck,
-        TaskType::SlotExtraction,
-        TaskType::AnswerSynthesis,
-        TaskType::Summarization,
-        TaskType::PreferenceExtraction,
-    ];
-
-    /// The file and label spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskType::IntentClassification => "intent_classification",
-            TaskType::ModerationPrecheck => "moderation_precheck",
-            TaskType::SlotExtraction => "slot_extraction",
-            TaskType::AnswerSynthesis => "answer_synthesis",
-            TaskType::Summarization => "summarization",
-            TaskType::PreferenceExtraction => "preference_extraction",
-        }
-    }
-
-    /// Parses the file spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// Tasks a premium model should never serve: short, structured outputs.
-    pub fn is_cheap(self) -> bool {
-        matches!(
-            self,
-            TaskType::IntentClassification
-                | TaskType::ModerationPrecheck
-                | TaskType::SlotExtraction
-                | TaskType::PreferenceExtraction
-        )
-    }
-}
-
-impl fmt::Display for TaskType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use mangaassist_protocols::metrics::TaskType;
 
 /// Who runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
