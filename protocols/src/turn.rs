@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::frame::FinishReason;
 use crate::ids::{SessionId, TurnId, UserId};
 
-/// What the user wants from this message (see data/README.md for the definitions).
+/// What the user wants from this message (see data/intents/README.md for the definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Intent {
