@@ -69,8 +69,6 @@
 //! [`ModelStream`] drops both, which closes the HTTP/1 connection or resets the HTTP/2 stream at
 //! once: Bedrock stops generating and no connection with an unread body goes back to the pool.
 
-use std::time::Duration;
-
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region, StalledStreamProtectionConfig};
@@ -87,7 +85,6 @@ use futures_util::stream;
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
 use mangaassist_protocols::turn::{ChatMessage, ModelRequest, Role, Usage};
-use rand::Rng;
 use tokio::time::{Instant, timeout_at};
 
 /// Settings of the Bedrock backend, from `[model.bedrock]`.
@@ -127,63 +124,7 @@ impl BedrockSettings {
     }
 }
 
-/// Deadlines of one model stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadlines {
-    /// Per attempt: from sending the request to the first token.
-    pub first_token: Duration,
-    /// After the first token: longest wait for the next event.
-    pub chunk_gap: Duration,
-    /// The whole stream, retries included.
-    pub total: Duration,
-}
-
-impl Default for Deadlines {
-    /// 10 s to the first token, 5 s between chunks, 60 s in all.
-    fn default() -> Self {
-        Self {
-            first_token: Duration::from_secs(10),
-            chunk_gap: Duration::from_secs(5),
-            total: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Retries before the first token: exponential backoff with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (0 is taken as 1).
-    pub max_attempts: u32,
-    /// Backoff ceiling before the first retry; it doubles for each later one.
-    pub base: Duration,
-    /// Cap of the backoff ceiling.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 3 attempts, 200 ms base, 2 s cap.
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The backoff ceiling before retry `retry` (1-based): `min(max, base * 2^(retry-1))`.
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// The delay before retry `retry` (1-based): uniform in `0..=ceiling(retry)` (full jitter).
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let cap = u64::try_from(self.ceiling(retry).as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=cap))
-    }
-}
+pub use super::model_limits::{Deadlines, RetryPolicy};
 
 /// A [`ModelBackend`] answering through Bedrock `ConverseStream`.
 #[derive(Debug, Clone)]
@@ -670,32 +611,6 @@ mod tests {
             role,
             content: content.to_string(),
         }
-    }
-
-    #[test]
-    fn backoff_ceiling_doubles_up_to_the_cap() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(700),
-        };
-        let ceilings: Vec<u128> = (1..=5).map(|n| policy.ceiling(n).as_millis()).collect();
-        assert_eq!(ceilings, [100, 200, 400, 700, 700]);
-        assert_eq!(policy.ceiling(u32::MAX), Duration::from_millis(700));
-    }
-
-    #[test]
-    fn backoff_is_full_jitter_under_the_ceiling() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        let delays: Vec<Duration> = (0..200).map(|_| policy.backoff(3)).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
-        // Full jitter spreads over the whole range, not just near the ceiling.
-        assert!(delays.iter().any(|d| *d < Duration::from_millis(100)));
-        assert!(delays.iter().any(|d| *d > Duration::from_millis(300)));
     }
 
     #[test]

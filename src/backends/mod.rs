@@ -16,6 +16,7 @@ pub mod embedded_store;
 pub mod http_catalog;
 pub mod llm_classifier;
 pub mod local_classifier;
+pub mod model_limits;
 pub mod ngram_classifier;
 pub mod observed;
 pub mod openai;

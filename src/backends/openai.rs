@@ -62,7 +62,6 @@ use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
 use mangaassist_protocols::turn::{ModelRequest, Role, Usage};
-use rand::Rng;
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
@@ -118,65 +117,7 @@ impl OpenAiSettings {
     }
 }
 
-/// Deadlines of one call. See the module docs for what each one measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadlines {
-    /// Per attempt, from sending the request to the first non-empty content delta.
-    pub first_token: Duration,
-    /// Once a token is out, the longest wait for the next SSE event.
-    pub chunk_gap: Duration,
-    /// The whole call, retries and backoff included.
-    pub total: Duration,
-}
-
-impl Default for Deadlines {
-    /// 10 s to the first token (a loaded server's queue plus prefill), 5 s between chunks,
-    /// 120 s in all.
-    fn default() -> Self {
-        Self {
-            first_token: Duration::from_secs(10),
-            chunk_gap: Duration::from_secs(5),
-            total: Duration::from_secs(120),
-        }
-    }
-}
-
-/// Retries before the first token: exponential backoff with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (0 counts as 1: the call is always made once).
-    pub max_attempts: u32,
-    /// Ceiling of the first backoff; each later ceiling doubles it.
-    pub base: Duration,
-    /// Highest ceiling, and the longest server-requested `Retry-After` that is waited out.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Three attempts, waits of at most 250 ms then 500 ms (capped at 2 s).
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base: Duration::from_millis(250),
-            max: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The upper bound of the wait after failed attempt `attempt` (from 1):
-    /// `min(max, base * 2^(attempt - 1))`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(31);
-        self.base.saturating_mul(1u32 << doublings).min(self.max)
-    }
-
-    /// The wait after failed attempt `attempt` for a uniform `sample` in `0.0..=1.0`: full jitter
-    /// spreads clients retrying together over the whole window.
-    pub fn backoff(&self, attempt: u32, sample: f64) -> Duration {
-        self.ceiling(attempt).mul_f64(sample.clamp(0.0, 1.0))
-    }
-}
+pub use super::model_limits::{Deadlines, RetryPolicy};
 
 /// Why the backend could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -636,7 +577,7 @@ impl Call {
             && self.attempt < policy.max_attempts
             && failure.retry_after.is_none_or(|after| after <= policy.max);
         if allowed {
-            let jittered = policy.backoff(self.attempt, rand::rng().random_range(0.0..=1.0));
+            let jittered = policy.backoff(self.attempt);
             let wait = failure
                 .retry_after
                 .map_or(jittered, |after| after.max(jittered));
@@ -887,9 +828,9 @@ mod tests {
         };
         let ceilings: Vec<_> = (1..=4).map(|a| p.ceiling(a).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 350, 350]);
-        assert_eq!(p.backoff(2, 0.0), Duration::ZERO);
-        assert_eq!(p.backoff(2, 0.5), Duration::from_millis(100));
-        assert_eq!(p.backoff(2, 1.0), Duration::from_millis(200));
+        assert_eq!(p.backoff_with(2, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff_with(2, 0.5), Duration::from_millis(100));
+        assert_eq!(p.backoff_with(2, 1.0), Duration::from_millis(200));
         assert_eq!(p.ceiling(u32::MAX), Duration::from_millis(350));
     }
 
