@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::http_util::{printable, root_cause};
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
@@ -402,30 +403,6 @@ fn kind(value: &Value) -> String {
         Value::Array(_) => "an array".to_owned(),
         Value::Object(_) => "an object".to_owned(),
     }
-}
-
-/// A body prefix fit for a one-line message: lossy UTF-8, control characters as spaces.
-fn printable(body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(body)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        text.to_owned()
-    }
-}
-
-/// The innermost cause of an error chain ("Connection refused (os error 111)"), which says more
-/// than reqwest's outer "error sending request".
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod chaos;
 pub mod embedded_enrichment;
 pub mod embedded_store;
 pub mod http_catalog;
+mod http_util;
 pub mod llm_classifier;
 pub mod local_classifier;
 pub mod model_limits;

@@ -56,6 +56,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::http_util::{printable, root_cause};
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
@@ -701,30 +702,9 @@ async fn read_prefix(response: &mut reqwest::Response, cap: usize) -> Vec<u8> {
     body
 }
 
-/// At most [`EXCERPT_BYTES`] of `bytes`, fit for a one-line message: lossy UTF-8, control
-/// characters as spaces.
+/// At most [`EXCERPT_BYTES`] of `bytes`, fit for a one-line message.
 fn excerpt(bytes: &[u8]) -> String {
-    let bytes = &bytes[..bytes.len().min(EXCERPT_BYTES)];
-    let text: String = String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        text.to_owned()
-    }
-}
-
-/// The innermost cause of an error chain ("Connection refused (os error 111)"), which says more
-/// than reqwest's outer "error sending request".
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
+    printable(&bytes[..bytes.len().min(EXCERPT_BYTES)])
 }
 
 #[cfg(test)]
