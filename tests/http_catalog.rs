@@ -649,14 +649,7 @@ async fn the_runtime_answers_with_the_catalog_api_facts() {
     c.hello().await;
     let r = run_turn(&mut c, "how much is monster?").await;
     assert!(r.error.is_none(), "{:?}", r.error);
-    let cards = r
-        .frames
-        .iter()
-        .find_map(|f| match f {
-            ServerFrame::Append { items, .. } => Some(items.clone()),
-            _ => None,
-        })
-        .expect("cards");
+    let cards = r.cards().expect("cards");
     // The API's price (¥1100), not the embedded catalog's (¥693): the source is the API.
     let monster = cards.iter().find(|c| c.series_id == "monster").unwrap();
     assert_eq!(monster.price_jpy, Some(1100));

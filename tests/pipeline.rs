@@ -33,10 +33,7 @@ async fn websocket_turn_streams_tokens_then_done() {
         "grounded in retrieval: {}",
         r.answer()
     );
-    let cards = r.frames.iter().find_map(|f| match f {
-        ServerFrame::Append { items, .. } => Some(items.clone()),
-        _ => None,
-    });
+    let cards = r.cards();
     assert!(
         cards.is_some_and(|c| !c.is_empty()),
         "product cards follow the tokens"
@@ -381,14 +378,7 @@ async fn enrichment_that_misses_its_budget_is_omitted_and_no_price_is_stated() {
         "price stated when known: {}",
         r.answer()
     );
-    let cards = r
-        .frames
-        .iter()
-        .find_map(|f| match f {
-            ServerFrame::Append { items, .. } => Some(items.clone()),
-            _ => None,
-        })
-        .expect("cards arrive");
+    let cards = r.cards().expect("cards arrive");
     let op = cards.iter().find(|c| c.series_id == "one-piece").unwrap();
     assert!(op.price_jpy.is_some() && op.cover_url.is_some() && op.related.is_some());
     let m = metrics_text(&server).await;
@@ -792,11 +782,9 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_go_on
     let mut other = Client::ws(&server).await;
     other.hello().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut turns = 0;
     loop {
         // Another session streams whole turns meanwhile.
         assert_streamed(&run_turn(&mut other, "do you have frieren?").await);
-        turns += 1;
         let m = metrics_text(&server).await;
         if metric(&m, "stream_disconnect_total{reason=\"slow_consumer\"}") == 1.0 {
             break;
@@ -807,7 +795,6 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_go_on
         );
     }
     flood.abort();
-    assert!(turns >= 1);
     assert_streamed(&run_turn(&mut other, "and one piece?").await);
     let m = metrics_text(&server).await;
     assert_eq!(metric(&m, "stream_disconnect_total{reason=\"error\"}"), 0.0);

@@ -245,34 +245,27 @@ impl ForwarderState {
                         Err(_) => return self.wind_down().await,
                     }
                 }
-                Some(end) => {
-                    // The last tokens go out before the turn learns the stream ended.
-                    if let Some(p) = pending.take() {
-                        let deadline = p.since + outbound.slow_client_timeout();
-                        match tokio::time::timeout_at(deadline, outbound.reserve()).await {
-                            Ok(Ok(place)) => self.queue(place, p),
-                            Ok(Err(_)) => return self.wind_down().await,
-                            Err(_) => {
-                                outbound.close(CloseReason::SlowConsumer);
-                                return self.wind_down().await;
-                            }
-                        }
+                Some(StreamEvent::End {
+                    usage,
+                    finish_reason,
+                }) => {
+                    if !self.flush(pending.take()).await {
+                        return self.wind_down().await;
                     }
-                    return match end {
-                        StreamEvent::End {
-                            usage,
-                            finish_reason,
-                        } => Forwarded::Finished {
-                            answer: std::mem::take(&mut self.answer),
-                            usage,
-                            finish_reason,
-                            next_seq: self.next_seq,
-                        },
-                        StreamEvent::Failed { message } => Forwarded::Failed {
-                            message,
-                            next_seq: self.next_seq,
-                        },
-                        StreamEvent::Token(_) => unreachable!("tokens are matched above"),
+                    return Forwarded::Finished {
+                        answer: std::mem::take(&mut self.answer),
+                        usage,
+                        finish_reason,
+                        next_seq: self.next_seq,
+                    };
+                }
+                Some(StreamEvent::Failed { message }) => {
+                    if !self.flush(pending.take()).await {
+                        return self.wind_down().await;
+                    }
+                    return Forwarded::Failed {
+                        message,
+                        next_seq: self.next_seq,
                     };
                 }
                 None => {
@@ -281,6 +274,28 @@ impl ForwarderState {
                         next_seq: self.next_seq,
                     };
                 }
+            }
+        }
+    }
+
+    /// Queues the last pending tokens (if any) before the turn learns the stream ended, waiting
+    /// for a place no longer than the slow-client timeout allows. False when the connection is
+    /// gone or was closed as a slow consumer.
+    async fn flush(&mut self, pending: Option<Pending>) -> bool {
+        let Some(p) = pending else {
+            return true;
+        };
+        let outbound = self.outbound.clone();
+        let deadline = p.since + outbound.slow_client_timeout();
+        match tokio::time::timeout_at(deadline, outbound.reserve()).await {
+            Ok(Ok(place)) => {
+                self.queue(place, p);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                outbound.close(CloseReason::SlowConsumer);
+                false
             }
         }
     }

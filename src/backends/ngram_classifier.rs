@@ -155,7 +155,8 @@ pub struct FeatureConfig {
 }
 
 impl Default for FeatureConfig {
-    /// Chosen by 5-fold cross-validation on the training split (the `tune` test below).
+    /// Chosen by 5-fold cross-validation on the training split
+    /// (`cargo run --release --example tune_intent_classifier`).
     fn default() -> Self {
         Self {
             char_min: 2,
@@ -410,67 +411,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 2") && e.contains("shopping"), "{e}");
-    }
-}
-
-#[cfg(test)]
-mod tune {
-    use super::*;
-
-    /// Model selection by 5-fold cross-validation on the training split only (the eval split is
-    /// for the final figure): `cargo test --release --lib tune -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "model selection, run by hand"]
-    fn cross_validate() {
-        let train = parse_dataset(BUILTIN_TRAIN).unwrap();
-        let cfgs = [
-            (
-                "c1-4 w b",
-                FeatureConfig {
-                    char_min: 1,
-                    char_max: 4,
-                    ..FeatureConfig::default()
-                },
-            ),
-            ("c2-5 w b", FeatureConfig::default()),
-            (
-                "c3-5 w b",
-                FeatureConfig {
-                    char_min: 3,
-                    char_max: 5,
-                    ..FeatureConfig::default()
-                },
-            ),
-            (
-                "c2-5 w",
-                FeatureConfig {
-                    bigrams: false,
-                    ..FeatureConfig::default()
-                },
-            ),
-        ];
-        for (name, cfg) in cfgs {
-            for lr in [1.0, 3.0] {
-                let p = TrainParams {
-                    learning_rate: lr,
-                    ..TrainParams::default()
-                };
-                let mut right = 0;
-                for fold in 0..5 {
-                    let (test, fit): (Vec<_>, Vec<_>) =
-                        train.iter().enumerate().partition(|(i, _)| i % 5 == fold);
-                    let fit: Vec<Labelled> = fit.into_iter().map(|(_, e)| e.clone()).collect();
-                    let m = NgramClassifier::train_with(&fit, p, cfg);
-                    right += test
-                        .iter()
-                        .filter(|(_, e)| m.classify_text(&e.text).intent == e.intent)
-                        .count();
-                }
-                println!(
-                    "{name} lr {lr}: 5-fold CV {:.3}",
-                    right as f64 / train.len() as f64
-                );
-            }
-        }
     }
 }

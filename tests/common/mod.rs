@@ -164,6 +164,14 @@ pub struct TurnResult {
 }
 
 impl TurnResult {
+    /// The `product_cards` of the turn's `append` frame, if one was sent.
+    pub fn cards(&self) -> Option<Vec<mangaassist_protocols::turn::ProductCard>> {
+        self.frames.iter().find_map(|f| match f {
+            ServerFrame::Append { items, .. } => Some(items.clone()),
+            _ => None,
+        })
+    }
+
     pub fn answer(&self) -> String {
         self.tokens.concat()
     }
