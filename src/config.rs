@@ -12,6 +12,9 @@ use mangaassist_actors::turn::{EnrichmentMode, FieldPolicy, TurnSettings};
 use mangaassist_protocols::turn::{EnrichmentField, FieldPlan, FieldSet, Intent};
 use serde::Deserialize;
 
+use crate::backends::model_limits::{Deadlines, RetryPolicy};
+use crate::backends::models::CallLimits;
+
 use crate::backends::cache::{CacheSettings, RedisSettings};
 use crate::backends::embedded_enrichment::LatencyProfile;
 use crate::backends::http_catalog::HttpCatalogSettings;
@@ -96,23 +99,54 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicySettings {
-    /// Policy file; absent runs without one.
+    /// Policy file; absent: `policy.toml` if it exists, else the built-in policy.
     pub file: Option<PathBuf>,
     /// Audit directory; default `<file>.history` next to it.
     pub audit_dir: Option<PathBuf>,
     /// Quiet period after a file event before reloading.
     pub watch_debounce_ms: Option<u64>,
+    /// Remote model calls: deadline for the first token, per attempt.
+    pub first_token_timeout_ms: Option<u64>,
+    /// Remote model calls: longest wait between chunks once streaming.
+    pub chunk_gap_timeout_ms: Option<u64>,
+    /// Remote model calls: the whole call, retries included.
+    pub total_timeout_ms: Option<u64>,
+    /// Remote model calls: attempts before the first token (then the fallback chain).
+    pub max_attempts: Option<u32>,
+    /// LLM intent classifiers: time for the whole label.
+    pub classify_deadline_ms: Option<u64>,
+    /// Shadow calls in flight at once; more are skipped and counted.
+    pub shadow_max_in_flight: Option<usize>,
 }
+
+/// The default policy file, used when it exists and `[policy] file` is not set.
+pub const DEFAULT_POLICY_FILE: &str = "policy.toml";
 
 /// The validated `[policy]` section.
 #[derive(Debug, Clone)]
 pub struct PolicySettings {
-    /// Policy file.
-    pub file: PathBuf,
+    /// Policy file. `None`: [`DEFAULT_POLICY_FILE`] if it exists, else the built-in policy.
+    pub file: Option<PathBuf>,
     /// Audit directory override.
     pub audit_dir: Option<PathBuf>,
     /// Watch debounce.
     pub debounce: Duration,
+    /// Deadlines and retries of remote model calls.
+    pub limits: CallLimits,
+    /// Shadow calls in flight at once.
+    pub shadow_in_flight: usize,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            audit_dir: None,
+            debounce: Duration::from_millis(250),
+            limits: CallLimits::default(),
+            shadow_in_flight: 16,
+        }
+    }
 }
 
 /// `[cache]`: the enrichment cache.
@@ -287,8 +321,8 @@ pub struct Config {
     pub enrichment_source: EnrichmentSourceConfig,
     /// The enrichment cache.
     pub cache: CacheSettings,
-    /// Model-tier policy (`None`: no `[policy] file`).
-    pub policy: Option<PolicySettings>,
+    /// Model-tier policy.
+    pub policy: PolicySettings,
     /// Per-turn limits.
     pub turn: TurnSettings,
     /// Metrics-sink queue.
@@ -595,11 +629,81 @@ impl RawConfig {
             10,
             60_000,
         )?);
-        let policy = self.policy.file.map(|file| PolicySettings {
-            file,
+        let p = &self.policy;
+        let defaults = CallLimits::default();
+        let deadlines = Deadlines {
+            first_token: ms(ranged(
+                "policy.first_token_timeout_ms",
+                p.first_token_timeout_ms,
+                defaults.deadlines.first_token.as_millis() as u64,
+                1,
+                600_000,
+            )?),
+            chunk_gap: ms(ranged(
+                "policy.chunk_gap_timeout_ms",
+                p.chunk_gap_timeout_ms,
+                defaults.deadlines.chunk_gap.as_millis() as u64,
+                1,
+                600_000,
+            )?),
+            total: ms(ranged(
+                "policy.total_timeout_ms",
+                p.total_timeout_ms,
+                defaults.deadlines.total.as_millis() as u64,
+                1,
+                3_600_000,
+            )?),
+        };
+        if deadlines.first_token > deadlines.total {
+            return Err(invalid(
+                "policy.first_token_timeout_ms",
+                "must not exceed policy.total_timeout_ms".to_string(),
+            ));
+        }
+        let limits = CallLimits {
+            deadlines,
+            retry: RetryPolicy {
+                max_attempts: ranged(
+                    "policy.max_attempts",
+                    p.max_attempts,
+                    defaults.retry.max_attempts,
+                    1,
+                    10,
+                )?,
+                ..defaults.retry
+            },
+            classify_deadline: ms(ranged(
+                "policy.classify_deadline_ms",
+                p.classify_deadline_ms,
+                defaults.classify_deadline.as_millis() as u64,
+                1,
+                60_000,
+            )?),
+        };
+        if limits.classify_deadline >= turn.classify_timeout {
+            return Err(invalid(
+                "policy.classify_deadline_ms",
+                format!(
+                    "{} ms leaves no time for the fallback: it must be below turn.classify_timeout_ms ({} ms)",
+                    limits.classify_deadline.as_millis(),
+                    turn.classify_timeout.as_millis()
+                ),
+            ));
+        }
+        let shadow_in_flight = ranged(
+            "policy.shadow_max_in_flight",
+            p.shadow_max_in_flight,
+            16,
+            0,
+            10_000,
+        )?;
+        let policy = PolicySettings {
+            file: self.policy.file,
             audit_dir: self.policy.audit_dir,
             debounce: policy_debounce,
-        });
+            limits,
+            shadow_in_flight,
+        };
 
         // Keepalives are what keep a long wait for the first token from looking idle.
         if idle_ms != 0 && Duration::from_millis(idle_ms) <= turn.keepalive {
@@ -734,6 +838,32 @@ mod tests {
     fn the_example_file_is_valid() {
         let text = include_str!("../mangaassist.example.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn model_call_limits_are_checked_together() {
+        let c = parse("[policy]\nmax_attempts = 1\nclassify_deadline_ms = 500\n").unwrap();
+        assert_eq!(c.policy.limits.retry.max_attempts, 1);
+        assert_eq!(
+            c.policy.limits.classify_deadline,
+            Duration::from_millis(500)
+        );
+        assert_eq!(c.policy.file, None);
+        let e = parse("[policy]\nclassify_deadline_ms = 2000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("policy.classify_deadline_ms") && e.contains("turn.classify_timeout_ms"),
+            "{e}"
+        );
+        let e = parse("[policy]\nfirst_token_timeout_ms = 5000\ntotal_timeout_ms = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy.first_token_timeout_ms"), "{e}");
+        let e = parse("[policy]\nmax_attempts = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy.max_attempts"), "{e}");
     }
 
     #[test]

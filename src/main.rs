@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -72,17 +73,36 @@ enum Command {
     ///
     /// Prints accuracy, per-class precision and recall, the confusion matrix, the misrouting rate
     /// (shop intents classified as `other` or the reverse), latency and cost per 1,000 requests,
-    /// and the delta between the first two models; exits 1 when a gate fails. Example:
+    /// and the delta between the first two models; exits 1 when a gate fails. Local models run in
+    /// process. `bedrock:` and `openai:` models classify through the LLM intent classifier over
+    /// the real backend: their id must be pinned, their tokens are metered from each call's
+    /// reported usage and priced (--price, or the Claude family default), and they run
+    /// --concurrency calls at a time. A call that still fails after the backend's retries
+    /// (throttled, timed out, any error) is counted and scored as wrong; the run stops only when
+    /// every call of a model fails. An answer naming no label is counted as unparsed and scored
+    /// as `other`. Examples (docs/eval.md):
     ///
-    /// mangaassist eval --dataset data/intents/eval.jsonl
-    ///   --model intent_classification=local_classifier:keyword-rules-v1
-    ///   --model intent_classification=local_classifier:ngram-logreg-v1
-    ///   --gate accuracy>=0.90,misroute<=0.05 --json eval-report.json
+    /// mangaassist eval --dataset data/intents/eval.jsonl \
+    ///   --model intent_classification=local_classifier:keyword-rules-v1 \
+    ///   --model intent_classification=local_classifier:ngram-logreg-v1 \
+    ///   --gate 'accuracy>=0.90,misroute<=0.05' --json eval-report.json
+    ///
+    /// mangaassist eval --dataset data/intents/eval.jsonl --bedrock-region us-east-1 \
+    ///   --model intent_classification=local_classifier:ngram-logreg-v1 \
+    ///   --model intent_classification=bedrock:anthropic.claude-3-haiku-20240307-v1:0
+    ///
+    /// mangaassist eval --dataset data/intents/eval.jsonl \
+    ///   --openai-base-url http://127.0.0.1:8000/v1 --price qwen2.5:7b-instruct=0/0 \
+    ///   --model intent_classification=openai:qwen2.5:7b-instruct
+    #[command(verbatim_doc_comment)]
     Eval {
         /// Labelled JSON Lines: {"text": "...", "intent": "search"} per line.
         #[arg(long, value_name = "FILE")]
         dataset: PathBuf,
-        /// TASK=BACKEND:MODEL_ID (repeatable). Local models: ngram-logreg-v1 (trained), keyword-rules-v1 (the older weighted table).
+        /// TASK=BACKEND:MODEL_ID (repeatable). Backends: local_classifier (ngram-logreg-v1, the
+        /// trained model; keyword-rules-v1, the older weighted table), bedrock (a pinned Bedrock
+        /// id, e.g. anthropic.claude-3-haiku-20240307-v1:0), openai (a pinned id: a dated
+        /// snapshot such as gpt-4o-mini-2024-07-18 or an explicit name:tag).
         #[arg(long = "model", value_name = "SPEC", required = true)]
         models: Vec<String>,
         /// Comma-separated rules every model must pass: accuracy>=X, macro_f1>=X, misroute<=X.
@@ -94,6 +114,40 @@ enum Command {
         /// Also write the report as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Endpoint of the Bedrock runtime for bedrock models (a VPC endpoint, a test server).
+        /// Default: the region's endpoint, or AWS_ENDPOINT_URL when set. Credentials always come
+        /// from the standard AWS chain.
+        #[arg(long, value_name = "URL")]
+        bedrock_endpoint: Option<String>,
+        /// AWS region for bedrock models. Default: the standard AWS chain (AWS_REGION, the
+        /// profile, instance metadata).
+        #[arg(long, value_name = "REGION")]
+        bedrock_region: Option<String>,
+        /// Base URL of the OpenAI-compatible server for openai models, up to /v1, e.g.
+        /// http://127.0.0.1:8000/v1 (vLLM) or https://api.openai.com/v1. Required for openai
+        /// models.
+        #[arg(long, value_name = "URL")]
+        openai_base_url: Option<String>,
+        /// Name of the environment variable holding the OpenAI-compatible server's API key, sent
+        /// as a bearer token (e.g. OPENAI_API_KEY). Default: no key.
+        #[arg(long, value_name = "VAR")]
+        openai_api_key_env: Option<String>,
+        /// Price of an LLM model in USD per 1M input/output tokens (repeatable), e.g.
+        /// gpt-4o-mini-2024-07-18=0.15/0.60. Claude ids default to their family's price (haiku,
+        /// sonnet, opus: docs/policy.md); any other LLM model needs one (0/0 for a server you do
+        /// not pay per token).
+        #[arg(long = "price", value_name = "MODEL_ID=IN/OUT")]
+        prices: Vec<String>,
+        /// LLM calls in flight at once, per model; a progress line goes to stderr every 50
+        /// requests. Local models always run one at a time.
+        #[arg(long, value_name = "N", default_value_t = 4,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: u16,
+        /// Time each LLM classification has for its whole answer (retries included), in
+        /// milliseconds; past it the request counts as failed (timeout).
+        #[arg(long, value_name = "MS", default_value_t = 5000,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        classify_deadline_ms: u64,
     },
     /// Model-tier policy: validate a file, list activated versions, roll back (docs/policy.md).
     Policy(mangaassist::policy::cli::PolicyArgs),
@@ -216,16 +270,59 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gate,
             train,
             json,
+            bedrock_endpoint,
+            bedrock_region,
+            openai_base_url,
+            openai_api_key_env,
+            prices,
+            concurrency,
+            classify_deadline_ms,
         } => {
+            use mangaassist::backends::models::CallLimits;
             use mangaassist::eval;
             let data = eval::load_dataset(&dataset)?;
             let train = train.as_deref().map(eval::load_dataset).transpose()?;
             let gates = gate.as_deref().map(eval::parse_gates).transpose()?;
-            let mut reports = Vec::new();
+            let remote = eval::RemoteSettings {
+                bedrock_endpoint,
+                bedrock_region,
+                openai_base_url,
+                openai_api_key_env,
+                prices: prices
+                    .iter()
+                    .map(|p| eval::PriceArg::parse(p))
+                    .collect::<Result<_, _>>()?,
+            };
+            let limits = CallLimits {
+                classify_deadline: Duration::from_millis(classify_deadline_ms),
+                ..CallLimits::default()
+            };
+            // Every model is built (ids, prices, URLs checked) before the first call is paid for.
+            let builder = eval::Candidates::new(remote, limits);
+            let mut candidates = Vec::with_capacity(models.len());
             for m in &models {
-                let c = eval::candidate(eval::ModelSpec::parse(m)?, train.as_deref())?;
-                eprintln!("evaluating {} on {} examples", c.spec.label(), data.len());
-                reports.push(eval::evaluate(&c, &data).await?);
+                let spec = eval::ModelSpec::parse(m)?;
+                candidates.push(builder.build(spec, train.as_deref()).await?);
+            }
+            let mut reports = Vec::with_capacity(candidates.len());
+            for c in &candidates {
+                let label = c.spec.label();
+                if c.is_llm() {
+                    eprintln!(
+                        "evaluating {label} on {} examples, {concurrency} at a time",
+                        data.len()
+                    );
+                } else {
+                    eprintln!("evaluating {label} on {} examples", data.len());
+                }
+                let report = eval::evaluate(c, &data, usize::from(concurrency), |p| {
+                    eprintln!(
+                        "  {label}: {}/{} done, {} failed",
+                        p.done, p.total, p.failed
+                    );
+                })
+                .await?;
+                reports.push(report);
             }
             let report = eval::finish(&dataset, reports, gates.as_deref().unwrap_or(&[]));
             print!("{}", eval::render(&report));

@@ -1,9 +1,11 @@
-//! The runtime: builds the embedded backends, starts the supervision tree, binds the fronts.
+//! The runtime: loads the model-tier policy, builds the backends, starts the supervision tree,
+//! binds the fronts.
 //!
 //! ```text
 //! workers supervisor (permanent children, restart intensity 50 / 10 s)
 //!   ├─ metrics-sink      (first, so every other start can be counted)
 //!   ├─ classifier ─ retriever ─ enricher ─ generator
+//!        └───────── both through one ModelRouter (the model-tier policy) ─────┘
 //! sessions supervisor (transient children: one session actor per connection)
 //!   └─ session ─┬─ chunk-forwarder (temporary, one per stream)
 //! fronts: HTTP (/ws, /metrics, /healthz, /readyz) and TCP, connection tasks owned by a TaskTracker
@@ -35,7 +37,7 @@ use mangaassist_actors::worker::WorkerArgs;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::{ActorKind, TaskType};
-use mangaassist_protocols::ports::{EnrichmentSource, ModelBackend, TranscriptStore};
+use mangaassist_protocols::ports::{EnrichmentSource, TranscriptStore};
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,12 +49,11 @@ use crate::backends::chaos::{ChaosEnrichment, ChaosRetriever};
 use crate::backends::embedded_enrichment::{EmbeddedEnrichment, WithCatalogNames};
 use crate::backends::embedded_store::EmbeddedTranscriptStore;
 use crate::backends::http_catalog::HttpCatalog;
-use crate::backends::ngram_classifier::NgramClassifier;
-use crate::backends::observed::{Observed, TokenPrice};
-use crate::backends::simulated::SimulatedModel;
+use crate::backends::models::ModelFactory;
 use crate::backends::tantivy::TantivyRetriever;
 use crate::config::{Config, EnrichmentSourceConfig};
 use crate::front::{FrontLimits, FrontState, http, tcp};
+use crate::policy::router::{ModelRouter, PolicySource, RoutedClassifier, RoutedModel};
 
 /// The catalog shipped in `data/catalog.jsonl`, built into the binary so `serve` runs anywhere.
 pub const BUILTIN_CATALOG: &str = include_str!("../data/catalog.jsonl");
@@ -110,8 +111,11 @@ pub struct Runtime {
     pub pipeline: Pipeline,
     /// Sessions open now.
     pub registry: Arc<SessionRegistry>,
-    /// Who answers.
+    /// Who answered when the runtime started (the policy's answer-synthesis primary; a reload
+    /// may change it: [`Runtime::router`] knows the current one).
     pub model: ModelInfo,
+    /// Every model call goes through it.
+    pub router: Arc<ModelRouter>,
     workers: ActorRef<SupervisorMsg>,
     sessions: ActorRef<SupervisorMsg>,
     cache: Arc<TwoTierCache>,
@@ -132,9 +136,14 @@ impl Runtime {
         };
         let catalog = Arc::new(catalog);
         // The policy is checked before anything binds: an invalid one stops the start.
-        let policy = match &config.policy {
-            Some(p) => {
-                let (file, dir) = (p.file.clone(), p.audit_dir.clone());
+        let settings = &config.policy;
+        let policy_file = settings.file.clone().or_else(|| {
+            let default = PathBuf::from(crate::config::DEFAULT_POLICY_FILE);
+            default.exists().then_some(default)
+        });
+        let policy = match policy_file {
+            Some(file) => {
+                let dir = settings.audit_dir.clone();
                 let store = tokio::task::spawn_blocking(move || {
                     crate::policy::PolicyStore::open(file, dir.as_deref())
                 })
@@ -142,7 +151,16 @@ impl Runtime {
                 .map_err(actors_err)??;
                 Some(Arc::new(store))
             }
-            None => None,
+            None => {
+                tracing::info!(
+                    "no policy file: running the built-in policy (every model in-process)"
+                );
+                None
+            }
+        };
+        let policy_source = match &policy {
+            Some(store) => PolicySource::Store(store.clone()),
+            None => PolicySource::fixed(crate::policy::builtin()?),
         };
 
         // Backends. The index is opened (or built and cached) before readiness.
@@ -177,15 +195,20 @@ impl Runtime {
                 ),
             }),
         };
-        let model: Arc<dyn ModelBackend> = Arc::new(SimulatedModel::new(config.model));
-        let model_info = model.info();
-        // The trained n-gram model (83% on data/intents/eval.jsonl vs 68% for the cue table).
-        let classifier = NgramClassifier::builtin();
 
         // Workers, under one supervisor with an explicit restart policy.
         let chaos = Chaos::new();
         let metrics_slot = WorkerSlot::empty();
         let metrics = MetricsHandle::new(metrics_slot.clone(), config.metrics_queue);
+        // Every model call goes through the policy: routing, canary, fallback, shadow, reports.
+        let router = ModelRouter::new(
+            policy_source,
+            ModelFactory::new(config.model, settings.limits),
+            metrics.clone(),
+            settings.shadow_in_flight,
+        );
+        router.warm().await;
+        let model_info = router.info(TaskType::AnswerSynthesis);
         // Enricher -> cache (memory, then Redis) -> source chaos -> the source: injected source
         // latency is what a cache miss pays, as a slow real dependency would be.
         let cache = Arc::new(
@@ -220,7 +243,7 @@ impl Runtime {
                 Restart::Permanent,
                 ClassifierActor::default,
                 WorkerArgs {
-                    service: Arc::new(Classify(classifier)),
+                    service: Arc::new(Classify(Arc::new(RoutedClassifier(router.clone())))),
                     chaos: chaos.clone(),
                 },
                 classifier_slot.clone(),
@@ -253,14 +276,10 @@ impl Runtime {
                 Restart::Permanent,
                 GeneratorActor::default,
                 WorkerArgs {
-                    // Every answer-synthesis call is reported (model_invocations_total, ...).
-                    // The simulated model costs nothing.
-                    service: Arc::new(Generate(Arc::new(Observed::new(
-                        model,
-                        TaskType::AnswerSynthesis,
-                        TokenPrice::default(),
-                        metrics.clone(),
-                    )))),
+                    service: Arc::new(Generate(Arc::new(RoutedModel {
+                        router: router.clone(),
+                        task: TaskType::AnswerSynthesis,
+                    }))),
                     chaos: chaos.clone(),
                 },
                 generator_slot.clone(),
@@ -328,8 +347,13 @@ impl Runtime {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        if let (Some(store), Some(p)) = (&policy, &config.policy) {
-            crate::policy::store::watch(store.clone(), p.debounce, shutdown.clone(), &tasks)?;
+        if let Some(store) = &policy {
+            crate::policy::store::watch(
+                store.clone(),
+                settings.debounce,
+                shutdown.clone(),
+                &tasks,
+            )?;
             #[cfg(unix)]
             crate::policy::store::sighup(store.clone(), shutdown.clone(), &tasks)?;
         }
@@ -345,7 +369,7 @@ impl Runtime {
                 slow_client_timeout: config.slow_client_timeout,
                 idle_timeout: config.idle_timeout,
             },
-            model: model_info.clone(),
+            router: router.clone(),
             ready: ready.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -377,6 +401,7 @@ impl Runtime {
             pipeline,
             registry,
             model: model_info,
+            router,
             workers,
             sessions,
             cache,

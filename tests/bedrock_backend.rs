@@ -75,6 +75,7 @@ fn request() -> ModelRequest {
         context: vec![],
         constraints: vec![],
         estimated_input_tokens: 40,
+        session: None,
     }
 }
 

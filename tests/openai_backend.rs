@@ -300,6 +300,7 @@ fn request() -> ModelRequest {
         context: vec![],
         constraints: vec![],
         estimated_input_tokens: 17,
+        session: None,
     }
 }
 

@@ -38,6 +38,10 @@ id = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 backend = "bedrock"
 id = "anthropic.claude-3-opus-20240229-v1:0"
 
+[models.simulated]
+backend = "simulated"
+id = "mangaassist-simulated-v1"
+
 [tasks.intent_classification]
 model = "local"
 fallback.error = "haiku"
@@ -50,7 +54,7 @@ model = "haiku"
 
 [tasks.answer_synthesis]
 model = "sonnet"
-fallback.throttled = ["haiku", "local"]
+fallback.throttled = ["haiku", "simulated"]
 fallback.timeout = "haiku"
 canary = { model = "opus", percent = 10 }
 shadow = { model = "haiku" }
@@ -232,7 +236,7 @@ fn canary_percent_over_100_is_rejected() {
 #[test]
 fn a_looping_fallback_chain_is_rejected() {
     let text = BASE.replace(
-        "fallback.throttled = [\"haiku\", \"local\"]",
+        "fallback.throttled = [\"haiku\", \"simulated\"]",
         "fallback.throttled = [\"haiku\", \"sonnet\"]",
     );
     assert_one_error_mentions(
@@ -240,10 +244,73 @@ fn a_looping_fallback_chain_is_rejected() {
         &["fallback.throttled", "loops", "sonnet -> haiku -> sonnet"],
     );
     let text = BASE.replace(
-        "fallback.throttled = [\"haiku\", \"local\"]",
-        "fallback.throttled = [\"haiku\", \"local\", \"haiku\"]",
+        "fallback.throttled = [\"haiku\", \"simulated\"]",
+        "fallback.throttled = [\"haiku\", \"simulated\", \"haiku\"]",
     );
-    assert_one_error_mentions(&text, &["loops", "haiku -> local -> haiku"]);
+    assert_one_error_mentions(&text, &["loops", "haiku -> simulated -> haiku"]);
+}
+
+#[test]
+fn a_local_classifier_cannot_write_the_answer() {
+    let text = BASE.replace(
+        "fallback.timeout = \"haiku\"",
+        "fallback.timeout = \"local\"",
+    );
+    assert_one_error_mentions(
+        &text,
+        &[
+            "tasks.answer_synthesis.fallback.timeout",
+            "\"local\"",
+            "ngram-logreg-v1",
+            "cannot write text",
+        ],
+    );
+    // Control: the same model is fine as a classification fallback.
+    ok(&BASE.replace(
+        "[tasks.intent_classification]\nmodel = \"local\"\nfallback.error = \"haiku\"",
+        "[tasks.intent_classification]\nmodel = \"haiku\"\nfallback.error = \"local\"",
+    ));
+}
+
+#[test]
+fn where_a_model_is_served_is_checked_against_its_backend() {
+    let gpt = "\n[models.gpt]\nbackend = \"openai\"\nid = \"gpt-4o-mini-2024-07-18\"\ntier = \"cheap\"\n\n[pricing.gpt]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n";
+    assert_one_error_mentions(
+        &format!("{BASE}{gpt}"),
+        &["models.gpt.endpoint", "gpt-4o-mini-2024-07-18", "base URL"],
+    );
+    let served = gpt.replace(
+        "tier = \"cheap\"",
+        "tier = \"cheap\"\nendpoint = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"VLLM_KEY\"",
+    );
+    let p = ok(&format!("{BASE}{served}"));
+    let m = p.model("gpt").unwrap();
+    assert_eq!(
+        m.serving.endpoint.as_deref(),
+        Some("http://127.0.0.1:8000/v1")
+    );
+    assert_eq!(m.serving.api_key_env.as_deref(), Some("VLLM_KEY"));
+
+    let text = BASE.replace(
+        "id = \"ngram-logreg-v1\"",
+        "id = \"ngram-logreg-v1\"\nendpoint = \"http://x\"",
+    );
+    assert_one_error_mentions(&text, &["models.local.endpoint", "in-process"]);
+    let text = BASE.replace(
+        "id = \"anthropic.claude-3-haiku-20240307-v1:0\"",
+        "id = \"anthropic.claude-3-haiku-20240307-v1:0\"\nendpoint = \"vpc-endpoint\"\napi_key_env = \"K\"",
+    );
+    assert_one_error_mentions(&text, &["models.haiku.endpoint", "not an http"]);
+    assert_one_error_mentions(&text, &["models.haiku.api_key_env", "openai models only"]);
+    let text = BASE.replace(
+        "id = \"anthropic.claude-3-haiku-20240307-v1:0\"",
+        "id = \"anthropic.claude-3-haiku-20240307-v1:0\"\nregion = \"us-west-2\"\nendpoint = \"https://bedrock-runtime.us-west-2.amazonaws.com\"",
+    );
+    let p = ok(&text);
+    assert_eq!(
+        p.model("haiku").unwrap().serving.region.as_deref(),
+        Some("us-west-2")
+    );
 }
 
 #[test]
@@ -277,6 +344,7 @@ fn fallback_chains_walk_in_order_and_end() {
     let opus = p.model("opus").unwrap().clone();
     let haiku = p.model("haiku").unwrap().clone();
     let local = p.model("local").unwrap().clone();
+    let simulated = p.model("simulated").unwrap().clone();
 
     assert_eq!(
         p.next_after(t, &sonnet, Failure::Throttled),
@@ -284,9 +352,9 @@ fn fallback_chains_walk_in_order_and_end() {
     );
     assert_eq!(
         p.next_after(t, &haiku, Failure::Throttled),
-        Some(local.clone())
+        Some(simulated.clone())
     );
-    assert_eq!(p.next_after(t, &local, Failure::Throttled), None);
+    assert_eq!(p.next_after(t, &simulated, Failure::Throttled), None);
     // The canary starts the same chain.
     assert_eq!(
         p.next_after(t, &opus, Failure::Throttled),
@@ -405,7 +473,7 @@ fn tier_violations_on_load_and_per_call() {
         )
         .replace(
             "canary = { model = \"opus\", percent = 10 }",
-            "canary = { model = \"local\", percent = 10 }",
+            "canary = { model = \"simulated\", percent = 10 }",
         ));
     let v = bad.violations();
     assert_eq!(v.len(), 2, "{v:?}");
@@ -416,7 +484,7 @@ fn tier_violations_on_load_and_per_call() {
         v.iter()
             .any(|v| v.rule == ViolationRule::CheapOnAnswerSynthesis
                 && v.task == TaskType::AnswerSynthesis
-                && &*v.model == "local")
+                && &*v.model == "simulated")
     );
 
     // Per call: a fallback to haiku on answer_synthesis is flagged when it happens.
@@ -795,11 +863,11 @@ async fn the_server_serves_reloads_and_watches_its_policy() {
     let example = std::fs::read_to_string("policy.example.toml").unwrap();
     std::fs::write(&file, &example).unwrap();
     let settings = PolicySettings {
-        file: file.clone(),
-        audit_dir: None,
+        file: Some(file.clone()),
         debounce: Duration::from_millis(50),
+        ..PolicySettings::default()
     };
-    let server = start_with(move |c| c.policy = Some(settings)).await;
+    let server = start_with(move |c| c.policy = settings).await;
 
     let (status, body) = http(&server, "GET", "/admin/policy", "").await;
     assert_eq!(status, 200, "{body}");

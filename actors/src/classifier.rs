@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use mangaassist_protocols::SessionId;
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::ports::{ClassifyError, IntentClassifier};
 use mangaassist_protocols::turn::Classification;
@@ -21,6 +22,8 @@ use crate::worker::{Service, Worker};
 pub enum ClassifierMsg {
     /// Classify one user message.
     Classify {
+        /// The session the message belongs to (the model policy routes canaries by it).
+        session: SessionId,
         /// The message text.
         text: Arc<str>,
         /// Where the verdict goes.
@@ -41,9 +44,13 @@ impl Service for Classify {
 
     fn serve(&self, msg: ClassifierMsg) -> impl Future<Output = ()> + Send + 'static {
         let backend = self.0.clone();
-        let ClassifierMsg::Classify { text, reply } = msg;
+        let ClassifierMsg::Classify {
+            session,
+            text,
+            reply,
+        } = msg;
         async move {
-            let _ = reply.send(backend.classify(&text).await);
+            let _ = reply.send(backend.classify_in(&session, &text).await);
         }
     }
 }

@@ -160,6 +160,7 @@ pub fn assemble(
             context: items,
             constraints,
             estimated_input_tokens: estimated,
+            session: None,
         },
         report,
     )

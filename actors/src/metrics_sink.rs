@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
 use mangaassist_protocols::metrics::{
-    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, MetricEvent, ModelOutcome,
-    Stage, TaskType, Transport, TurnOutcome,
+    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure, MetricEvent,
+    ModelOutcome, ShadowVerdict, Stage, TaskType, Transport, TurnOutcome, ViolationRule,
 };
 use mangaassist_protocols::turn::{EnrichmentField, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -178,6 +178,9 @@ pub struct MetricsState {
     appends_dropped: u64,
     frames_coalesced: u64,
     models: HashMap<(TaskType, Arc<str>), ModelStats>,
+    fallbacks: HashMap<(TaskType, Arc<str>, Failure), u64>,
+    violations: HashMap<ViolationRule, u64>,
+    shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
 }
 
 /// What one (task, model) pair has done.
@@ -186,7 +189,7 @@ struct ModelStats {
     latency_us: Histogram<u64>,
     input_tokens: u64,
     output_tokens: u64,
-    cost_micro_usd: u64,
+    cost_nano_usd: u64,
 }
 
 fn histogram() -> Result<Histogram<u64>, ActorProcessingErr> {
@@ -230,6 +233,17 @@ impl MetricsState {
                 *self.cache_errors.entry((tier, kind)).or_default() += 1
             }
             MetricEvent::AppendDropped => self.appends_dropped += 1,
+            MetricEvent::ModelFallback {
+                task,
+                label,
+                reason,
+            } => *self.fallbacks.entry((task, label, reason)).or_default() += 1,
+            MetricEvent::PolicyViolation { rule } => *self.violations.entry(rule).or_default() += 1,
+            MetricEvent::ShadowCompared {
+                task,
+                model,
+                verdict,
+            } => *self.shadows.entry((task, model, verdict)).or_default() += 1,
             MetricEvent::ModelInvocation {
                 task,
                 model_id,
@@ -237,7 +251,7 @@ impl MetricsState {
                 latency_us,
                 input_tokens,
                 output_tokens,
-                cost_micro_usd,
+                cost_nano_usd,
             } => {
                 let stats = match self.models.entry((task, model_id)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -248,7 +262,7 @@ impl MetricsState {
                             latency_us,
                             input_tokens: 0,
                             output_tokens: 0,
-                            cost_micro_usd: 0,
+                            cost_nano_usd: 0,
                         })
                     }
                 };
@@ -256,7 +270,7 @@ impl MetricsState {
                 stats.latency_us.saturating_record(latency_us.max(1));
                 stats.input_tokens += input_tokens;
                 stats.output_tokens += output_tokens;
-                stats.cost_micro_usd += cost_micro_usd;
+                stats.cost_nano_usd += cost_nano_usd;
             }
             MetricEvent::TokensCoalesced { frames } => self.frames_coalesced += u64::from(frames),
             MetricEvent::ActorRestarted { actor } => *self.restarts.entry(actor).or_default() += 1,
@@ -455,6 +469,7 @@ impl MetricsState {
             DisconnectReason::ALL.map(|r| (r.as_str(), count(&self.disconnects, &r))),
         );
         self.render_models(&mut out);
+        self.render_policy(&mut out);
         header(
             &mut out,
             "metrics_events_dropped_total",
@@ -471,6 +486,53 @@ impl MetricsState {
 }
 
 impl MetricsState {
+    /// Fallbacks, tier-rule violations and shadow comparisons of the model policy.
+    fn render_policy(&self, out: &mut String) {
+        header(
+            out,
+            "model_fallbacks_total",
+            "counter",
+            "Model calls sent down the policy's fallback chain, by task type, `<from>-fallback-<to>` and the failure that caused it.",
+        );
+        let mut fallbacks: Vec<_> = self.fallbacks.iter().collect();
+        fallbacks.sort();
+        for ((task, label, reason), n) in fallbacks {
+            let _ = writeln!(
+                out,
+                "model_fallbacks_total{{task_type=\"{}\",model_id=\"{label}\",reason=\"{}\"}} {n}",
+                task.as_str(),
+                reason.as_str()
+            );
+        }
+        labelled(
+            out,
+            (
+                "policy_violation_total",
+                "counter",
+                "Model calls that broke a tier rule: a premium model on a cheap task, or a cheap model writing the answer.",
+            ),
+            "rule",
+            ViolationRule::ALL.map(|r| (r.as_str(), count(&self.violations, &r))),
+        );
+        header(
+            out,
+            "shadow_comparisons_total",
+            "counter",
+            "Shadow calls compared with the primary's answer, by task type, shadow model and verdict.",
+        );
+        let mut shadows: Vec<_> = self.shadows.iter().collect();
+        shadows
+            .sort_by(|a, b| (a.0.0, &a.0.1, a.0.2.as_str()).cmp(&(b.0.0, &b.0.1, b.0.2.as_str())));
+        for ((task, model, verdict), n) in shadows {
+            let _ = writeln!(
+                out,
+                "shadow_comparisons_total{{task_type=\"{}\",model_id=\"{model}\",verdict=\"{}\"}} {n}",
+                task.as_str(),
+                verdict.as_str()
+            );
+        }
+    }
+
     /// The per-model series, one line per (task, model) pair seen, sorted for stable output.
     fn render_models(&self, out: &mut String) {
         let mut keys: Vec<&(TaskType, Arc<str>)> = self.models.keys().collect();
@@ -532,9 +594,9 @@ impl MetricsState {
         for key @ (task, model) in &keys {
             let _ = writeln!(
                 out,
-                "model_cost_usd_total{{task_type=\"{}\",model_id=\"{model}\"}} {:.6}",
+                "model_cost_usd_total{{task_type=\"{}\",model_id=\"{model}\"}} {:.9}",
                 task.as_str(),
-                self.models[*key].cost_micro_usd as f64 / 1e6
+                self.models[*key].cost_nano_usd as f64 / 1e9
             );
         }
     }
@@ -648,6 +710,9 @@ impl Actor for MetricsSink {
             appends_dropped: 0,
             frames_coalesced: 0,
             models: HashMap::new(),
+            fallbacks: HashMap::new(),
+            violations: HashMap::new(),
+            shadows: HashMap::new(),
         })
     }
 

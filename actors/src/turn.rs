@@ -313,11 +313,16 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
     // 1. Classify.
     let t0 = Instant::now();
     let text = ctx.text.clone();
+    let session = ctx.session_id.clone();
     let classification = ask(
         &p.classifier,
         ActorKind::Classifier,
         s.classify_timeout,
-        |reply| ClassifierMsg::Classify { text, reply },
+        |reply| ClassifierMsg::Classify {
+            session,
+            text,
+            reply,
+        },
     )
     .await
     .and_then(|r| r.map_err(|e| TurnFailure::new(ErrorCode::Internal, e.to_string())));
@@ -352,8 +357,9 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
 
     // 3. Assemble.
     let t_asm = Instant::now();
-    let (request, _report) =
+    let (mut request, _report) =
         context::assemble(intent, &ctx.text, &ctx.history, items.clone(), s.context);
+    request.session = Some(ctx.session_id.clone());
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::Assemble,
         us: micros(t_asm.elapsed()),

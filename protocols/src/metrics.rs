@@ -2,6 +2,8 @@
 //! only the sink turns them into histograms and counters, so no business code formats a metric
 //! name and every label comes from a closed enum.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::frame::ErrorCode;
@@ -185,6 +187,107 @@ impl DisconnectReason {
     }
 }
 
+/// How a model call failed; each task's fallback chains are keyed by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The provider refused for rate or capacity (Bedrock `ThrottlingException`, HTTP 429).
+    Throttled,
+    /// No first token (or no answer) within the deadline.
+    Timeout,
+    /// Any other failure (5xx, malformed stream, validation error from the provider).
+    Error,
+}
+
+impl Failure {
+    /// Every failure kind.
+    pub const ALL: [Failure; 3] = [Failure::Throttled, Failure::Timeout, Failure::Error];
+
+    /// The file and label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Throttled => "throttled",
+            Failure::Timeout => "timeout",
+            Failure::Error => "error",
+        }
+    }
+
+    /// Parses the file spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which tier rule an assignment breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationRule {
+    /// A premium model serves classification, moderation, slot or preference extraction.
+    PremiumOnCheapTask,
+    /// A cheap model writes the answer.
+    CheapOnAnswerSynthesis,
+}
+
+impl ViolationRule {
+    /// Every rule.
+    pub const ALL: [ViolationRule; 2] = [
+        ViolationRule::PremiumOnCheapTask,
+        ViolationRule::CheapOnAnswerSynthesis,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationRule::PremiumOnCheapTask => "premium_on_cheap_task",
+            ViolationRule::CheapOnAnswerSynthesis => "cheap_on_answer_synthesis",
+        }
+    }
+}
+
+/// What a shadow comparison found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowVerdict {
+    /// The shadow answered like the primary.
+    Agree,
+    /// The shadow answered differently (logged with both answers).
+    Disagree,
+    /// The shadow call failed; nothing to compare.
+    ShadowFailed,
+    /// The primary did not finish (cancelled, failed); nothing to compare.
+    PrimaryIncomplete,
+    /// Too many shadow calls in flight: this one was not made.
+    Skipped,
+}
+
+impl ShadowVerdict {
+    /// Every verdict.
+    pub const ALL: [ShadowVerdict; 5] = [
+        ShadowVerdict::Agree,
+        ShadowVerdict::Disagree,
+        ShadowVerdict::ShadowFailed,
+        ShadowVerdict::PrimaryIncomplete,
+        ShadowVerdict::Skipped,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowVerdict::Agree => "agree",
+            ShadowVerdict::Disagree => "disagree",
+            ShadowVerdict::ShadowFailed => "shadow_failed",
+            ShadowVerdict::PrimaryIncomplete => "primary_incomplete",
+            ShadowVerdict::Skipped => "skipped",
+        }
+    }
+}
+
 /// The six kinds of model call the pipeline makes. Each is assigned exactly one primary model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,6 +343,11 @@ impl TaskType {
                 | TaskType::SlotExtraction
                 | TaskType::PreferenceExtraction
         )
+    }
+
+    /// Tasks whose answer is free text (a label-only classifier cannot serve them).
+    pub fn writes_text(self) -> bool {
+        matches!(self, TaskType::AnswerSynthesis | TaskType::Summarization)
     }
 }
 
@@ -486,8 +594,31 @@ pub enum MetricEvent {
         input_tokens: u64,
         /// Answer tokens.
         output_tokens: u64,
-        /// Price of the call, in millionths of a US dollar.
-        cost_micro_usd: u64,
+        /// Price of the call, in billionths of a US dollar (a Haiku classification costs about 10,000).
+        cost_nano_usd: u64,
+    },
+    /// A model call failed before its first token and the policy sent it to the next model.
+    ModelFallback {
+        /// What the call was for.
+        task: TaskType,
+        /// `<from>-fallback-<to>` with the policy's short model names.
+        label: std::sync::Arc<str>,
+        /// How the failed call failed.
+        reason: Failure,
+    },
+    /// A model call broke a tier rule (a premium model on a cheap task, or the reverse).
+    PolicyViolation {
+        /// Which rule.
+        rule: ViolationRule,
+    },
+    /// A shadow call was compared with the primary's answer.
+    ShadowCompared {
+        /// What the call was for.
+        task: TaskType,
+        /// The shadow model's short name.
+        model: std::sync::Arc<str>,
+        /// What the comparison found.
+        verdict: ShadowVerdict,
     },
     /// A supervisor restarted a failed actor.
     ActorRestarted {

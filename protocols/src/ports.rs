@@ -59,6 +59,9 @@ pub enum ClassifyError {
     /// The classifier backend failed.
     #[error("classifier failed: {0}")]
     Backend(String),
+    /// The model behind an LLM classifier failed; the kind decides the policy's fallback.
+    #[error("classifier model failed: {0}")]
+    Model(#[from] ModelError),
 }
 
 /// Decides the intent of a user message.
@@ -66,6 +69,17 @@ pub enum ClassifyError {
 pub trait IntentClassifier: Send + Sync + 'static {
     /// Classifies one message.
     async fn classify(&self, text: &str) -> Result<Classification, ClassifyError>;
+
+    /// Classifies one message of `session`. A classifier that routes by session (the model
+    /// policy's canary) overrides this; the default ignores the session.
+    async fn classify_in(
+        &self,
+        session: &SessionId,
+        text: &str,
+    ) -> Result<Classification, ClassifyError> {
+        let _ = session;
+        self.classify(text).await
+    }
 }
 
 /// Why a search failed.

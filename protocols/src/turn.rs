@@ -390,6 +390,9 @@ pub struct ModelRequest {
     pub constraints: Vec<Constraint>,
     /// Estimated prompt tokens (about 3.5 characters per token, rounded up).
     pub estimated_input_tokens: u32,
+    /// The session the call serves; the model policy buckets canaries by it. `None` outside a
+    /// session (evaluation, tools): such calls go to the task's primary model.
+    pub session: Option<SessionId>,
 }
 
 /// Token counts of a turn.

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
-use mangaassist_protocols::ports::{ClassifyError, IntentClassifier, ModelBackend, ModelEvent};
+use mangaassist_protocols::SessionId;
+use mangaassist_protocols::ports::{
+    ClassifyError, IntentClassifier, ModelBackend, ModelError, ModelEvent,
+};
 use mangaassist_protocols::turn::{
     ChatMessage, Classification, Intent, ModelRequest, Role, estimate_tokens,
 };
@@ -71,9 +74,12 @@ pub fn parse_label(answer: &str) -> Option<Intent> {
     None
 }
 
-#[async_trait]
-impl IntentClassifier for LlmClassifier {
-    async fn classify(&self, text: &str) -> Result<Classification, ClassifyError> {
+impl LlmClassifier {
+    async fn ask(
+        &self,
+        session: Option<&SessionId>,
+        text: &str,
+    ) -> Result<Classification, ClassifyError> {
         let request = ModelRequest {
             intent: Intent::Other,
             system: PROMPT.to_owned(),
@@ -84,6 +90,7 @@ impl IntentClassifier for LlmClassifier {
             context: Vec::new(),
             constraints: Vec::new(),
             estimated_input_tokens: estimate_tokens(PROMPT) + estimate_tokens(text),
+            session: session.cloned(),
         };
         let info = self.model.info();
         let mut stream = self.model.stream(request);
@@ -102,7 +109,7 @@ impl IntentClassifier for LlmClassifier {
                         }
                     }
                     Ok(ModelEvent::Usage(_)) => {}
-                    Err(e) => return Err(ClassifyError::Backend(e.to_string())),
+                    Err(e) => return Err(ClassifyError::Model(e)),
                 }
             }
             Ok(answer)
@@ -110,11 +117,11 @@ impl IntentClassifier for LlmClassifier {
         let answer = tokio::time::timeout(self.deadline, collect)
             .await
             .map_err(|_| {
-                ClassifyError::Backend(format!(
+                ClassifyError::Model(ModelError::Timeout(format!(
                     "{} did not answer within {} ms",
                     info.model_id,
                     self.deadline.as_millis()
-                ))
+                )))
             })??;
         Ok(match parse_label(&answer) {
             Some(intent) => Classification {
@@ -128,6 +135,21 @@ impl IntentClassifier for LlmClassifier {
                 classifier: info.model_id,
             },
         })
+    }
+}
+
+#[async_trait]
+impl IntentClassifier for LlmClassifier {
+    async fn classify(&self, text: &str) -> Result<Classification, ClassifyError> {
+        self.ask(None, text).await
+    }
+
+    async fn classify_in(
+        &self,
+        session: &SessionId,
+        text: &str,
+    ) -> Result<Classification, ClassifyError> {
+        self.ask(Some(session), text).await
     }
 }
 

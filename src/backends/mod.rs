@@ -18,6 +18,7 @@ mod http_util;
 pub mod llm_classifier;
 pub mod local_classifier;
 pub mod model_limits;
+pub mod models;
 pub mod ngram_classifier;
 pub mod observed;
 pub mod openai;

@@ -91,7 +91,11 @@ struct Report {
 }
 
 impl Report {
-    fn send(self, outcome: ModelOutcome) {
+    fn send(mut self, outcome: ModelOutcome) {
+        // A throttled call was refused before the model read the prompt: no tokens, no cost.
+        if outcome == ModelOutcome::Throttled && !self.usage_seen && self.output_tokens == 0 {
+            self.input_tokens = 0;
+        }
         let cost_usd = self.input_tokens as f64 * self.price.input_per_m / 1e6
             + self.output_tokens as f64 * self.price.output_per_m / 1e6;
         self.metrics.emit(MetricEvent::ModelInvocation {
@@ -101,7 +105,7 @@ impl Report {
             latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
-            cost_micro_usd: (cost_usd * 1e6).round() as u64,
+            cost_nano_usd: (cost_usd * 1e9).round() as u64,
         });
     }
 }
@@ -187,6 +191,7 @@ mod tests {
             context: Vec::new(),
             constraints: Vec::new(),
             estimated_input_tokens: 100,
+            session: None,
         }
     }
 

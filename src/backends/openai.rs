@@ -1,7 +1,9 @@
 //! An OpenAI-compatible chat-completions model: a [`ModelBackend`] that streams from vLLM, the
 //! llama.cpp server, Ollama or anything else speaking `POST /v1/chat/completions` with
-//! `"stream": true`. Plain `http://` only: this build has no TLS client (put a TLS-terminating
-//! proxy in front of an `https` endpoint).
+//! `"stream": true`, over `http://` or `https://`. TLS is rustls with the aws-lc-rs provider (the
+//! one the AWS SDK already uses, so the build carries one crypto stack), and server certificates
+//! are checked against the operating system's trust store (`rustls-platform-verifier`: on Linux
+//! the CA bundle that `ca-certificates` installs, so a minimal container needs that package).
 //!
 //! **What is sent.** One [`stream`](ModelBackend::stream) is one logical call:
 //! `POST {base_url}/chat/completions` with the JSON body
@@ -86,7 +88,8 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Settings of the OpenAI-compatible backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenAiSettings {
-    /// Base URL up to and including the API version, e.g. `http://vllm.internal:8000/v1`.
+    /// Base URL up to and including the API version, e.g. `http://vllm.internal:8000/v1` or
+    /// `https://api.openai.com/v1`.
     pub base_url: String,
     /// The model id sent in every request and shown to clients.
     pub model: String,
@@ -159,8 +162,8 @@ struct Inner {
 impl OpenAiBackend {
     /// A backend for the server at `settings.base_url`.
     ///
-    /// Fails when the URL does not parse, is not `http://`, has no host, or carries a query or
-    /// fragment.
+    /// Fails when the URL does not parse, is neither `http://` nor `https://`, has no host, or
+    /// carries a query or fragment.
     pub fn new(settings: OpenAiSettings) -> Result<Self, OpenAiSetupError> {
         let base = settings.base_url.trim_end_matches('/');
         let invalid = |why: &str| OpenAiSetupError::InvalidUrl {
@@ -168,11 +171,8 @@ impl OpenAiBackend {
             why: why.to_owned(),
         };
         let mut endpoint = Url::parse(base).map_err(|e| invalid(&e.to_string()))?;
-        if endpoint.scheme() != "http" {
-            return Err(invalid(
-                "must start with http:// (this build has no TLS client; put a TLS-terminating \
-                 proxy in front of an https endpoint)",
-            ));
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(invalid("must start with http:// or https://"));
         }
         if endpoint.query().is_some() || endpoint.fragment().is_some() {
             return Err(invalid("must not carry a query or fragment"));
@@ -834,6 +834,7 @@ mod tests {
             context: vec![],
             constraints: vec![],
             estimated_input_tokens: 3,
+            session: None,
         };
         let body: serde_json::Value =
             serde_json::from_slice(&encode_request(&settings, &request).unwrap()).unwrap();
@@ -867,9 +868,15 @@ mod tests {
             "http://vllm:8000/v1/chat/completions"
         );
         assert_eq!(b.inner.authority, "vllm:8000");
+        let b = OpenAiBackend::new(OpenAiSettings::new("https://api.openai.com/v1", "m")).unwrap();
+        assert_eq!(
+            b.inner.endpoint.as_str(),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(b.inner.authority, "api.openai.com:443");
         for (url, why) in [
-            ("https://api.openai.com/v1", "TLS"),
-            ("vllm:8000/v1", "http://"),
+            ("ftp://vllm:8000/v1", "http:// or https://"),
+            ("vllm:8000/v1", "http:// or https://"),
             ("http://vllm/v1?x=1", "query"),
         ] {
             let err = OpenAiBackend::new(OpenAiSettings::new(url, "m"))
@@ -877,5 +884,78 @@ mod tests {
                 .to_string();
             assert!(err.contains(why), "{url}: {err}");
         }
+    }
+
+    /// One attempt, short deadlines: these tests are about how a call fails, not retries.
+    fn one_shot(base_url: String) -> OpenAiBackend {
+        let mut settings = OpenAiSettings::new(base_url, "m");
+        settings.retry.max_attempts = 1;
+        settings.deadlines.first_token = Duration::from_secs(5);
+        settings.deadlines.total = Duration::from_secs(5);
+        OpenAiBackend::new(settings).unwrap()
+    }
+
+    fn request() -> ModelRequest {
+        ModelRequest {
+            intent: Intent::Search,
+            system: String::new(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            context: vec![],
+            constraints: vec![],
+            estimated_input_tokens: 1,
+            session: None,
+        }
+    }
+
+    /// Everything the stream yields.
+    async fn drain(b: &OpenAiBackend) -> Vec<Result<ModelEvent, ModelError>> {
+        b.stream(request()).collect().await
+    }
+
+    #[tokio::test]
+    async fn an_https_port_where_nothing_listens_is_a_connect_error() {
+        // Bind to learn a free port, then close it: nothing listens there any more.
+        let port = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let items = drain(&one_shot(format!("https://127.0.0.1:{port}/v1"))).await;
+        let want = format!("cannot connect to the model server at 127.0.0.1:{port}");
+        assert!(
+            matches!(&items[..], [Err(ModelError::Stream(m))] if m.contains(&want)),
+            "{items:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_server_behind_an_https_url_fails_the_handshake_cleanly() {
+        // A server that answers the TLS ClientHello in plain HTTP, as a misconfigured port does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 5];
+            socket.read_exact(&mut hello).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            hello
+        });
+        let items = drain(&one_shot(format!("https://{addr}/v1"))).await;
+        let hello = server.await.unwrap();
+        assert_eq!(
+            hello[0], 0x16,
+            "the client opened with a TLS handshake record"
+        );
+        let want = format!("cannot connect to the model server at {addr}");
+        assert!(
+            matches!(&items[..], [Err(ModelError::Stream(m))] if m.contains(&want)),
+            "{items:?}"
+        );
     }
 }

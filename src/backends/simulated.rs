@@ -105,13 +105,18 @@ impl Emitter {
                 // Absolute schedule: token k is due at first_due + k * pacing, so a late poll
                 // does not push every later token back.
                 let due = first_due + self.cfg.token_pacing.saturating_mul(self.sent);
-                tokio::time::sleep_until(due).await;
+                // A token already due goes at once (a timer would round up to the next ms tick).
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
                 self.sent += 1;
                 Some((Ok(ModelEvent::Token(token)), self))
             }
             None => {
                 // An empty answer still honours the first-token delay before its usage.
-                tokio::time::sleep_until(first_due).await;
+                if first_due > Instant::now() {
+                    tokio::time::sleep_until(first_due).await;
+                }
                 self.finished = true;
                 let usage = Usage {
                     input_tokens: self.input_tokens,
@@ -408,6 +413,7 @@ mod tests {
             context,
             constraints,
             estimated_input_tokens: 42,
+            session: None,
         }
     }
 

@@ -215,7 +215,10 @@ impl Connection {
         let welcome = ServerFrame::Welcome {
             session_id,
             protocol: PROTOCOL_VERSION,
-            model: self.state.model.clone(),
+            model: self
+                .state
+                .router
+                .info(mangaassist_protocols::metrics::TaskType::AnswerSynthesis),
             resumed_turns,
         };
         let _ = self.outbound.send(&welcome, Mark::Plain).await;

@@ -20,7 +20,6 @@ use std::time::Duration;
 use mangaassist_actors::session::SessionRegistry;
 use mangaassist_actors::supervisor::SupervisorMsg;
 use mangaassist_actors::turn::Pipeline;
-use mangaassist_protocols::frame::ModelInfo;
 use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,8 +48,8 @@ pub struct FrontState {
     pub registry: Arc<SessionRegistry>,
     /// Connection limits.
     pub limits: FrontLimits,
-    /// Shown in `welcome`.
-    pub model: ModelInfo,
+    /// Every model call goes through it; `welcome` shows the answer model it routes to now.
+    pub router: Arc<crate::policy::router::ModelRouter>,
     /// True once warm; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
     /// Cancelled when the runtime shuts down.

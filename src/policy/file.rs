@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::policy::pinned;
 use crate::policy::{
-    Backend, Canary, Failure, ModelRef, Policy, Price, TaskPolicy, TaskType, Tier,
+    Backend, Canary, Failure, ModelRef, Policy, Price, Serving, TaskPolicy, TaskType, Tier,
 };
 
 /// One thing wrong with a policy file.
@@ -123,6 +123,13 @@ pub struct RawModel {
     pub id: String,
     /// `cheap`, `standard` or `premium`; defaults by family (haiku, sonnet, opus, built-ins).
     pub tier: Option<String>,
+    /// Where the model is served. `openai`: the base URL up to the API version (required);
+    /// `bedrock`: an endpoint override (a VPC endpoint, a test server), else the regional one.
+    pub endpoint: Option<String>,
+    /// `bedrock`: the AWS region; else the standard chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// `openai`: the environment variable holding the API key, sent as a bearer token.
+    pub api_key_env: Option<String>,
 }
 
 /// `[tasks.<task>]`
@@ -212,7 +219,8 @@ pub const DEFAULT_PRICES: [(&str, Price); 3] = [
     ),
 ];
 
-fn family_default(id: &str) -> Option<(Price, Tier)> {
+/// The default price and tier of a Claude id, by the family named in it (haiku, sonnet, opus).
+pub fn family_default(id: &str) -> Option<(Price, Tier)> {
     let tiers = [Tier::Cheap, Tier::Standard, Tier::Premium];
     DEFAULT_PRICES
         .iter()
@@ -370,6 +378,9 @@ impl RawPolicy {
                     continue;
                 }
             };
+            let Some(serving) = serving(&mut errs, &field, &ctx, backend, m) else {
+                continue;
+            };
             let name: Arc<str> = Arc::from(name.as_str());
             models.insert(
                 name.clone(),
@@ -379,6 +390,7 @@ impl RawPolicy {
                     id: Arc::from(m.id.as_str()),
                     tier,
                     price,
+                    serving,
                 },
             );
         }
@@ -505,6 +517,31 @@ impl RawPolicy {
                 resolve(&mut errs, &format!("{field}.shadow.model"), key, &s.model)
             });
 
+            if task.writes_text() {
+                let mut all: Vec<(&str, &ModelRef)> = Vec::new();
+                all.extend(primary.iter().map(|m| ("model", m)));
+                for (failure, chain) in &fallback {
+                    all.extend(chain.iter().map(|m| (failure.as_str(), m)));
+                }
+                all.extend(canary.iter().map(|c| ("canary.model", &c.model)));
+                all.extend(shadow.iter().map(|m| ("shadow.model", m)));
+                for (at, m) in all {
+                    if m.backend == Backend::LocalClassifier {
+                        let at = match at {
+                            "model" | "canary.model" | "shadow.model" => at.to_string(),
+                            failure => format!("fallback.{failure}"),
+                        };
+                        errs.push(
+                            format!("{field}.{at}"),
+                            format!(
+                                "task {key}: model {:?} id {:?} is a local_classifier, which cannot write text",
+                                m.name, m.id
+                            ),
+                        );
+                    }
+                }
+            }
+
             if let Some(primary) = primary {
                 tasks.push(TaskPolicy {
                     primary,
@@ -529,4 +566,63 @@ impl RawPolicy {
         };
         Ok(Policy { models, tasks })
     }
+}
+
+/// Checks where a model is served against its backend: `endpoint` is required for `openai` and
+/// only meaningful for remote backends, `region` is Bedrock's, `api_key_env` is OpenAI's.
+fn serving(
+    errs: &mut Errors,
+    field: &str,
+    ctx: &str,
+    backend: Backend,
+    m: &RawModel,
+) -> Option<Serving> {
+    let before = errs.0.len();
+    let remote = matches!(backend, Backend::Bedrock | Backend::Openai);
+    if let Some(url) = &m.endpoint {
+        if !remote {
+            errs.push(
+                format!("{field}.endpoint"),
+                format!("{ctx}: a {backend} model runs in-process and takes no endpoint"),
+            );
+        } else if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            errs.push(
+                format!("{field}.endpoint"),
+                format!("{ctx}: endpoint {url:?} is not an http:// or https:// URL"),
+            );
+        }
+    } else if backend == Backend::Openai {
+        errs.push(
+            format!("{field}.endpoint"),
+            format!(
+                "{ctx}: an openai model needs endpoint = the server's base URL, e.g. \"http://127.0.0.1:8000/v1\""
+            ),
+        );
+    }
+    if m.region.is_some() && backend != Backend::Bedrock {
+        errs.push(
+            format!("{field}.region"),
+            format!("{ctx}: region applies to bedrock models only"),
+        );
+    }
+    if let Some(var) = &m.api_key_env {
+        if backend != Backend::Openai {
+            errs.push(
+                format!("{field}.api_key_env"),
+                format!("{ctx}: api_key_env applies to openai models only"),
+            );
+        } else if var.is_empty() || var.contains('=') {
+            errs.push(
+                format!("{field}.api_key_env"),
+                format!("{ctx}: {var:?} is not an environment variable name"),
+            );
+        }
+    }
+    (errs.0.len() == before).then(|| Serving {
+        endpoint: m.endpoint.as_deref().map(Arc::from),
+        region: m.region.as_deref().map(Arc::from),
+        api_key_env: m.api_key_env.as_deref().map(Arc::from),
+    })
 }

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod file;
 pub mod pinned;
+pub mod router;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use sha2::{Digest, Sha256};
 pub use file::{FieldError, PolicyError};
 pub use store::{Activation, PolicyStore, ReloadSource};
 
-pub use mangaassist_protocols::metrics::TaskType;
+pub use mangaassist_protocols::metrics::{Failure, TaskType, ViolationRule};
 
 /// Who runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -71,43 +72,6 @@ impl Backend {
 }
 
 impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a model call failed; each task's fallback chains are keyed by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Failure {
-    /// The provider refused for rate or capacity (Bedrock `ThrottlingException`, HTTP 429).
-    Throttled,
-    /// No first token (or no answer) within the deadline.
-    Timeout,
-    /// Any other failure (5xx, malformed stream, validation error from the provider).
-    Error,
-}
-
-impl Failure {
-    /// Every failure kind.
-    pub const ALL: [Failure; 3] = [Failure::Throttled, Failure::Timeout, Failure::Error];
-
-    /// The file and label spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::Throttled => "throttled",
-            Failure::Timeout => "timeout",
-            Failure::Error => "error",
-        }
-    }
-
-    /// Parses the file spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.as_str() == s)
-    }
-}
-
-impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -173,6 +137,19 @@ pub struct ModelRef {
     pub tier: Tier,
     /// Token prices, from `[pricing]` or the family default.
     pub price: Price,
+    /// Where a remote model is served.
+    pub serving: Serving,
+}
+
+/// Where a remote model is served (all `None` for in-process models).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Serving {
+    /// OpenAI: base URL (required). Bedrock: endpoint override.
+    pub endpoint: Option<Arc<str>>,
+    /// Bedrock: region override.
+    pub region: Option<Arc<str>>,
+    /// OpenAI: the environment variable holding the API key.
+    pub api_key_env: Option<Arc<str>>,
 }
 
 impl ModelRef {
@@ -217,26 +194,6 @@ pub struct Route {
     pub shadow: Option<ModelRef>,
 }
 
-/// Which tier rule an assignment breaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ViolationRule {
-    /// A premium model serves classification, moderation, slot or preference extraction.
-    PremiumOnCheapTask,
-    /// A cheap model writes the answer.
-    CheapOnAnswerSynthesis,
-}
-
-impl ViolationRule {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ViolationRule::PremiumOnCheapTask => "premium_on_cheap_task",
-            ViolationRule::CheapOnAnswerSynthesis => "cheap_on_answer_synthesis",
-        }
-    }
-}
-
 /// A tier rule broken by a task's model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -269,6 +226,14 @@ pub struct Policy {
     /// as a map by task name.
     #[serde(serialize_with = "tasks_by_name")]
     pub tasks: [TaskPolicy; 6],
+}
+
+/// The policy `serve` runs without a policy file: every task in-process.
+pub const BUILTIN: &str = include_str!("builtin.toml");
+
+/// [`BUILTIN`], validated (a unit test keeps it valid).
+pub fn builtin() -> Result<Policy, PolicyError> {
+    file::parse_str(BUILTIN, "src/policy/builtin.toml")
 }
 
 /// Canary buckets: percent has a resolution of 0.01.
@@ -413,4 +378,25 @@ fn tasks_by_name<S: serde::Serializer>(tasks: &[TaskPolicy; 6], s: S) -> Result<
             .into_iter()
             .zip(tasks.iter()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_policy_is_valid_and_in_process() {
+        let policy = builtin().unwrap();
+        for (task, t) in policy.tasks() {
+            assert!(
+                matches!(
+                    t.primary.backend,
+                    Backend::LocalClassifier | Backend::Simulated
+                ),
+                "{task} -> {}",
+                t.primary.backend
+            );
+        }
+        assert!(policy.violations().is_empty(), "{:?}", policy.violations());
+    }
 }

@@ -83,6 +83,13 @@ impl Client {
         Client::Ws(Box::new(ws))
     }
 
+    /// A WebSocket client of a server at `addr` (another process).
+    pub async fn ws_at(addr: std::net::SocketAddr) -> Self {
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client::Ws(Box::new(ws))
+    }
+
     pub async fn tcp(server: &Server) -> Self {
         let stream = TcpStream::connect(server.runtime.tcp_addr).await.unwrap();
         let (r, w) = stream.into_split();
@@ -142,6 +149,17 @@ impl Client {
                 assert!(model.simulated, "the simulated model says so");
                 session_id
             }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// `hello`, then the `welcome`'s session and model, whatever the model.
+    pub async fn welcome(&mut self) -> (SessionId, mangaassist_protocols::frame::ModelInfo) {
+        self.send(json!({"type": "hello", "protocol": 1})).await;
+        match self.next().await {
+            ServerFrame::Welcome {
+                session_id, model, ..
+            } => (session_id, model),
             other => panic!("expected welcome, got {other:?}"),
         }
     }

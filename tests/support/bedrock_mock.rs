@@ -6,6 +6,10 @@
 //! Each request takes the next [`Reply`] of the script (the last one repeats), so retries are
 //! scripted and counted. Every request body is recorded, and the mock reports when a streamed
 //! body is dropped (finished, or the client went away).
+//!
+//! [`MockBedrock::answering`] is the other mode, for many requests in flight at once (where
+//! arrival order is not the script's order): a closure picks each reply from the request's last
+//! user message.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -159,10 +163,33 @@ pub fn answer(pieces: &[&str], input_tokens: i32, output_tokens: i32) -> Vec<Ste
     steps
 }
 
+/// Picks a reply from the text of the request's last user message.
+#[allow(
+    dead_code,
+    reason = "used by tests/eval_llm.rs, not by every test binary"
+)]
+pub type Responder = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+/// The text of the last user message of a `ConverseStream` body (empty if there is none).
+#[allow(
+    dead_code,
+    reason = "used by tests/eval_llm.rs, not by every test binary"
+)]
+pub fn last_user_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"][0]["text"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// What the server task shares with the handle.
 struct Shared {
-    /// Replies in order; the last repeats.
+    /// Replies in order; the last repeats. Unused when `responder` is set.
     script: Vec<Reply>,
+    /// Chooses each reply from the request instead of the script.
+    responder: Option<Responder>,
     /// Requests received, in order.
     received: Mutex<Vec<Received>>,
     /// Told the request index whenever a streamed body is dropped.
@@ -185,9 +212,23 @@ impl MockBedrock {
     /// Starts a mock on 127.0.0.1:0 answering with `script`.
     pub async fn start(script: Vec<Reply>) -> Self {
         assert!(!script.is_empty(), "a script needs at least one reply");
+        Self::serve(script, None).await
+    }
+
+    /// Starts a mock on 127.0.0.1:0 answering each request with `responder(last user text)`.
+    #[allow(
+        dead_code,
+        reason = "used by tests/eval_llm.rs, not by every test binary"
+    )]
+    pub async fn answering(responder: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(Vec::new(), Some(Arc::new(responder))).await
+    }
+
+    async fn serve(script: Vec<Reply>, responder: Option<Responder>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             script,
+            responder,
             received: Mutex::new(Vec::new()),
             dropped: tx,
         });
@@ -250,16 +291,18 @@ async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = shared.responder.as_ref().map(|f| f(&last_user_text(&body)));
     let index = {
         let mut received = shared.received.lock().unwrap();
         received.push(Received {
             model_id,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body,
             signed: headers.contains_key(header::AUTHORIZATION),
         });
         received.len() - 1
     };
-    let reply = shared.script[index.min(shared.script.len() - 1)].clone();
+    let reply = reply.unwrap_or_else(|| shared.script[index.min(shared.script.len() - 1)].clone());
     match reply {
         Reply::Error(status, error_type, message) => Response::builder()
             .status(StatusCode::from_u16(status).unwrap())

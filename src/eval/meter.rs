@@ -1,0 +1,234 @@
+//! Token metering for `mangaassist eval`: a [`ModelBackend`] decorator that sums what every
+//! call of one model consumed, so an evaluation's cost comes from the provider's own counts.
+//!
+//! Unlike [`crate::backends::observed::Observed`], which reports each call to the metrics-sink
+//! through a bounded, lossy-under-load queue, this adds to atomics the evaluation reads once at
+//! the end: every call counts, and nothing is parsed back out of an exposition.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use mangaassist_protocols::frame::ModelInfo;
+use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
+use mangaassist_protocols::turn::ModelRequest;
+use serde::Serialize;
+
+/// Token totals of one model's calls. Atomics: many streams add to it at once, and nothing
+/// waits on it.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Streams opened and finished (or dropped).
+    calls: AtomicU64,
+    /// Prompt tokens summed.
+    input_tokens: AtomicU64,
+    /// Answer tokens summed.
+    output_tokens: AtomicU64,
+    /// Calls whose tokens are the request's estimate, not the provider's usage.
+    estimated: AtomicU64,
+}
+
+/// What a [`Meter`] counted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MeterReading {
+    /// Calls.
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Calls whose tokens are estimates.
+    pub estimated: u64,
+}
+
+impl Meter {
+    /// The totals so far.
+    pub fn reading(&self) -> MeterReading {
+        MeterReading {
+            calls: self.calls.load(Ordering::Relaxed),
+            input_tokens: self.input_tokens.load(Ordering::Relaxed),
+            output_tokens: self.output_tokens.load(Ordering::Relaxed),
+            estimated: self.estimated.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, input: u64, output: u64, estimated: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.input_tokens.fetch_add(input, Ordering::Relaxed);
+        self.output_tokens.fetch_add(output, Ordering::Relaxed);
+        if estimated {
+            self.estimated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A model whose every stream adds its tokens to a [`Meter`]: the provider's usage when the
+/// stream reports one; nothing for a call refused before any token (throttled, a bad request:
+/// providers do not bill those); otherwise (a failure mid-answer, a stream dropped before its
+/// usage) the request's input estimate plus the tokens seen.
+pub struct Metered {
+    /// The real backend.
+    inner: Arc<dyn ModelBackend>,
+    /// Where the tokens go.
+    meter: Arc<Meter>,
+}
+
+impl Metered {
+    /// Meters every call of `inner` into `meter`.
+    pub fn new(inner: Arc<dyn ModelBackend>, meter: Arc<Meter>) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl ModelBackend for Metered {
+    fn info(&self) -> ModelInfo {
+        self.inner.info()
+    }
+
+    fn stream(&self, request: ModelRequest) -> ModelStream {
+        let input_estimate = u64::from(request.estimated_input_tokens);
+        Box::pin(MeteredStream {
+            inner: self.inner.stream(request),
+            meter: self.meter.clone(),
+            input_estimate,
+            tokens: 0,
+            settled: false,
+        })
+    }
+}
+
+/// One metered call.
+struct MeteredStream {
+    inner: ModelStream,
+    meter: Arc<Meter>,
+    /// The request's estimated prompt tokens, for calls that report no usage.
+    input_estimate: u64,
+    /// Token events seen.
+    tokens: u64,
+    /// Whether the call was added to the meter.
+    settled: bool,
+}
+
+impl MeteredStream {
+    fn settle(&mut self, input: u64, output: u64, estimated: bool) {
+        if !self.settled {
+            self.settled = true;
+            self.meter.add(input, output, estimated);
+        }
+    }
+
+    fn settle_estimated(&mut self) {
+        self.settle(self.input_estimate, self.tokens, true);
+    }
+}
+
+impl Stream for MeteredStream {
+    type Item = Result<ModelEvent, ModelError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(item) = &polled {
+            match item {
+                Some(Ok(ModelEvent::Token(_))) => self.tokens += 1,
+                Some(Ok(ModelEvent::Usage(u))) => {
+                    let (input, output) = (u64::from(u.input_tokens), u64::from(u.output_tokens));
+                    self.settle(input, output, false);
+                }
+                Some(Err(_)) if self.tokens == 0 => self.settle(0, 0, false),
+                Some(Err(_)) | None => self.settle_estimated(),
+            }
+        }
+        polled
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        self.settle_estimated();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use mangaassist_protocols::turn::{Intent, Usage};
+
+    use super::*;
+
+    /// A model replaying a script: the stream the meter sees.
+    struct Scripted(Vec<Result<ModelEvent, ModelError>>);
+
+    impl ModelBackend for Scripted {
+        fn info(&self) -> ModelInfo {
+            ModelInfo {
+                backend: "test".into(),
+                model_id: "scripted-v1".into(),
+                simulated: false,
+            }
+        }
+
+        fn stream(&self, _: ModelRequest) -> ModelStream {
+            Box::pin(futures_util::stream::iter(self.0.clone()))
+        }
+    }
+
+    fn request() -> ModelRequest {
+        ModelRequest {
+            intent: Intent::Other,
+            system: String::new(),
+            messages: Vec::new(),
+            context: Vec::new(),
+            constraints: Vec::new(),
+            estimated_input_tokens: 100,
+            session: None,
+        }
+    }
+
+    fn tok(t: &str) -> Result<ModelEvent, ModelError> {
+        Ok(ModelEvent::Token(t.into()))
+    }
+
+    async fn meter(script: Vec<Result<ModelEvent, ModelError>>, take: usize) -> MeterReading {
+        let meter = Arc::new(Meter::default());
+        let m = Metered::new(Arc::new(Scripted(script)), meter.clone());
+        let _ = m.stream(request()).take(take).collect::<Vec<_>>().await;
+        meter.reading()
+    }
+
+    #[tokio::test]
+    async fn the_meter_takes_reported_usage_else_the_estimate() {
+        let usage = Ok(ModelEvent::Usage(Usage {
+            input_tokens: 321,
+            output_tokens: 2,
+        }));
+        let reported = meter(vec![tok("se"), tok("arch"), usage.clone()], 10).await;
+        assert_eq!(
+            reported,
+            MeterReading {
+                calls: 1,
+                input_tokens: 321,
+                output_tokens: 2,
+                estimated: 0
+            }
+        );
+        // Dropped after one token (a label found early): the request's estimate and the token.
+        let dropped = meter(vec![tok("search "), tok("x"), usage], 1).await;
+        assert_eq!(
+            dropped,
+            MeterReading {
+                calls: 1,
+                input_tokens: 100,
+                output_tokens: 1,
+                estimated: 1
+            }
+        );
+        // Refused before any token: nothing billed.
+        let throttled = meter(vec![Err(ModelError::Throttled("slow down".into()))], 10).await;
+        assert_eq!((throttled.calls, throttled.input_tokens), (1, 0));
+        // Broken mid-answer: estimated.
+        let broken = meter(vec![tok("a"), Err(ModelError::Stream("cut".into()))], 10).await;
+        assert_eq!((broken.input_tokens, broken.estimated), (100, 1));
+    }
+}

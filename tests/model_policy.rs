@@ -1,0 +1,613 @@
+//! The model policy at work ([`ModelRouter`]): routing, fallback chains, canary, shadow, tier
+//! alarms and hot reload, with the real Bedrock SDK against the event-stream mock and the
+//! in-process models. Each check has a control that shows it can fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/bedrock_mock.rs"]
+#[allow(dead_code)]
+mod bedrock_mock;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_bedrockruntime::config::{
+    BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+};
+use bedrock_mock::{MODEL_ID, MockBedrock, Reply, Step, answer, delta, message_start};
+use futures_util::StreamExt as _;
+use mangaassist::backends::model_limits::{Deadlines, RetryPolicy};
+use mangaassist::backends::models::{CallLimits, ModelFactory};
+use mangaassist::backends::simulated::SimulatedConfig;
+use mangaassist::policy::router::{ModelRouter, PolicySource, RoutedClassifier};
+use mangaassist::policy::{PolicyStore, ReloadSource, TaskType, canary_bucket, file};
+use mangaassist_actors::metrics_sink::StandaloneSink;
+use mangaassist_protocols::SessionId;
+use mangaassist_protocols::ports::{IntentClassifier, ModelError, ModelEvent};
+use mangaassist_protocols::turn::{ChatMessage, Intent, ModelRequest, Role};
+
+/// Static credentials, the mock's region: no environment needed.
+fn aws() -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        )))
+        .build()
+}
+
+/// One attempt per model (the fallback chain, not retries, is under test), short deadlines.
+fn limits() -> CallLimits {
+    CallLimits {
+        deadlines: Deadlines {
+            first_token: Duration::from_secs(2),
+            chunk_gap: Duration::from_millis(300),
+            total: Duration::from_secs(10),
+        },
+        retry: RetryPolicy {
+            max_attempts: 1,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
+        classify_deadline: Duration::from_secs(2),
+    }
+}
+
+fn simulated() -> SimulatedConfig {
+    SimulatedConfig {
+        first_token_delay: Duration::from_millis(5),
+        token_pacing: Duration::from_millis(1),
+    }
+}
+
+/// A policy whose `haiku` and `sonnet` are served by the mock; `tasks` is the `[tasks.*]` part
+/// for intent classification and answer synthesis (the other four are fixed).
+fn policy_text(mock_url: &str, tasks: &str) -> String {
+    format!(
+        r#"
+[models.haiku]
+backend = "bedrock"
+id = "{MODEL_ID}"
+endpoint = "{mock_url}"
+
+[models.sonnet]
+backend = "bedrock"
+id = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+endpoint = "{mock_url}"
+
+[models.opus]
+backend = "bedrock"
+id = "anthropic.claude-3-opus-20240229-v1:0"
+endpoint = "{mock_url}"
+
+[models.simulated]
+backend = "simulated"
+id = "mangaassist-simulated-v1"
+tier = "standard"
+
+[models.local]
+backend = "local_classifier"
+id = "ngram-logreg-v1"
+
+[tasks.moderation_precheck]
+model = "local"
+[tasks.slot_extraction]
+model = "local"
+[tasks.summarization]
+model = "haiku"
+[tasks.preference_extraction]
+model = "local"
+{tasks}
+"#
+    )
+}
+
+struct Harness {
+    router: Arc<ModelRouter>,
+    sink: StandaloneSink,
+}
+
+async fn harness(source: PolicySource) -> Harness {
+    let sink = StandaloneSink::start(4_096).await.unwrap();
+    let factory = ModelFactory::new(simulated(), limits()).with_aws_config(aws());
+    let router = ModelRouter::new(source, factory, sink.handle.clone(), 8);
+    Harness { router, sink }
+}
+
+async fn fixed(text: &str) -> Harness {
+    harness(PolicySource::fixed(file::parse_str(text, "test").unwrap())).await
+}
+
+fn request(session: Option<&str>) -> ModelRequest {
+    ModelRequest {
+        intent: Intent::Search,
+        system: "Answer from the catalog.".into(),
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: "do you have frieren".into(),
+        }],
+        context: vec![],
+        constraints: vec![],
+        estimated_input_tokens: 12,
+        session: session.map(|s| SessionId::parse(s).unwrap()),
+    }
+}
+
+/// The answer text, or the error that ended the stream.
+async fn answer_of(h: &Harness, task: TaskType, req: ModelRequest) -> Result<String, ModelError> {
+    let mut stream = h.router.stream(task, req);
+    let mut text = String::new();
+    while let Some(ev) = stream.next().await {
+        match ev? {
+            ModelEvent::Token(t) => text.push_str(&t),
+            ModelEvent::Usage(_) => {}
+        }
+    }
+    Ok(text)
+}
+
+const SYNTH_HAIKU_CHAIN: &str = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "sonnet"
+fallback.throttled = ["haiku", "simulated"]
+fallback.error = "simulated"
+"#;
+
+#[tokio::test]
+async fn throttling_walks_the_fallback_chain_and_counts_each_step() {
+    // Sonnet and Haiku are both throttled (the script's last reply repeats); the simulated model
+    // answers. Each step is counted with its `<from>-fallback-<to>` label and reason.
+    let mock = MockBedrock::start(vec![Reply::throttled()]).await;
+    let h = fixed(&policy_text(&mock.url, SYNTH_HAIKU_CHAIN)).await;
+    let text = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert!(!text.is_empty(), "the simulated model answered");
+    let called: Vec<String> = mock.received().into_iter().map(|r| r.model_id).collect();
+    assert_eq!(
+        called,
+        [
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "anthropic.claude-3-haiku-20240307-v1:0"
+        ]
+    );
+    for label in ["sonnet-fallback-haiku", "haiku-fallback-simulated"] {
+        let series = format!(
+            "model_fallbacks_total{{task_type=\"answer_synthesis\",model_id=\"{label}\",reason=\"throttled\"}}"
+        );
+        assert_eq!(h.sink.value(&series).await, 1.0, "{series}");
+    }
+    let throttled = "model_invocations_total{task_type=\"answer_synthesis\",model_id=\"anthropic.claude-3-5-sonnet-20240620-v1:0\",outcome=\"throttled\"}";
+    assert_eq!(h.sink.value(throttled).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_failure_with_no_chain_for_its_kind_fails_the_call() {
+    // Control for the test above: a `timeout` chain does not catch throttling.
+    let mock = MockBedrock::start(vec![Reply::throttled()]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "sonnet"
+fallback.timeout = "simulated"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let err = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Throttled(_)), "{err:?}");
+    assert_eq!(mock.calls(), 1);
+    let text = h.sink.render().await.unwrap();
+    assert!(!text.contains("model_fallbacks_total{"), "{text}");
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_the_first_token_is_an_error_not_a_fallback() {
+    // The pause lets the server flush the frames before the connection dies.
+    let steps = vec![
+        message_start(),
+        delta("Frieren "),
+        delta("is "),
+        Step::Sleep(Duration::from_millis(100)),
+        Step::Cut,
+    ];
+    let mock = MockBedrock::start(vec![Reply::Stream(steps)]).await;
+    let h = fixed(&policy_text(&mock.url, SYNTH_HAIKU_CHAIN)).await;
+    let mut stream = h
+        .router
+        .stream(TaskType::AnswerSynthesis, request(Some("s1")));
+    let mut tokens = Vec::new();
+    let mut error = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ModelEvent::Token(t)) => tokens.push(t),
+            Ok(ModelEvent::Usage(_)) => {}
+            Err(e) => error = Some(e),
+        }
+    }
+    assert_eq!(tokens, ["Frieren ", "is "]);
+    assert!(error.is_some(), "the cut ends the stream with an error");
+    assert_eq!(mock.calls(), 1, "no second model after a token went out");
+    assert!(
+        !h.sink
+            .render()
+            .await
+            .unwrap()
+            .contains("model_fallbacks_total{")
+    );
+}
+
+#[tokio::test]
+async fn the_canary_takes_exactly_the_sessions_its_hash_picks_and_keeps_them() {
+    let mock = MockBedrock::start(vec![Reply::Stream(answer(&["ok"], 5, 1))]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+canary = { model = "sonnet", percent = 30 }
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let sessions: Vec<String> = (0..200).map(|i| format!("session-{i}")).collect();
+    let expected: Vec<&String> = sessions
+        .iter()
+        .filter(|s| canary_bucket(TaskType::AnswerSynthesis, s) < 3_000)
+        .collect();
+    // Twice each: a session stays on its side.
+    for _ in 0..2 {
+        for s in &sessions {
+            answer_of(&h, TaskType::AnswerSynthesis, request(Some(s)))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(mock.calls(), expected.len() * 2);
+    assert!(
+        (40..=80).contains(&expected.len()),
+        "30% of 200 sessions, give or take: {}",
+        expected.len()
+    );
+    // A call without a session goes to the primary.
+    let before = mock.calls();
+    answer_of(&h, TaskType::AnswerSynthesis, request(None))
+        .await
+        .unwrap();
+    assert_eq!(mock.calls(), before);
+}
+
+#[tokio::test]
+async fn the_shadow_is_compared_off_the_critical_path_and_never_shown() {
+    // The shadow (Haiku, on the mock) takes 1.5 s and says something else; the primary
+    // (simulated) answers in milliseconds and is all the caller sees.
+    let mut steps = vec![Step::Sleep(Duration::from_millis(1_500))];
+    steps.extend(answer(&["completely ", "different ", "words"], 5, 3));
+    let mock = MockBedrock::start(vec![Reply::Stream(steps)]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+shadow = { model = "haiku" }
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let started = Instant::now();
+    let text = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    let primary_took = started.elapsed();
+    assert!(
+        primary_took < Duration::from_millis(1_000),
+        "the primary did not wait for the shadow: {primary_took:?}"
+    );
+    assert!(!text.contains("completely different"), "{text}");
+    let disagree = "shadow_comparisons_total{task_type=\"answer_synthesis\",model_id=\"haiku\",verdict=\"disagree\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sink.value(disagree).await == 0.0 {
+        assert!(Instant::now() < deadline, "no shadow verdict");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.calls(), 1);
+
+    // Control: the same slow model as the primary does hold the caller up.
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "haiku"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let started = Instant::now();
+    answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1_400));
+}
+
+#[tokio::test]
+async fn tier_violations_are_counted_per_call() {
+    let mock = MockBedrock::start(vec![Reply::Stream(answer(&["browse"], 5, 1))]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "opus"
+[tasks.answer_synthesis]
+model = "haiku"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let classifier = RoutedClassifier(h.router.clone());
+    for _ in 0..2 {
+        let c = classifier
+            .classify_in(&SessionId::parse("s1").unwrap(), "show me horror")
+            .await
+            .unwrap();
+        assert_eq!(c.intent, Intent::Browse);
+    }
+    answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.sink
+            .value("policy_violation_total{rule=\"premium_on_cheap_task\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        h.sink
+            .value("policy_violation_total{rule=\"cheap_on_answer_synthesis\"}")
+            .await,
+        1.0
+    );
+
+    // Control: a policy inside the rules counts nothing.
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "sonnet"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    let text = h.sink.render().await.unwrap();
+    assert!(
+        text.contains("policy_violation_total{rule=\"premium_on_cheap_task\"} 0")
+            && text.contains("policy_violation_total{rule=\"cheap_on_answer_synthesis\"} 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_llm_classifier_degrades_to_the_local_one() {
+    // Haiku classifies (the mock answers "search"); once it is throttled, the local n-gram model
+    // takes over, as the policy's chain says.
+    let mock = MockBedrock::start(vec![
+        Reply::Stream(answer(&["search"], 40, 1)),
+        Reply::throttled(),
+    ])
+    .await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "haiku"
+fallback.throttled = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let classifier = RoutedClassifier(h.router.clone());
+    let session = SessionId::parse("s1").unwrap();
+    let first = classifier
+        .classify_in(&session, "how much is one piece 3")
+        .await
+        .unwrap();
+    assert_eq!(first.intent, Intent::Search, "the mock's label, not ours");
+    assert_eq!(first.classifier, MODEL_ID);
+    let second = classifier
+        .classify_in(&session, "how much is one piece 3")
+        .await
+        .unwrap();
+    assert_eq!(second.classifier, "ngram-logreg-v1");
+    assert_eq!(second.intent, Intent::PurchaseIntent);
+    let series = "model_fallbacks_total{task_type=\"intent_classification\",model_id=\"haiku-fallback-local\",reason=\"throttled\"}";
+    assert_eq!(h.sink.value(series).await, 1.0);
+    let cost = h
+        .sink
+        .value("model_cost_usd_total{task_type=\"intent_classification\",model_id=\"anthropic.claude-3-haiku-20240307-v1:0\"}")
+        .await;
+    // 40 input tokens at $0.25/M plus 1 output token at $1.25/M; the throttled call is free.
+    assert!((cost - 0.000_011_25).abs() < 1e-9, "{cost}");
+}
+
+#[tokio::test]
+async fn a_reload_reroutes_the_next_call() {
+    let mock = MockBedrock::start(vec![Reply::Stream(answer(&["from ", "sonnet"], 5, 2))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let simulated_tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+"#;
+    std::fs::write(&path, policy_text(&mock.url, simulated_tasks)).unwrap();
+    let store = Arc::new(PolicyStore::open(&path, None).unwrap());
+    let h = harness(PolicySource::Store(store.clone())).await;
+    let first = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert_ne!(first, "from sonnet");
+    assert_eq!(mock.calls(), 0);
+
+    // An invalid edit is refused and the simulated model keeps answering.
+    std::fs::write(
+        &path,
+        policy_text(&mock.url, simulated_tasks).replace("-v1:0", ""),
+    )
+    .unwrap();
+    assert!(store.reload(ReloadSource::Admin).is_err());
+    answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert_eq!(mock.calls(), 0);
+
+    std::fs::write(
+        &path,
+        policy_text(
+            &mock.url,
+            &simulated_tasks.replace("model = \"simulated\"", "model = \"sonnet\""),
+        ),
+    )
+    .unwrap();
+    store.reload(ReloadSource::Admin).unwrap();
+    let second = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
+        .await
+        .unwrap();
+    assert_eq!(second, "from sonnet");
+    assert_eq!(mock.calls(), 1);
+}
+
+// ---- through `mangaassist serve` ------------------------------------------------------------
+
+mod common;
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary, configured by files, with credentials and region from the environment (the
+/// standard AWS chain): the policy routes answers to Bedrock (the mock). A turn streams the
+/// model's tokens; a stream cut mid-answer ends the next turn with an `error` frame, not `done`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_through_bedrock_as_the_policy_file_says() {
+    use common::{Client, run_turn};
+    use mangaassist_protocols::frame::FinishReason;
+
+    const SONNET: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+    let cut = vec![
+        message_start(),
+        delta("Frieren "),
+        delta("costs "),
+        Step::Sleep(Duration::from_millis(100)),
+        Step::Cut,
+    ];
+    let mock = MockBedrock::start(vec![
+        Reply::Stream(answer(&["Frieren ", "is ", "in ", "stock."], 900, 4)),
+        Reply::Stream(cut),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "sonnet"
+"#;
+    std::fs::write(&policy, policy_text(&mock.url, tasks)).unwrap();
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.path().join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\n",
+            dir.path().join("var"),
+            policy
+        ),
+    )
+    .unwrap();
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "AKID")
+            .env("AWS_SECRET_ACCESS_KEY", "SECRET")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "serve not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    let (_, model) = client.welcome().await;
+    assert_eq!(
+        (
+            model.backend.as_str(),
+            model.model_id.as_str(),
+            model.simulated
+        ),
+        ("bedrock", SONNET, false)
+    );
+    let first = run_turn(&mut client, "do you have frieren").await;
+    assert_eq!(first.tokens, ["Frieren ", "is ", "in ", "stock."]);
+    assert_eq!(first.done, Some((4, FinishReason::Stop)));
+
+    let second = run_turn(&mut client, "how much is frieren").await;
+    assert_eq!(second.tokens, ["Frieren ", "costs "]);
+    assert!(second.done.is_none(), "a cut stream never ends with done");
+    assert!(second.error.is_some(), "{:?}", second.frames.last());
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["ok", "error"] {
+        let line = format!(
+            "model_invocations_total{{task_type=\"answer_synthesis\",model_id=\"{SONNET}\",outcome=\"{outcome}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    let tokens = |direction: &str| {
+        common::metric(
+            &metrics,
+            &format!(
+                "model_tokens_total{{task_type=\"answer_synthesis\",model_id=\"{SONNET}\",direction=\"{direction}\"}}"
+            ),
+        )
+    };
+    // The first call's usage from the stream's metadata (900 in, 4 out), plus the cut call's
+    // estimate in and the two tokens it sent.
+    assert!(tokens("input") > 900.0, "{}", tokens("input"));
+    assert_eq!(tokens("output"), 6.0);
+    let received = mock.received();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received.iter().all(|r| r.signed),
+        "SigV4-signed from the environment's credentials"
+    );
+    drop(server);
+}
+
+/// A child process killed when dropped, so a failed assertion does not leave a server behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
