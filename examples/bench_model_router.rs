@@ -69,7 +69,7 @@ async fn main() {
         token_pacing: Duration::ZERO,
     };
     let sink = StandaloneSink::start(1 << 20).await.expect("metrics sink");
-    let direct = Observed::new(
+    let direct = Observed::reporting(
         Arc::new(SimulatedModel::new(unpaced)),
         TaskType::AnswerSynthesis,
         TokenPrice::default(),

@@ -1,6 +1,8 @@
-//! Every model call observable: a [`ModelBackend`] decorator that reports each stream it opens
-//! as one [`MetricEvent::ModelInvocation`] (task type, pinned model id, outcome, latency, tokens,
-//! cost) when the stream ends, fails or is dropped.
+//! Every model call observable: [`Tallied`] is a [`ModelBackend`] decorator that counts each
+//! stream it opens (outcome, latency, tokens) and settles it once, when the stream ends, fails or
+//! is dropped, into a [`CallSink`]. [`Observed`] settles into the metrics-sink as one
+//! [`MetricEvent::ModelInvocation`] (task type, pinned model id, outcome, latency, tokens, cost);
+//! `mangaassist eval` settles into its own meter.
 //!
 //! Nothing is awaited and nothing is sent per token: the wrapper counts as the stream is polled
 //! and emits once, with the non-blocking [`MetricsHandle::emit`], so it adds no wait to the token
@@ -9,7 +11,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use mangaassist_actors::metrics_sink::MetricsHandle;
@@ -27,95 +29,108 @@ pub struct TokenPrice {
     pub output_per_m: f64,
 }
 
-/// A model whose calls are reported to the metrics-sink.
-pub struct Observed {
-    inner: Arc<dyn ModelBackend>,
-    task: TaskType,
-    model_id: Arc<str>,
-    price: TokenPrice,
-    metrics: MetricsHandle,
-}
-
-impl Observed {
-    /// Reports every call of `inner`, made for `task`, priced with `price`.
-    pub fn new(
-        inner: Arc<dyn ModelBackend>,
-        task: TaskType,
-        price: TokenPrice,
-        metrics: MetricsHandle,
-    ) -> Self {
-        let model_id = Arc::from(inner.info().model_id);
+impl From<crate::policy::Price> for TokenPrice {
+    fn from(p: crate::policy::Price) -> Self {
         Self {
-            inner,
-            task,
-            model_id,
-            price,
-            metrics,
+            input_per_m: p.input_per_mtok,
+            output_per_m: p.output_per_mtok,
         }
     }
 }
 
-impl ModelBackend for Observed {
+/// What one model call consumed, settled once when its stream ends, fails or is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTally {
+    /// How it ended (`cancelled`: dropped before its end).
+    pub outcome: ModelOutcome,
+    /// From opening the stream to the end.
+    pub latency: Duration,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// True when the tokens are the provider's own usage, false when estimated.
+    pub reported: bool,
+}
+
+/// Where a [`Tallied`] model's calls are settled.
+pub trait CallSink: Send + Sync + 'static {
+    /// One call is over.
+    fn settle(&self, call: CallTally);
+}
+
+/// A model whose every call is tallied into a [`CallSink`]. Token counts are the provider's usage
+/// when the stream reports one; nothing for a call that failed before any token and reported
+/// none (refused, throttled, timed out before answering: providers do not bill those); otherwise
+/// (a failure mid-answer, a stream dropped before its usage) the request's input estimate plus
+/// the tokens seen. Counting happens as the stream is polled, settling once: nothing is awaited
+/// and nothing is sent per token.
+pub struct Tallied<S: CallSink> {
+    inner: Arc<dyn ModelBackend>,
+    sink: Arc<S>,
+}
+
+impl<S: CallSink> Tallied<S> {
+    /// Tallies every call of `inner` into `sink`.
+    pub fn new(inner: Arc<dyn ModelBackend>, sink: Arc<S>) -> Self {
+        Self { inner, sink }
+    }
+}
+
+impl<S: CallSink> ModelBackend for Tallied<S> {
     fn info(&self) -> ModelInfo {
         self.inner.info()
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {
         let input_estimate = u64::from(request.estimated_input_tokens);
-        Box::pin(Reporting {
+        Box::pin(Tallying {
             inner: self.inner.stream(request),
-            report: Some(Report {
-                task: self.task,
-                model_id: self.model_id.clone(),
-                price: self.price,
-                metrics: self.metrics.clone(),
-                started: Instant::now(),
-                input_tokens: input_estimate,
-                output_tokens: 0,
-                usage_seen: false,
-            }),
+            sink: Some(self.sink.clone()),
+            started: Instant::now(),
+            input_estimate,
+            tokens: 0,
+            usage: None,
         })
     }
 }
 
-/// What one call has done so far; sent once.
-struct Report {
-    task: TaskType,
-    model_id: Arc<str>,
-    price: TokenPrice,
-    metrics: MetricsHandle,
+struct Tallying<S: CallSink> {
+    inner: ModelStream,
+    /// Taken when the call is settled.
+    sink: Option<Arc<S>>,
     started: Instant,
-    input_tokens: u64,
-    output_tokens: u64,
-    usage_seen: bool,
+    input_estimate: u64,
+    /// Token events seen.
+    tokens: u64,
+    /// The provider's usage, once reported.
+    usage: Option<(u64, u64)>,
 }
 
-impl Report {
-    fn send(mut self, outcome: ModelOutcome) {
-        // A throttled call was refused before the model read the prompt: no tokens, no cost.
-        if outcome == ModelOutcome::Throttled && !self.usage_seen && self.output_tokens == 0 {
-            self.input_tokens = 0;
-        }
-        let cost_usd = self.input_tokens as f64 * self.price.input_per_m / 1e6
-            + self.output_tokens as f64 * self.price.output_per_m / 1e6;
-        self.metrics.emit(MetricEvent::ModelInvocation {
-            task: self.task,
-            model_id: self.model_id,
+impl<S: CallSink> Tallying<S> {
+    fn settle(&mut self, outcome: ModelOutcome) {
+        let Some(sink) = self.sink.take() else { return };
+        let (input_tokens, output_tokens) = match self.usage {
+            Some(usage) => usage,
+            None if outcome != ModelOutcome::Ok
+                && outcome != ModelOutcome::Cancelled
+                && self.tokens == 0 =>
+            {
+                (0, 0)
+            }
+            None => (self.input_estimate, self.tokens),
+        };
+        sink.settle(CallTally {
             outcome,
-            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cost_nano_usd: (cost_usd * 1e9).round() as u64,
+            latency: self.started.elapsed(),
+            input_tokens,
+            output_tokens,
+            reported: self.usage.is_some(),
         });
     }
 }
 
-struct Reporting {
-    inner: ModelStream,
-    report: Option<Report>,
-}
-
-impl Stream for Reporting {
+impl<S: CallSink> Stream for Tallying<S> {
     type Item = Result<ModelEvent, ModelError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -123,17 +138,11 @@ impl Stream for Reporting {
         if let Poll::Ready(item) = &polled {
             let outcome = match item {
                 Some(Ok(ModelEvent::Token(_))) => {
-                    if let Some(r) = self.report.as_mut().filter(|r| !r.usage_seen) {
-                        r.output_tokens += 1;
-                    }
+                    self.tokens += 1;
                     None
                 }
                 Some(Ok(ModelEvent::Usage(u))) => {
-                    if let Some(r) = self.report.as_mut() {
-                        r.input_tokens = u64::from(u.input_tokens);
-                        r.output_tokens = u64::from(u.output_tokens);
-                        r.usage_seen = true;
-                    }
+                    self.usage = Some((u64::from(u.input_tokens), u64::from(u.output_tokens)));
                     None
                 }
                 Some(Err(ModelError::Throttled(_))) => Some(ModelOutcome::Throttled),
@@ -141,21 +150,66 @@ impl Stream for Reporting {
                 Some(Err(ModelError::Stream(_))) => Some(ModelOutcome::Error),
                 None => Some(ModelOutcome::Ok),
             };
-            if let Some(outcome) = outcome
-                && let Some(report) = self.report.take()
-            {
-                report.send(outcome);
+            if let Some(outcome) = outcome {
+                self.settle(outcome);
             }
         }
         polled
     }
 }
 
-impl Drop for Reporting {
+impl<S: CallSink> Drop for Tallying<S> {
     fn drop(&mut self) {
-        if let Some(report) = self.report.take() {
-            report.send(ModelOutcome::Cancelled);
-        }
+        self.settle(ModelOutcome::Cancelled);
+    }
+}
+
+/// Reports each call to the metrics-sink as one [`MetricEvent::ModelInvocation`], priced, with
+/// the non-blocking [`MetricsHandle::emit`].
+pub struct Report {
+    task: TaskType,
+    model_id: Arc<str>,
+    price: TokenPrice,
+    metrics: MetricsHandle,
+}
+
+impl CallSink for Report {
+    fn settle(&self, call: CallTally) {
+        let cost_usd = call.input_tokens as f64 * self.price.input_per_m / 1e6
+            + call.output_tokens as f64 * self.price.output_per_m / 1e6;
+        self.metrics.emit(MetricEvent::ModelInvocation {
+            task: self.task,
+            model_id: self.model_id.clone(),
+            outcome: call.outcome,
+            latency_us: u64::try_from(call.latency.as_micros()).unwrap_or(u64::MAX),
+            input_tokens: call.input_tokens,
+            output_tokens: call.output_tokens,
+            cost_nano_usd: (cost_usd * 1e9).round() as u64,
+        });
+    }
+}
+
+/// A model whose calls are reported to the metrics-sink.
+pub type Observed = Tallied<Report>;
+
+impl Observed {
+    /// Reports every call of `inner`, made for `task`, priced with `price`.
+    pub fn reporting(
+        inner: Arc<dyn ModelBackend>,
+        task: TaskType,
+        price: TokenPrice,
+        metrics: MetricsHandle,
+    ) -> Self {
+        let model_id = Arc::from(inner.info().model_id);
+        Tallied::new(
+            inner,
+            Arc::new(Report {
+                task,
+                model_id,
+                price,
+                metrics,
+            }),
+        )
     }
 }
 
@@ -201,7 +255,7 @@ mod tests {
 
     async fn run(script: Vec<Result<ModelEvent, ModelError>>, take: usize) -> StandaloneSink {
         let sink = StandaloneSink::start(1024).await.unwrap();
-        let m = Observed::new(
+        let m = Observed::reporting(
             Arc::new(Scripted(script)),
             TaskType::AnswerSynthesis,
             TokenPrice {

@@ -1,20 +1,16 @@
 //! Token metering for `mangaassist eval`: a [`ModelBackend`] decorator that sums what every
 //! call of one model consumed, so an evaluation's cost comes from the provider's own counts.
 //!
-//! Unlike [`crate::backends::observed::Observed`], which reports each call to the metrics-sink
-//! through a bounded, lossy-under-load queue, this adds to atomics the evaluation reads once at
-//! the end: every call counts, and nothing is parsed back out of an exposition.
+//! The counting is [`Tallied`]'s, shared with [`crate::backends::observed::Observed`]; where
+//! `Observed` reports each call to the metrics-sink through a bounded, lossy-under-load queue,
+//! the meter adds to atomics the evaluation reads once at the end: every call counts, and
+//! nothing is parsed back out of an exposition.
 
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use futures_util::Stream;
-use mangaassist_protocols::frame::ModelInfo;
-use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
-use mangaassist_protocols::turn::ModelRequest;
 use serde::Serialize;
+
+use crate::backends::observed::{CallSink, CallTally, Tallied};
 
 /// Token totals of one model's calls. Atomics: many streams add to it at once, and nothing
 /// waits on it.
@@ -64,96 +60,24 @@ impl Meter {
     }
 }
 
-/// A model whose every stream adds its tokens to a [`Meter`]: the provider's usage when the
-/// stream reports one; nothing for a call refused before any token (throttled, a bad request:
-/// providers do not bill those); otherwise (a failure mid-answer, a stream dropped before its
-/// usage) the request's input estimate plus the tokens seen.
-pub struct Metered {
-    /// The real backend.
-    inner: Arc<dyn ModelBackend>,
-    /// Where the tokens go.
-    meter: Arc<Meter>,
-}
-
-impl Metered {
-    /// Meters every call of `inner` into `meter`.
-    pub fn new(inner: Arc<dyn ModelBackend>, meter: Arc<Meter>) -> Self {
-        Self { inner, meter }
+impl CallSink for Meter {
+    fn settle(&self, call: CallTally) {
+        self.add(call.input_tokens, call.output_tokens, !call.reported);
     }
 }
 
-impl ModelBackend for Metered {
-    fn info(&self) -> ModelInfo {
-        self.inner.info()
-    }
-
-    fn stream(&self, request: ModelRequest) -> ModelStream {
-        let input_estimate = u64::from(request.estimated_input_tokens);
-        Box::pin(MeteredStream {
-            inner: self.inner.stream(request),
-            meter: self.meter.clone(),
-            input_estimate,
-            tokens: 0,
-            settled: false,
-        })
-    }
-}
-
-/// One metered call.
-struct MeteredStream {
-    inner: ModelStream,
-    meter: Arc<Meter>,
-    /// The request's estimated prompt tokens, for calls that report no usage.
-    input_estimate: u64,
-    /// Token events seen.
-    tokens: u64,
-    /// Whether the call was added to the meter.
-    settled: bool,
-}
-
-impl MeteredStream {
-    fn settle(&mut self, input: u64, output: u64, estimated: bool) {
-        if !self.settled {
-            self.settled = true;
-            self.meter.add(input, output, estimated);
-        }
-    }
-
-    fn settle_estimated(&mut self) {
-        self.settle(self.input_estimate, self.tokens, true);
-    }
-}
-
-impl Stream for MeteredStream {
-    type Item = Result<ModelEvent, ModelError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(item) = &polled {
-            match item {
-                Some(Ok(ModelEvent::Token(_))) => self.tokens += 1,
-                Some(Ok(ModelEvent::Usage(u))) => {
-                    let (input, output) = (u64::from(u.input_tokens), u64::from(u.output_tokens));
-                    self.settle(input, output, false);
-                }
-                Some(Err(_)) if self.tokens == 0 => self.settle(0, 0, false),
-                Some(Err(_)) | None => self.settle_estimated(),
-            }
-        }
-        polled
-    }
-}
-
-impl Drop for MeteredStream {
-    fn drop(&mut self) {
-        self.settle_estimated();
-    }
-}
+/// A model whose every call adds its tokens to a [`Meter`] (the counting rules are
+/// [`Tallied`]'s, shared with the metrics-sink reports).
+pub type Metered = Tallied<Meter>;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use futures_util::StreamExt as _;
-    use mangaassist_protocols::turn::{Intent, Usage};
+    use mangaassist_protocols::frame::ModelInfo;
+    use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
+    use mangaassist_protocols::turn::{Intent, ModelRequest, Usage};
 
     use super::*;
 

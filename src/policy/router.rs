@@ -269,12 +269,12 @@ impl ModelRouter {
             return Ok(b);
         }
         let inner = self.factory.model(m).await?;
-        let price = TokenPrice {
-            input_per_m: m.price.input_per_mtok,
-            output_per_m: m.price.output_per_mtok,
-        };
-        let backend: Arc<dyn ModelBackend> =
-            Arc::new(Observed::new(inner, task, price, self.metrics.clone()));
+        let backend: Arc<dyn ModelBackend> = Arc::new(Observed::reporting(
+            inner,
+            task,
+            TokenPrice::from(m.price),
+            self.metrics.clone(),
+        ));
         store(&self.text, m, backend.clone());
         Ok(backend)
     }
