@@ -502,13 +502,10 @@ impl RawConfig {
                         "is required when enrichment.source = \"http\"",
                     ));
                 };
-                if !url.starts_with("http://") {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(invalid(
                         "enrichment.http.url",
-                        format!(
-                            "`{url}` must start with http:// (this build has no TLS client; \
-                             put a TLS-terminating proxy in front of an https API)"
-                        ),
+                        format!("`{url}` must start with http:// or https://"),
                     ));
                 }
                 EnrichmentSourceConfig::Http(HttpCatalogSettings {
@@ -966,7 +963,7 @@ mod tests {
         for (text, field) in [
             ("[enrichment]\nsource = \"http\"\n", "enrichment.http.url"),
             (
-                "[enrichment]\nsource = \"http\"\n[enrichment.http]\nurl = \"https://x\"\n",
+                "[enrichment]\nsource = \"http\"\n[enrichment.http]\nurl = \"ftp://x\"\n",
                 "enrichment.http.url",
             ),
             ("[enrichment]\nsource = \"s3\"\n", "enrichment.source"),

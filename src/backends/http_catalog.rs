@@ -83,18 +83,16 @@ pub struct HttpCatalog {
 }
 
 impl HttpCatalog {
-    /// A source for the service at `settings.url` (`http://` only: this build has no TLS client).
+    /// A source for the service at `settings.url` (`http://` or `https://`; TLS is rustls,
+    /// certificates checked against the system's trust store).
     ///
-    /// Fails when the URL does not parse, is not `http://`, or carries a query or fragment.
+    /// Fails when the URL does not parse, is neither `http://` nor `https://`, or carries a
+    /// query or fragment.
     pub fn new(settings: HttpCatalogSettings) -> Result<Self, EnrichmentError> {
         let base = settings.url.trim_end_matches('/');
         let mut endpoint = Url::parse(base).map_err(|e| invalid_url(base, &e.to_string()))?;
-        if endpoint.scheme() != "http" {
-            return Err(invalid_url(
-                base,
-                "must start with http:// (this build has no TLS client; put a TLS-terminating \
-                 proxy in front of an https API)",
-            ));
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(invalid_url(base, "must start with http:// or https://"));
         }
         if endpoint.query().is_some() || endpoint.fragment().is_some() {
             return Err(invalid_url(base, "must not carry a query or fragment"));
@@ -425,6 +423,7 @@ mod tests {
             "http://catalog.internal:9300/store/v1/enrichment"
         );
         assert_eq!(c.authority, "catalog.internal:9300");
+        assert!(HttpCatalog::new(settings("https://catalog.example.com")).is_ok());
         let c = HttpCatalog::new(settings("http://catalog.internal")).unwrap();
         assert_eq!(c.authority, "catalog.internal:80");
     }
@@ -432,7 +431,7 @@ mod tests {
     #[test]
     fn new_refuses_what_it_cannot_call() {
         for (url, why) in [
-            ("https://catalog.internal", "TLS"),
+            ("ftp://catalog.internal", "https://"),
             ("catalog.internal:9300", "http://"),
             ("http://", "invalid catalog API url"),
             ("http://catalog.internal/?key=1", "query"),
