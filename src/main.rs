@@ -84,11 +84,11 @@ enum Command {
     ///
     /// mangaassist eval --dataset data/intents/eval.jsonl \
     ///   --model intent_classification=local_classifier:keyword-rules-v1 \
-    ///   --model intent_classification=local_classifier:ngram-logreg-v1 \
+    ///   --model intent_classification=local_classifier:ngram-logreg-v2 \
     ///   --gate 'accuracy>=0.90,misroute<=0.05' --json eval-report.json
     ///
     /// mangaassist eval --dataset data/intents/eval.jsonl --bedrock-region us-east-1 \
-    ///   --model intent_classification=local_classifier:ngram-logreg-v1 \
+    ///   --model intent_classification=local_classifier:ngram-logreg-v2 \
     ///   --model intent_classification=bedrock:anthropic.claude-3-haiku-20240307-v1:0
     ///
     /// mangaassist eval --dataset data/intents/eval.jsonl \
@@ -99,7 +99,7 @@ enum Command {
         /// Labelled JSON Lines: {"text": "...", "intent": "search"} per line.
         #[arg(long, value_name = "FILE")]
         dataset: PathBuf,
-        /// TASK=BACKEND:MODEL_ID (repeatable). Backends: local_classifier (ngram-logreg-v1, the
+        /// TASK=BACKEND:MODEL_ID (repeatable). Backends: local_classifier (ngram-logreg-v2, the
         /// trained model; keyword-rules-v1, the older weighted table), bedrock (a pinned Bedrock
         /// id, e.g. anthropic.claude-3-haiku-20240307-v1:0), openai (a pinned id: a dated
         /// snapshot such as gpt-4o-mini-2024-07-18 or an explicit name:tag).

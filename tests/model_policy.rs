@@ -88,7 +88,7 @@ tier = "standard"
 
 [models.local]
 backend = "local_classifier"
-id = "ngram-logreg-v1"
+id = "ngram-logreg-v2"
 
 [tasks.moderation_precheck]
 model = "local"
@@ -409,7 +409,7 @@ model = "simulated"
         .classify_in(&session, "how much is one piece 3")
         .await
         .unwrap();
-    assert_eq!(second.classifier, "ngram-logreg-v1");
+    assert_eq!(second.classifier, "ngram-logreg-v2");
     assert_eq!(second.intent, Intent::PurchaseIntent);
     let series = "model_fallbacks_total{task_type=\"intent_classification\",model_id=\"haiku-fallback-local\",reason=\"throttled\"}";
     assert_eq!(h.sink.value(series).await, 1.0);

@@ -24,7 +24,7 @@ const EXAMPLE: &str = include_str!("../policy.example.toml");
 const BASE: &str = r#"
 [models.local]
 backend = "local_classifier"
-id = "ngram-logreg-v1"
+id = "ngram-logreg-v2"
 
 [models.haiku]
 backend = "bedrock"
@@ -261,7 +261,7 @@ fn a_local_classifier_cannot_write_the_answer() {
         &[
             "tasks.answer_synthesis.fallback.timeout",
             "\"local\"",
-            "ngram-logreg-v1",
+            "ngram-logreg-v2",
             "cannot write text",
         ],
     );
@@ -292,8 +292,8 @@ fn where_a_model_is_served_is_checked_against_its_backend() {
     assert_eq!(m.serving.api_key_env.as_deref(), Some("VLLM_KEY"));
 
     let text = BASE.replace(
-        "id = \"ngram-logreg-v1\"",
-        "id = \"ngram-logreg-v1\"\nendpoint = \"http://x\"",
+        "id = \"ngram-logreg-v2\"",
+        "id = \"ngram-logreg-v2\"\nendpoint = \"http://x\"",
     );
     assert_one_error_mentions(&text, &["models.local.endpoint", "in-process"]);
     let text = BASE.replace(
@@ -321,7 +321,7 @@ fn every_error_is_reported_at_once() {
             "fallback.timeout = \"haiku\"",
             "fallback.timeout = \"nope\"",
         )
-        .replace("ngram-logreg-v1", "bert");
+        .replace("ngram-logreg-v2", "bert");
     assert!(errors(&text).len() >= 3, "{:#?}", errors(&text));
 }
 
@@ -782,7 +782,7 @@ fn cli_validate_prints_ok_and_summary_or_every_error() {
         &path,
         &BASE
             .replace("percent = 10", "percent = 101")
-            .replace("ngram-logreg-v1", "bert"),
+            .replace("ngram-logreg-v2", "bert"),
     );
     let (r, _) = run_cli(PolicyCommand::Validate { file: path });
     let msg = r.unwrap_err().to_string();

@@ -117,7 +117,7 @@ impl ModelSpec {
         };
         let (task, rest) = arg
             .split_once('=')
-            .ok_or_else(|| err("expected TASK=BACKEND:MODEL_ID, e.g. intent_classification=local_classifier:ngram-logreg-v1"))?;
+            .ok_or_else(|| err("expected TASK=BACKEND:MODEL_ID, e.g. intent_classification=local_classifier:ngram-logreg-v2"))?;
         let (backend, model_id) = rest
             .split_once(':')
             .ok_or_else(|| err("expected BACKEND:MODEL_ID after `=`"))?;

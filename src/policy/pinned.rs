@@ -20,7 +20,7 @@ use crate::policy::Backend;
 pub const SIMULATED_ID: &str = "mangaassist-simulated-v1";
 
 /// The in-process classifiers: the n-gram logistic regression and the keyword rules.
-pub const LOCAL_CLASSIFIER_IDS: [&str; 2] = ["ngram-logreg-v1", "keyword-rules-v1"];
+pub const LOCAL_CLASSIFIER_IDS: [&str; 2] = ["ngram-logreg-v2", "keyword-rules-v1"];
 
 /// Why an id is not pinned. The message says what would be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,7 +262,7 @@ mod tests {
     fn fixed_ids() {
         assert_eq!(check(Backend::Simulated, SIMULATED_ID), Ok(()));
         assert!(check(Backend::Simulated, "sim").is_err());
-        assert_eq!(check(Backend::LocalClassifier, "ngram-logreg-v1"), Ok(()));
+        assert_eq!(check(Backend::LocalClassifier, "ngram-logreg-v2"), Ok(()));
         assert!(check(Backend::LocalClassifier, "bert").is_err());
         assert_eq!(check(Backend::Openai, "  "), Err(PinError::Empty));
     }
