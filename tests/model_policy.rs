@@ -405,6 +405,10 @@ model = "simulated"
         .unwrap();
     assert_eq!(first.intent, Intent::Search, "the mock's label, not ours");
     assert_eq!(first.classifier, MODEL_ID);
+    // A label is asked for with a token cap and temperature 0.
+    let body = &mock.received()[0].body;
+    assert_eq!(body["inferenceConfig"]["maxTokens"], 16, "{body}");
+    assert_eq!(body["inferenceConfig"]["temperature"], 0.0, "{body}");
     let second = classifier
         .classify_in(&session, "how much is one piece 3")
         .await
@@ -467,6 +471,9 @@ model = "simulated"
         .unwrap();
     assert_eq!(second, "from sonnet");
     assert_eq!(mock.calls(), 1);
+    // The answer model keeps its own defaults: no label cap.
+    let body = &mock.received()[0].body;
+    assert!(body.get("inferenceConfig").is_none(), "{body}");
 }
 
 // ---- through `mangaassist serve` ------------------------------------------------------------

@@ -32,6 +32,9 @@ purchase_intent: price, stock, cart, checkout, shipping or buying a product (\"h
 other: greetings, thanks, account and order questions, complaints, off-topic, anything else.\n\
 Labels: browse, search, recommend, purchase_intent, other.";
 
+/// Bytes of answer read before giving up on a model that ignores the token cap.
+const MAX_ANSWER_BYTES: usize = 64;
+
 /// An intent classifier backed by a chat model.
 pub struct LlmClassifier {
     model: Arc<dyn ModelBackend>,
@@ -100,11 +103,9 @@ impl LlmClassifier {
                 match event {
                     Ok(ModelEvent::Token(t)) => {
                         answer.push_str(&t);
-                        // A label is short: stop reading (and paying) once one is named.
-                        if answer.len() > 64
-                            || parse_label(&answer)
-                                .is_some_and(|_| answer.ends_with(char::is_whitespace))
-                        {
+                        // A label is a few tokens (the request caps them); a model that rambles
+                        // past this is cut off rather than paid for.
+                        if answer.len() > MAX_ANSWER_BYTES {
                             break;
                         }
                     }

@@ -22,7 +22,10 @@ use crate::backends::ngram_classifier::{self, NgramClassifier};
 use crate::backends::openai::{OpenAiBackend, OpenAiSettings};
 use crate::backends::simulated::{SimulatedConfig, SimulatedModel};
 use crate::policy::pinned::LOCAL_CLASSIFIER_IDS;
-use crate::policy::{Backend, ModelRef};
+use crate::policy::{Backend, ModelRef, TaskType};
+
+/// Answer tokens an LLM intent classifier may spend: a label is one to three tokens.
+pub const LABEL_MAX_TOKENS: u32 = 16;
 
 /// The weighted cue table of the first release.
 pub const KEYWORD_RULES_ID: &str = "keyword-rules-v1";
@@ -109,8 +112,15 @@ impl ModelFactory {
         self.limits
     }
 
-    /// A text model for `m` (answer synthesis, summarization, or behind an LLM classifier).
-    pub async fn model(&self, m: &ModelRef) -> Result<Arc<dyn ModelBackend>, BuildError> {
+    /// A text model for `m`, set up for `task`: an intent label is asked for with
+    /// [`LABEL_MAX_TOKENS`] and temperature 0 (short, repeatable, cheap); other tasks get the
+    /// model's defaults.
+    pub async fn model(
+        &self,
+        m: &ModelRef,
+        task: TaskType,
+    ) -> Result<Arc<dyn ModelBackend>, BuildError> {
+        let label = task == TaskType::IntentClassification;
         let settings_err = |message: String| BuildError::Settings {
             model: m.name.to_string(),
             backend: m.backend,
@@ -125,6 +135,10 @@ impl ModelFactory {
                 settings.endpoint_url = m.serving.endpoint.as_deref().map(str::to_owned);
                 settings.deadlines = self.limits.deadlines;
                 settings.retry = self.limits.retry;
+                if label {
+                    settings.max_tokens = Some(LABEL_MAX_TOKENS as i32);
+                    settings.temperature = Some(0.0);
+                }
                 let shared = self
                     .aws
                     .get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load())
@@ -147,6 +161,10 @@ impl ModelFactory {
                 }
                 settings.deadlines = self.limits.deadlines;
                 settings.retry = self.limits.retry;
+                if label {
+                    settings.max_tokens = Some(LABEL_MAX_TOKENS);
+                    settings.temperature = Some(0.0);
+                }
                 Arc::new(OpenAiBackend::new(settings).map_err(|e| settings_err(e.to_string()))?)
             }
             Backend::LocalClassifier => {
@@ -163,7 +181,7 @@ impl ModelFactory {
     /// An intent classifier for `m`: a local classifier, or the LLM classifier over a text model.
     pub async fn classifier(&self, m: &ModelRef) -> Result<Arc<dyn IntentClassifier>, BuildError> {
         if m.backend != Backend::LocalClassifier {
-            let model = self.model(m).await?;
+            let model = self.model(m, TaskType::IntentClassification).await?;
             return Ok(Arc::new(LlmClassifier::new(
                 model,
                 self.limits.classify_deadline,

@@ -269,7 +269,7 @@ impl Candidates {
                 let model = self.model_ref(&spec, backend)?;
                 let built = self
                     .factory
-                    .model(&model)
+                    .model(&model, crate::policy::TaskType::IntentClassification)
                     .await
                     .map_err(|e| EvalError::Model {
                         arg: spec.label(),

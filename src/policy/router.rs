@@ -268,7 +268,7 @@ impl ModelRouter {
         if let Some(b) = cached(&self.text, m) {
             return Ok(b);
         }
-        let inner = self.factory.model(m).await?;
+        let inner = self.factory.model(m, task).await?;
         let backend: Arc<dyn ModelBackend> = Arc::new(Observed::reporting(
             inner,
             task,
