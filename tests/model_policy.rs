@@ -491,7 +491,8 @@ fn free_port() -> u16 {
 
 /// The real binary, configured by files, with credentials and region from the environment (the
 /// standard AWS chain): the policy routes answers to Bedrock (the mock). A turn streams the
-/// model's tokens; a stream cut mid-answer ends the next turn with an `error` frame, not `done`.
+/// model's tokens; a stream cut or stalled mid-answer ends its turn with an `error` frame, not
+/// `done`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_through_bedrock_as_the_policy_file_says() {
     use common::{Client, run_turn};
@@ -505,9 +506,13 @@ async fn serve_answers_through_bedrock_as_the_policy_file_says() {
         Step::Sleep(Duration::from_millis(100)),
         Step::Cut,
     ];
+    let mut stall = vec![message_start(), delta("Frieren "), delta("has ")];
+    stall.push(Step::Sleep(Duration::from_secs(3)));
+    stall.extend(answer(&["14 ", "volumes."], 900, 4));
     let mock = MockBedrock::start(vec![
         Reply::Stream(answer(&["Frieren ", "is ", "in ", "stock."], 900, 4)),
         Reply::Stream(cut),
+        Reply::Stream(stall),
     ])
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -525,7 +530,7 @@ model = "sonnet"
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\n",
+             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n",
             dir.path().join("var"),
             policy
         ),
@@ -576,13 +581,23 @@ model = "sonnet"
     assert!(second.done.is_none(), "a cut stream never ends with done");
     assert!(second.error.is_some(), "{:?}", second.frames.last());
 
+    // A stall mid-answer (3 s against a 500 ms chunk-gap deadline) ends the turn with an error.
+    let third = run_turn(&mut client, "how many volumes does frieren have").await;
+    assert_eq!(third.tokens, ["Frieren ", "has "]);
+    assert!(
+        third.done.is_none(),
+        "a stalled stream never ends with done"
+    );
+    let error = third.error.expect("an error frame");
+    assert!(error.message.contains("timed out"), "{}", error.message);
+
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    for outcome in ["ok", "error"] {
+    for outcome in ["ok", "error", "timeout"] {
         let line = format!(
             "model_invocations_total{{task_type=\"answer_synthesis\",model_id=\"{SONNET}\",outcome=\"{outcome}\"}} 1"
         );
@@ -596,12 +611,12 @@ model = "sonnet"
             ),
         )
     };
-    // The first call's usage from the stream's metadata (900 in, 4 out), plus the cut call's
-    // estimate in and the two tokens it sent.
+    // The first call's usage from the stream's metadata (900 in, 4 out), plus the cut and the
+    // stalled calls' estimates in and the two tokens each sent.
     assert!(tokens("input") > 900.0, "{}", tokens("input"));
-    assert_eq!(tokens("output"), 6.0);
+    assert_eq!(tokens("output"), 8.0);
     let received = mock.received();
-    assert_eq!(received.len(), 2);
+    assert_eq!(received.len(), 3);
     assert!(
         received.iter().all(|r| r.signed),
         "SigV4-signed from the environment's credentials"
