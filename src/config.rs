@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mangaassist_actors::context::ContextBudget;
+use mangaassist_actors::low_hits::LowHitsSettings;
 use mangaassist_actors::turn::{EnrichmentMode, FieldPolicy, TurnSettings};
 use mangaassist_protocols::turn::{EnrichmentField, FieldPlan, FieldSet, Intent};
 use serde::Deserialize;
@@ -268,6 +269,10 @@ pub struct RawEnrichment {
 pub struct RawRetrieval {
     /// Documents per turn.
     pub top_k: Option<usize>,
+    /// Low-retrieval alarm: how long the median hit count must stay low.
+    pub low_hits_window_ms: Option<u64>,
+    /// Low-retrieval alarm: the median must be below this.
+    pub low_hits_threshold: Option<u32>,
 }
 
 /// `[turn]`
@@ -327,6 +332,8 @@ pub struct Config {
     pub turn: TurnSettings,
     /// Metrics-sink queue.
     pub metrics_queue: usize,
+    /// The low-retrieval alarm.
+    pub low_hits: LowHitsSettings,
 }
 
 /// Which enrichment source serves lookups.
@@ -746,6 +753,22 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
+            low_hits: LowHitsSettings {
+                window: ms(ranged(
+                    "retrieval.low_hits_window_ms",
+                    self.retrieval.low_hits_window_ms,
+                    120_000,
+                    1_000,
+                    86_400_000,
+                )?),
+                threshold: ranged(
+                    "retrieval.low_hits_threshold",
+                    self.retrieval.low_hits_threshold,
+                    2,
+                    1,
+                    50,
+                )?,
+            },
         })
     }
 }

@@ -235,6 +235,7 @@ impl Runtime {
                 MetricsSinkArgs {
                     handle: metrics.clone(),
                     chaos: chaos.clone(),
+                    low_hits: config.low_hits,
                 },
                 metrics_slot,
             ),

@@ -864,3 +864,56 @@ async fn an_idle_connection_is_closed_with_idle_timeout_and_a_busy_one_is_not() 
         "{m}"
     );
 }
+
+/// A search that finds nothing is a designed state: `turn_started` says `fallback`, the answer
+/// carries the caveat and invents no title, and the metrics count it. Controls: a catalog
+/// question is `grounded` and cites what it found; a greeting is `skipped`.
+#[tokio::test]
+async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
+    use mangaassist_protocols::turn::RetrievalMode;
+
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let mode = |r: &TurnResult| match r.frames.first() {
+        Some(ServerFrame::TurnStarted { retrieval_mode, .. }) => *retrieval_mode,
+        other => panic!("expected turn_started, got {other:?}"),
+    };
+
+    let nothing = run_turn(&mut c, "do you have qzxvbnm wqrtyp").await;
+    assert_streamed(&nothing);
+    assert_eq!(
+        mode(&nothing),
+        RetrievalMode::Fallback,
+        "{:?}",
+        nothing.frames[0]
+    );
+    let answer = nothing.answer();
+    assert!(answer.contains("couldn't find"), "{answer}");
+    assert!(
+        nothing.cards().is_none(),
+        "no product cards without grounding"
+    );
+
+    let found = run_turn(&mut c, "do you have frieren").await;
+    assert_eq!(mode(&found), RetrievalMode::Grounded);
+    assert!(found.answer().contains("Frieren"), "{}", found.answer());
+
+    let hello = run_turn(&mut c, "thanks, bye").await;
+    assert_eq!(mode(&hello), RetrievalMode::Skipped);
+
+    let m = metrics_text(&server).await;
+    for (mode, n) in [("fallback", 1.0), ("grounded", 1.0), ("skipped", 1.0)] {
+        let series = format!("turns_by_retrieval_mode_total{{retrieval_mode=\"{mode}\"}}");
+        assert_eq!(metric(&m, &series), n, "{series}\n{m}");
+    }
+    // Two searching answers, one of which names what it found.
+    assert_eq!(metric(&m, "rag_answers_total{cited=\"true\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "rag_answers_total{cited=\"false\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "retrieved_chunk_count_count"), 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "retrieved_chunk_count{quantile=\"0.5\"}"),
+        0.0,
+        "{m}"
+    );
+}

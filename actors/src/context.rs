@@ -64,10 +64,26 @@ pub fn constraints_for(intent: Intent, items: &[ContextItem]) -> Vec<Constraint>
     out
 }
 
+/// The fallback template: retrieval found nothing usable (no hits, an unreachable backend, a
+/// missed budget), so the answer acknowledges its limited context, answers only with a caveat and
+/// offers to search again or browse.
+const FALLBACK_INSTRUCTIONS: &str = "You are MangaAssist, the shopping assistant of an online \
+manga store. The catalog search returned nothing for the customer's latest message, so you have \
+no catalog entries to rely on. Say plainly that you could not find it in the catalog. Do not \
+name, recommend or describe any title, author, volume count, price or stock from memory. If \
+general help is possible, give it only with that caveat. Offer to search again with different \
+words, or to browse by genre or demographic.";
+
 /// Renders the system prompt: instructions, the grounding block, then the constraint framing.
+/// Without grounding for an intent that needed it ([`Constraint::NoGrounding`]), the
+/// instructions are the fallback template.
 pub fn system_prompt(items: &[ContextItem], constraints: &[Constraint]) -> String {
     let mut s = String::with_capacity(512 + items.len() * 256);
-    s.push_str(INSTRUCTIONS);
+    if constraints.contains(&Constraint::NoGrounding) {
+        s.push_str(FALLBACK_INSTRUCTIONS);
+    } else {
+        s.push_str(INSTRUCTIONS);
+    }
     if !items.is_empty() {
         s.push_str("\n\nCatalog entries:\n");
         for it in items {
@@ -234,8 +250,16 @@ mod tests {
     fn empty_retrieval_is_framed() {
         let (req, _) = assemble(Intent::Search, "zzz", &[], vec![], ContextBudget::default());
         assert_eq!(req.constraints, vec![Constraint::NoGrounding]);
+        assert!(
+            req.system.starts_with(FALLBACK_INSTRUCTIONS),
+            "{}",
+            req.system
+        );
+        assert!(req.system.contains("search again"));
+        // Control: a greeting needs no search, and gets the normal instructions.
         let (req, _) = assemble(Intent::Other, "hi", &[], vec![], ContextBudget::default());
         assert!(req.constraints.is_empty());
+        assert!(req.system.starts_with(INSTRUCTIONS));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`forwarder`]: one chunk-forwarder per stream, fed by a **bounded** channel from the
 //!   generation task (ractor mailboxes are unbounded; the token path is not).
 //! - [`metrics_sink`]: aggregates typed metric events; stages reach it through a non-blocking,
-//!   admission-bounded [`metrics_sink::MetricsHandle`].
+//!   admission-bounded [`metrics_sink::MetricsHandle`]; [`low_hits`] is its low-retrieval alarm.
 //! - [`turn`]: the path of one turn through those actors, with every deadline.
 //! - [`context`]: token-budgeted context assembly (pure functions).
 //! - [`supervisor`]: explicit restart policy, and [`supervisor::WorkerSlot`]s that always point
@@ -25,6 +25,7 @@ pub mod context;
 pub mod enricher;
 pub mod forwarder;
 pub mod generator;
+pub mod low_hits;
 pub mod metrics_sink;
 pub mod outbound;
 pub mod retriever;

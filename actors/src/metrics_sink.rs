@@ -21,10 +21,11 @@ use mangaassist_protocols::metrics::{
     ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure, MetricEvent,
     ModelOutcome, ShadowVerdict, Stage, TaskType, Transport, TurnOutcome, ViolationRule,
 };
-use mangaassist_protocols::turn::{EnrichmentField, Intent};
+use mangaassist_protocols::turn::{EnrichmentField, Intent, RetrievalMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::chaos::Chaos;
+use crate::low_hits::{LowHits, LowHitsSettings, Transition};
 use crate::supervisor::WorkerSlot;
 
 /// Messages of the metrics-sink.
@@ -108,6 +109,7 @@ impl StandaloneSink {
             MetricsSinkArgs {
                 handle: handle.clone(),
                 chaos: Chaos::new(),
+                low_hits: LowHitsSettings::default(),
             },
         )
         .await?;
@@ -151,6 +153,8 @@ pub struct MetricsSinkArgs {
     pub handle: MetricsHandle,
     /// Mailbox chaos.
     pub chaos: Arc<Chaos>,
+    /// The low-retrieval alarm's window and threshold.
+    pub low_hits: LowHitsSettings,
 }
 
 /// The metrics-sink actor.
@@ -165,6 +169,11 @@ pub struct MetricsState {
     chunk_gap_us: Histogram<u64>,
     stage_us: HashMap<Stage, Histogram<u64>>,
     turns_started: HashMap<Intent, u64>,
+    retrieval_modes: HashMap<RetrievalMode, u64>,
+    retrieved_count: Histogram<u64>,
+    search_us: Histogram<u64>,
+    grounding: [u64; 2],
+    low_hits: LowHits,
     turns_finished: HashMap<(Intent, TurnOutcome), u64>,
     errors: HashMap<ErrorCode, u64>,
     omitted: HashMap<EnrichmentField, u64>,
@@ -200,9 +209,28 @@ fn histogram() -> Result<Histogram<u64>, ActorProcessingErr> {
 impl MetricsState {
     fn record(&mut self, ev: MetricEvent) {
         match ev {
-            MetricEvent::TurnStarted { intent } => {
-                *self.turns_started.entry(intent).or_default() += 1
+            MetricEvent::TurnStarted {
+                intent,
+                retrieval_mode,
+            } => {
+                *self.turns_started.entry(intent).or_default() += 1;
+                *self.retrieval_modes.entry(retrieval_mode).or_default() += 1;
             }
+            MetricEvent::Searched { hits, us } => {
+                self.retrieved_count.saturating_record(u64::from(hits));
+                self.search_us.saturating_record(us.max(1));
+                match self.low_hits.record(std::time::Instant::now(), hits) {
+                    Some(Transition::Raised { median }) => tracing::warn!(
+                        median,
+                        "retrieval alarm: the median search returned fewer documents than the threshold for the whole window; answers are falling back"
+                    ),
+                    Some(Transition::Cleared { median }) => {
+                        tracing::info!(median, "retrieval alarm cleared")
+                    }
+                    None => {}
+                }
+            }
+            MetricEvent::Grounding { cited } => self.grounding[usize::from(cited)] += 1,
             MetricEvent::TurnFinished { intent, outcome } => {
                 *self.turns_finished.entry((intent, outcome)).or_default() += 1
             }
@@ -468,6 +496,7 @@ impl MetricsState {
             "reason",
             DisconnectReason::ALL.map(|r| (r.as_str(), count(&self.disconnects, &r))),
         );
+        self.render_retrieval(&mut out);
         self.render_models(&mut out);
         self.render_policy(&mut out);
         header(
@@ -486,6 +515,97 @@ impl MetricsState {
 }
 
 impl MetricsState {
+    /// Retrieval: modes, hit counts, search latency, grounding, the low-hits alarm.
+    fn render_retrieval(&self, out: &mut String) {
+        labelled(
+            out,
+            (
+                "turns_by_retrieval_mode_total",
+                "counter",
+                "Turns started, by how they are grounded: grounded, fallback (nothing usable found) or skipped (no search needed).",
+            ),
+            "retrieval_mode",
+            RetrievalMode::ALL.map(|m| (m.as_str(), count(&self.retrieval_modes, &m))),
+        );
+        header(
+            out,
+            "retrieved_chunk_count",
+            "summary",
+            "Documents each catalog search returned.",
+        );
+        for q in QUANTILES {
+            let v = if self.retrieved_count.is_empty() {
+                0
+            } else {
+                self.retrieved_count.value_at_quantile(q)
+            };
+            let _ = writeln!(out, "retrieved_chunk_count{{quantile=\"{q}\"}} {v}");
+        }
+        let sum: u64 = self
+            .retrieved_count
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() * v.count_at_value())
+            .sum();
+        let _ = writeln!(out, "retrieved_chunk_count_sum {sum}");
+        let _ = writeln!(
+            out,
+            "retrieved_chunk_count_count {}",
+            self.retrieved_count.len()
+        );
+        header(
+            out,
+            "search_latency_ms",
+            "summary",
+            "From asking the retriever to its answer, retries included, milliseconds.",
+        );
+        summary_body(out, "search_latency_ms", &[], &self.search_us);
+        let [uncited, cited] = self.grounding;
+        header(
+            out,
+            "rag_grounding_ratio",
+            "gauge",
+            "Share of finished answers of searching turns that name at least one retrieved series.",
+        );
+        let ratio = if cited + uncited == 0 {
+            0.0
+        } else {
+            cited as f64 / (cited + uncited) as f64
+        };
+        let _ = writeln!(out, "rag_grounding_ratio {ratio:.4}");
+        labelled(
+            out,
+            (
+                "rag_answers_total",
+                "counter",
+                "Finished answers of searching turns, by whether they name a retrieved series.",
+            ),
+            "cited",
+            [("true", cited), ("false", uncited)],
+        );
+        header(
+            out,
+            "retrieval_low_hits_alarm",
+            "gauge",
+            "1 while the median search has returned fewer documents than the threshold for the whole alarm window.",
+        );
+        let _ = writeln!(
+            out,
+            "retrieval_low_hits_alarm {}",
+            u8::from(self.low_hits.active())
+        );
+        header(
+            out,
+            "retrieval_low_hits_alarms_total",
+            "counter",
+            "Times the low-retrieval alarm was raised.",
+        );
+        let _ = writeln!(
+            out,
+            "retrieval_low_hits_alarms_total {}",
+            self.low_hits.raised()
+        );
+    }
+
     /// Fallbacks, tier-rule violations and shadow comparisons of the model policy.
     fn render_policy(&self, out: &mut String) {
         header(
@@ -697,6 +817,12 @@ impl Actor for MetricsSink {
             chunk_gap_us: histogram()?,
             stage_us,
             turns_started: HashMap::new(),
+            retrieval_modes: HashMap::new(),
+            // Hit counts are small integers: exact buckets 0..=10_000.
+            retrieved_count: Histogram::new_with_bounds(1, 10_000, 3)?,
+            search_us: histogram()?,
+            grounding: [0; 2],
+            low_hits: LowHits::new(args.low_hits),
             turns_finished: HashMap::new(),
             errors: HashMap::new(),
             omitted: HashMap::new(),
@@ -744,6 +870,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn retrieval_events_become_hit_counts_latency_and_grounding_ratio() {
+        let sink = StandaloneSink::start(64).await.unwrap();
+        for hits in [0, 5, 5] {
+            sink.handle.emit(MetricEvent::Searched { hits, us: 2_000 });
+        }
+        sink.handle.emit(MetricEvent::Grounding { cited: true });
+        sink.handle.emit(MetricEvent::Grounding { cited: true });
+        sink.handle.emit(MetricEvent::Grounding { cited: false });
+        let text = sink.render().await.unwrap();
+        for line in [
+            "retrieved_chunk_count{quantile=\"0.5\"} 5",
+            "retrieved_chunk_count_sum 10",
+            "retrieved_chunk_count_count 3",
+            "search_latency_ms{quantile=\"0.5\"} 2.000",
+            "search_latency_ms_count 3",
+            "rag_grounding_ratio 0.6667",
+            "rag_answers_total{cited=\"false\"} 1",
+            "retrieval_low_hits_alarm 0",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+
+    #[tokio::test]
     async fn events_become_prometheus_text_and_overflow_is_counted() {
         let slot = WorkerSlot::empty();
         let handle = MetricsHandle::new(slot.clone(), 2);
@@ -759,6 +909,7 @@ mod tests {
             MetricsSinkArgs {
                 handle: handle.clone(),
                 chaos: Chaos::new(),
+                low_hits: LowHitsSettings::default(),
             },
         )
         .await
@@ -767,7 +918,9 @@ mod tests {
         handle.emit(MetricEvent::ChunkGaps(gaps));
         handle.emit(MetricEvent::TurnStarted {
             intent: Intent::Search,
+            retrieval_mode: RetrievalMode::Fallback,
         });
+
         let text = sink.call(MetricsMsg::Render, None).await.unwrap().unwrap();
         assert!(
             text.contains("stream_chunk_gap_ms{quantile=\"0.99\"} 25.0"),
@@ -775,7 +928,8 @@ mod tests {
         );
         assert!(text.contains("stream_chunk_gap_ms_count 1"), "{text}");
         assert!(
-            text.contains("turns_started_total{intent=\"search\"} 1"),
+            text.contains("turns_started_total{intent=\"search\"} 1")
+                && text.contains("turns_by_retrieval_mode_total{retrieval_mode=\"fallback\"} 1"),
             "{text}"
         );
         assert!(text.contains("metrics_events_dropped_total 1"), "{text}");

@@ -19,10 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
-use mangaassist_protocols::ports::{EnrichmentError, TranscriptStore};
+use mangaassist_protocols::ports::{EnrichmentError, RetrievalError, TranscriptStore};
 use mangaassist_protocols::turn::{
     ContextItem, Enrichment, EnrichmentField, FieldPlan, FieldSet, Intent, ProductCard,
-    RetrievedDoc, TurnRecord, Usage,
+    RetrievalMode, RetrievedDoc, TurnRecord, Usage,
 };
 use mangaassist_protocols::{ServerFrame, SessionId, TraceId, TurnId, UserId};
 use ractor::{Actor, ActorCell, RpcReplyPort};
@@ -332,12 +332,34 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
     });
     let intent = classification.map_err(|f| fail(f, None))?.intent;
     let trace_id = TraceId::new_xray(unix_ms() / 1000);
-    p.metrics.emit(MetricEvent::TurnStarted { intent });
+
+    // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget. Then the
+    //    deferrable fields start beside the stream.
+    let plan = s.fields.plan(intent);
+    let (items, mut facts) = preflight(ctx, intent, plan.mandatory).await;
+    let retrieval_mode = match (intent.wants_retrieval(), items.is_empty()) {
+        (false, _) => RetrievalMode::Skipped,
+        (true, false) => RetrievalMode::Grounded,
+        // Nothing usable: the fallback template (a caveat, no invented titles, an offer to
+        // search again or browse), and the turn says so.
+        (true, true) => RetrievalMode::Fallback,
+    };
+    let deferred = deferrable(ctx, plan.deferrable, &items);
+
+    // The answer is about to start: tell the client how it is grounded.
+    p.metrics.emit(MetricEvent::TurnStarted {
+        intent,
+        retrieval_mode,
+    });
+    if retrieval_mode == RetrievalMode::Fallback {
+        tracing::info!(turn = %ctx.turn_id, intent = intent.as_str(), retrieval_mode = retrieval_mode.as_str(), "answering from the fallback template");
+    }
     let started = ServerFrame::TurnStarted {
         turn_id: ctx.turn_id.clone(),
         seq: 0,
         intent,
         trace_id,
+        retrieval_mode,
     };
     ctx.outbound
         .send(
@@ -348,12 +370,6 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         )
         .await
         .map_err(|_| None)?;
-
-    // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget. Then the
-    //    deferrable fields start beside the stream.
-    let plan = s.fields.plan(intent);
-    let (items, mut facts) = preflight(ctx, intent, plan.mandatory).await;
-    let deferred = deferrable(ctx, plan.deferrable, &items);
 
     // 3. Assemble.
     let t_asm = Instant::now();
@@ -457,6 +473,11 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         let mut f = TurnFailure::new(ErrorCode::Internal, "session actor failed while streaming");
         f.seq = Some(seq);
         return Err(fail(f, Some(intent)));
+    }
+    if intent.wants_retrieval() && finish_reason == FinishReason::Stop {
+        p.metrics.emit(MetricEvent::Grounding {
+            cited: cites_any(&answer, &items),
+        });
     }
 
     // 5. Product cards for what the answer was grounded on, with whatever deferrable fields
@@ -577,6 +598,21 @@ async fn enrich(
     Some(found)
 }
 
+/// First wait before retrying a search whose backend was unreachable; doubles per retry, and
+/// the retry is skipped when the preflight budget left is less than twice the wait.
+const RETRIEVAL_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Whether `answer` names at least one grounding item: its title, or the part of it before a
+/// colon ("Frieren" for "Frieren: Beyond Journey's End"), ignoring case.
+pub fn cites_any(answer: &str, items: &[ContextItem]) -> bool {
+    let answer = answer.to_lowercase();
+    items.iter().any(|i| {
+        let title = i.doc.title.to_lowercase();
+        let short = title.split(':').next().unwrap_or(&title).trim();
+        answer.contains(title.as_str()) || (short.len() >= 3 && answer.contains(short))
+    })
+}
+
 /// Retrieval and the `mandatory` enrichment fields under one budget. Never fails: what misses the
 /// budget is left out, counted by field, and framed in the prompt by context assembly. Returns
 /// the grounding items and every fact found, by series id.
@@ -598,31 +634,46 @@ async fn preflight(
         if !intent.wants_retrieval() {
             return Vec::new();
         }
-        let query = ctx.text.clone();
         let limit = s.retrieval_limit;
-        let docs = ask(&p.retriever, ActorKind::Retriever, remaining(), |reply| {
-            RetrieverMsg::Search {
-                query,
-                limit,
-                reply,
+        let mut backoff = RETRIEVAL_RETRY_BACKOFF;
+        let docs = loop {
+            let query = ctx.text.clone();
+            let answer = ask(&p.retriever, ActorKind::Retriever, remaining(), |reply| {
+                RetrieverMsg::Search {
+                    query,
+                    limit,
+                    reply,
+                }
+            })
+            .await;
+            match answer {
+                Ok(Ok(docs)) => break docs,
+                // The backend is unreachable: try again while the budget allows.
+                Ok(Err(RetrievalError::Unavailable(e))) if remaining() > backoff * 2 => {
+                    tracing::debug!(turn = %ctx.turn_id, error = %e, "retrieval unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(turn = %ctx.turn_id, error = %e, "retrieval failed; answering from the fallback template");
+                    break Vec::new();
+                }
+                Err(f) => {
+                    tracing::warn!(turn = %ctx.turn_id, error = %f.message, "retrieval missed its budget; answering from the fallback template");
+                    break Vec::new();
+                }
             }
-        })
-        .await;
+        };
+        let us = micros(start.elapsed());
         p.metrics.emit(MetricEvent::StageLatency {
             stage: Stage::Retrieve,
-            us: micros(start.elapsed()),
+            us,
         });
-        match docs {
-            Ok(Ok(docs)) => docs,
-            Ok(Err(e)) => {
-                tracing::warn!(turn = %ctx.turn_id, error = %e, "retrieval failed; answering without grounding");
-                Vec::new()
-            }
-            Err(f) => {
-                tracing::warn!(turn = %ctx.turn_id, error = %f.message, "retrieval missed; answering without grounding");
-                Vec::new()
-            }
-        }
+        p.metrics.emit(MetricEvent::Searched {
+            hits: u32::try_from(docs.len()).unwrap_or(u32::MAX),
+            us,
+        });
+        docs
     };
     let mentions = async {
         if !lookup_here {

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use mangaassist_protocols::frame::{
     DEFAULT_MAX_FRAME_BYTES, FinishReason, ModelInfo, decode_client,
 };
-use mangaassist_protocols::turn::{Intent, Usage};
+use mangaassist_protocols::turn::{Intent, RetrievalMode, Usage};
 use mangaassist_protocols::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, SessionId, TraceId, TurnId,
 };
@@ -141,6 +141,7 @@ fn answer(script: Script, turn_id: TurnId, n: u64) -> Vec<(Duration, ServerFrame
         seq: 0,
         intent: Intent::Search,
         trace_id: TraceId::new_xray(1_700_000_000),
+        retrieval_mode: RetrievalMode::Grounded,
     };
     let token = |seq: u64| ServerFrame::Token {
         turn_id: turn_id.clone(),

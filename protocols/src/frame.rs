@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SessionId, TraceId, TurnId, UserId};
-use crate::turn::{Intent, ProductCard, Usage};
+use crate::turn::{Intent, ProductCard, RetrievalMode, Usage};
 
 /// The protocol version this build speaks; `hello.protocol` must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -300,7 +300,8 @@ pub enum ServerFrame {
         /// Turns already in the session's transcript (non-zero on resume).
         resumed_turns: u32,
     },
-    /// A turn was accepted and classified.
+    /// A turn was accepted, classified and its grounding retrieved: sent just before the
+    /// answer starts.
     TurnStarted {
         /// The turn.
         turn_id: TurnId,
@@ -310,6 +311,10 @@ pub enum ServerFrame {
         intent: Intent,
         /// X-Ray-format trace id of the turn.
         trace_id: TraceId,
+        /// `grounded`, `fallback` (nothing usable found: the answer carries a caveat) or
+        /// `skipped` (the intent needs no search).
+        #[serde(default)]
+        retrieval_mode: RetrievalMode,
     },
     /// A piece of the answer.
     Token {

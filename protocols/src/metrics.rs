@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::ErrorCode;
-use crate::turn::{EnrichmentField, Intent};
+use crate::turn::{EnrichmentField, Intent, RetrievalMode};
 
 /// The seven actor kinds. Chaos rules, restart counts and spans name actors by these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -515,10 +515,24 @@ impl GapBatch {
 /// One thing worth counting. Durations are microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
-    /// A turn was accepted and classified.
+    /// A turn was accepted, classified and its grounding retrieved.
     TurnStarted {
         /// Its intent.
         intent: Intent,
+        /// How it is grounded.
+        retrieval_mode: RetrievalMode,
+    },
+    /// A catalog search answered (for a turn whose intent needs one).
+    Searched {
+        /// Documents it returned.
+        hits: u32,
+        /// From asking the retriever to its answer, retries included.
+        us: u64,
+    },
+    /// A finished answer of a turn that searched the catalog.
+    Grounding {
+        /// Whether the answer names at least one retrieved series.
+        cited: bool,
     },
     /// A turn ended.
     TurnFinished {

@@ -49,6 +49,38 @@ impl Intent {
     }
 }
 
+/// How a turn was grounded: the `retrieval_mode` of `turn_started`, metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalMode {
+    /// The search answered with at least one document: the answer is grounded on them.
+    Grounded,
+    /// The search found nothing, failed, or missed its budget: the fallback template answers
+    /// with a caveat, invents nothing, and offers to search again or browse.
+    Fallback,
+    /// The intent needs no catalog search (greetings, thanks, account questions).
+    #[default]
+    Skipped,
+}
+
+impl RetrievalMode {
+    /// Every mode.
+    pub const ALL: [RetrievalMode; 3] = [
+        RetrievalMode::Grounded,
+        RetrievalMode::Fallback,
+        RetrievalMode::Skipped,
+    ];
+
+    /// The wire and label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrievalMode::Grounded => "grounded",
+            RetrievalMode::Fallback => "fallback",
+            RetrievalMode::Skipped => "skipped",
+        }
+    }
+}
+
 /// A classifier's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Classification {
