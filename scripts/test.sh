@@ -3,10 +3,12 @@
 #
 # Provisions whatever the tests need before running them and fails loudly if it cannot; no test
 # skips itself because something is missing. Most of the suite runs on the runtime's embedded
-# defaults (simulated model, tantivy, embedded stores). The one service it needs is Redis:
+# defaults (simulated model, tantivy, embedded stores). The services it needs are Redis:
 # `redis-server` and `redis-cli` on PATH (installed with apt-get when missing; tests/redis_cache.rs
 # starts, kills and restarts its own redis-server processes on free ports), plus a shared instance
-# on 127.0.0.1:6379 for end-to-end tests (started here when nothing answers there).
+# on 127.0.0.1:6379 for end-to-end tests (started here when nothing answers there); and an
+# OpenSearch-compatible server on 127.0.0.1:9200 (osmem-server from PyPI in a venv under target/,
+# started here when nothing answers there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +61,37 @@ if ! redis_ping 6379; then
   fi
 fi
 echo "redis: $(redis-server --version | cut -d' ' -f3), shared instance on 127.0.0.1:6379 answers PING"
+
+# --- OpenSearch-compatible server ------------------------------------------------------------
+# osmem-server (PyPI): an in-memory server speaking the OpenSearch REST API, in a venv this
+# script owns. tests/opensearch.rs needs it on 127.0.0.1:9200.
+os_ping() { curl -sf -o /dev/null --max-time 1 http://127.0.0.1:9200/; }
+if ! os_ping; then
+  venv="${MANGAASSIST_OSMEM_VENV:-$PWD/target/osmem-venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    step "creating the osmem-server venv in $venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-pip \
+        || { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-pip; }
+      rm -rf "$venv"
+      python3 -m venv "$venv" || { echo "ERROR: cannot create a Python venv in $venv" >&2; exit 1; }
+    fi
+  fi
+  if ! "$venv/bin/python" -c "import osmem_server" 2>/dev/null; then
+    step "installing osmem-server (pip)"
+    "$venv/bin/pip" install --quiet osmem-server \
+      || { echo "ERROR: 'pip install osmem-server' failed; tests/opensearch.rs needs it" >&2; exit 1; }
+  fi
+  osmem="$("$venv/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())')"
+  step "starting osmem-server on 127.0.0.1:9200"
+  nohup "$osmem" --addr 127.0.0.1:9200 --no-stdin-watch >"$venv/osmem.log" 2>&1 &
+  for _ in $(seq 100); do os_ping && break; sleep 0.1; done
+  if ! os_ping; then
+    echo "ERROR: osmem-server on 127.0.0.1:9200 did not answer within 10 s (log: $venv/osmem.log)" >&2
+    exit 1
+  fi
+fi
+echo "opensearch: $(curl -s http://127.0.0.1:9200/ | sed -n 's/.*"distribution":"\([^"]*\)".*"number":"\([^"]*\)".*/\1 \2/p') answers on 127.0.0.1:9200"
 
 step "cargo test --workspace"
 log=$(mktemp)

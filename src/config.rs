@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::backends::model_limits::{Deadlines, RetryPolicy};
 use crate::backends::models::CallLimits;
+use crate::backends::opensearch::OpenSearchSettings;
 
 use crate::backends::cache::{CacheSettings, RedisSettings};
 use crate::backends::embedded_enrichment::LatencyProfile;
@@ -267,12 +268,30 @@ pub struct RawEnrichment {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetrieval {
+    /// `tantivy` (embedded, the default) or `opensearch`.
+    pub backend: Option<String>,
+    /// `[retrieval.opensearch]`
+    pub opensearch: Option<RawOpenSearch>,
     /// Documents per turn.
     pub top_k: Option<usize>,
     /// Low-retrieval alarm: how long the median hit count must stay low.
     pub low_hits_window_ms: Option<u64>,
     /// Low-retrieval alarm: the median must be below this.
     pub low_hits_threshold: Option<u32>,
+}
+
+/// `[retrieval.opensearch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenSearch {
+    /// Base URL of the cluster.
+    pub url: Option<String>,
+    /// The alias serving reads.
+    pub alias: Option<String>,
+    /// Per-search timeout.
+    pub timeout_ms: Option<u64>,
+    /// Searches in flight at once on the serving client.
+    pub max_in_flight: Option<usize>,
 }
 
 /// `[turn]`
@@ -324,6 +343,8 @@ pub struct Config {
     pub enrichment_latency: LatencyProfile,
     /// Where enrichment comes from.
     pub enrichment_source: EnrichmentSourceConfig,
+    /// Where catalog searches go.
+    pub retrieval_backend: RetrievalBackendConfig,
     /// The enrichment cache.
     pub cache: CacheSettings,
     /// Model-tier policy.
@@ -334,6 +355,16 @@ pub struct Config {
     pub metrics_queue: usize,
     /// The low-retrieval alarm.
     pub low_hits: LowHitsSettings,
+}
+
+/// Which backend serves catalog searches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum RetrievalBackendConfig {
+    /// The embedded tantivy index under `data.dir` (the default).
+    #[default]
+    Tantivy,
+    /// An OpenSearch cluster, read through an alias.
+    OpenSearch(OpenSearchSettings),
 }
 
 /// Which enrichment source serves lookups.
@@ -493,6 +524,8 @@ impl RawConfig {
             600_000,
         )?);
         let fields = field_policy(e.fields)?;
+        let retrieval_backend =
+            retrieval_backend(self.retrieval.backend.as_deref(), self.retrieval.opensearch)?;
         let enrichment_source = match (e.source.as_deref(), e.http) {
             (None | Some("embedded"), None) => EnrichmentSourceConfig::Embedded,
             (None | Some("embedded"), Some(_)) => {
@@ -743,6 +776,7 @@ impl RawConfig {
                 max: ms(lat_max),
             },
             enrichment_source,
+            retrieval_backend,
             cache,
             policy,
             turn,
@@ -775,6 +809,64 @@ impl RawConfig {
 
 /// The defaults, with each `[enrichment.fields.<intent>]` table replacing its intent's plan (a
 /// table that names only `mandatory` keeps the default `deferrable`, and the other way round).
+fn retrieval_backend(
+    backend: Option<&str>,
+    opensearch: Option<RawOpenSearch>,
+) -> Result<RetrievalBackendConfig, ConfigError> {
+    let ms = Duration::from_millis;
+    match (backend, opensearch) {
+        (None | Some("tantivy"), None) => Ok(RetrievalBackendConfig::Tantivy),
+        (None | Some("tantivy"), Some(_)) => Err(invalid(
+            "retrieval.opensearch",
+            "is set but retrieval.backend is not `opensearch`",
+        )),
+        (Some("opensearch"), raw) => {
+            let raw = raw.unwrap_or_default();
+            let Some(url) = raw.url else {
+                return Err(invalid(
+                    "retrieval.opensearch.url",
+                    "is required when retrieval.backend = \"opensearch\"",
+                ));
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "retrieval.opensearch.url",
+                    format!("`{url}` must start with http:// or https://"),
+                ));
+            }
+            let mut settings = OpenSearchSettings::new(url.trim_end_matches('/'));
+            if let Some(alias) = raw.alias {
+                if alias.is_empty() || alias.contains(['/', ',', '*', ' ']) {
+                    return Err(invalid(
+                        "retrieval.opensearch.alias",
+                        format!("`{alias}` is not an index alias name"),
+                    ));
+                }
+                settings.alias = alias;
+            }
+            settings.timeout = ms(ranged(
+                "retrieval.opensearch.timeout_ms",
+                raw.timeout_ms,
+                500,
+                1,
+                60_000,
+            )?);
+            settings.max_in_flight = ranged(
+                "retrieval.opensearch.max_in_flight",
+                raw.max_in_flight,
+                64,
+                1,
+                10_000,
+            )?;
+            Ok(RetrievalBackendConfig::OpenSearch(settings))
+        }
+        (Some(other), _) => Err(invalid(
+            "retrieval.backend",
+            format!("unknown backend `{other}`; expected tantivy or opensearch"),
+        )),
+    }
+}
+
 fn field_policy(
     tables: std::collections::BTreeMap<String, RawFieldPlan>,
 ) -> Result<FieldPolicy, ConfigError> {
@@ -858,6 +950,47 @@ mod tests {
     fn the_example_file_is_valid() {
         let text = include_str!("../mangaassist.example.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn the_retrieval_backend_is_tantivy_unless_opensearch_is_configured() {
+        assert_eq!(
+            parse("").unwrap().retrieval_backend,
+            RetrievalBackendConfig::Tantivy
+        );
+        let c = parse(
+            "[retrieval]\nbackend = \"opensearch\"\n[retrieval.opensearch]\nurl = \"https://search.internal:9200/\"\nalias = \"shop-current\"\ntimeout_ms = 200\n",
+        )
+        .unwrap();
+        let RetrievalBackendConfig::OpenSearch(os) = c.retrieval_backend else {
+            panic!("expected opensearch");
+        };
+        assert_eq!(os.url, "https://search.internal:9200");
+        assert_eq!(os.alias, "shop-current");
+        assert_eq!(os.timeout, Duration::from_millis(200));
+        assert_eq!(os.max_in_flight, 64);
+        for (text, field) in [
+            (
+                "[retrieval]\nbackend = \"opensearch\"\n",
+                "retrieval.opensearch.url",
+            ),
+            (
+                "[retrieval]\nbackend = \"opensearch\"\n[retrieval.opensearch]\nurl = \"localhost:9200\"\n",
+                "retrieval.opensearch.url",
+            ),
+            (
+                "[retrieval]\nbackend = \"opensearch\"\n[retrieval.opensearch]\nurl = \"http://x\"\nalias = \"a,b\"\n",
+                "retrieval.opensearch.alias",
+            ),
+            (
+                "[retrieval.opensearch]\nurl = \"http://x\"\n",
+                "retrieval.opensearch",
+            ),
+            ("[retrieval]\nbackend = \"solr\"\n", "retrieval.backend"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

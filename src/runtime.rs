@@ -37,7 +37,7 @@ use mangaassist_actors::worker::WorkerArgs;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::{ActorKind, TaskType};
-use mangaassist_protocols::ports::{EnrichmentSource, TranscriptStore};
+use mangaassist_protocols::ports::{EnrichmentSource, Retriever, TranscriptStore};
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,9 +50,10 @@ use crate::backends::embedded_enrichment::{EmbeddedEnrichment, WithCatalogNames}
 use crate::backends::embedded_store::EmbeddedTranscriptStore;
 use crate::backends::http_catalog::HttpCatalog;
 use crate::backends::models::ModelFactory;
-use crate::backends::tantivy::TantivyRetriever;
-use crate::config::{Config, EnrichmentSourceConfig};
+use crate::backends::opensearch::OpenSearchRetriever;
+use crate::config::{Config, EnrichmentSourceConfig, RetrievalBackendConfig};
 use crate::front::{FrontLimits, FrontState, http, tcp};
+use crate::ingest::tantivy_store::{DEFAULT_ALIAS_POLL, LiveRetriever};
 use crate::policy::router::{ModelRouter, PolicySource, RoutedClassifier, RoutedModel};
 
 /// The catalog shipped in `data/catalog.jsonl`, built into the binary so `serve` runs anywhere.
@@ -88,6 +89,9 @@ pub enum StartError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The retrieval backend could not be set up.
+    #[error("retrieval: {0}")]
+    Retrieval(String),
     /// The enrichment source or its cache could not be set up.
     #[error("enrichment: {0}")]
     Enrichment(String),
@@ -163,19 +167,34 @@ impl Runtime {
             None => PolicySource::fixed(crate::policy::builtin()?),
         };
 
-        // Backends. The index is opened (or built and cached) before readiness.
+        // Backends. The embedded index's live version is opened (built as v1 on a fresh data dir)
+        // before readiness; `mangaassist ingest` swaps versions behind the alias
+        // (docs/ingest.md). OpenSearch is read through its alias; nothing is asked of it here,
+        // so an unreachable cluster makes turns fall back rather than the start fail.
         let index_root = config.data_dir.join("index");
-        let retriever = {
-            let catalog = catalog.clone();
-            let root = index_root.clone();
-            tokio::task::spawn_blocking(move || TantivyRetriever::open_or_build(&catalog, &root))
-                .await
-                .map_err(actors_err)?
-                .map_err(|e| StartError::Index {
-                    dir: index_root.clone(),
-                    message: e.to_string(),
-                })?
-        };
+        let (retriever, live): (Arc<dyn Retriever>, Option<LiveRetriever>) =
+            match &config.retrieval_backend {
+                RetrievalBackendConfig::Tantivy => {
+                    let catalog = catalog.clone();
+                    let root = index_root.clone();
+                    let live =
+                        tokio::task::spawn_blocking(move || LiveRetriever::open(&root, &catalog))
+                            .await
+                            .map_err(actors_err)?
+                            .map_err(|e| StartError::Index {
+                                dir: index_root.clone(),
+                                message: e.to_string(),
+                            })?;
+                    (Arc::new(live.clone()), Some(live))
+                }
+                RetrievalBackendConfig::OpenSearch(settings) => (
+                    Arc::new(
+                        OpenSearchRetriever::new(settings.clone())
+                            .map_err(|e| StartError::Retrieval(e.to_string()))?,
+                    ),
+                    None,
+                ),
+            };
         let store_path = config.data_dir.join("transcripts.redb");
         let transcripts: Arc<dyn TranscriptStore> = Arc::new(
             EmbeddedTranscriptStore::open_with_linger(&store_path, config.transcript_commit_linger)
@@ -255,7 +274,7 @@ impl Runtime {
                 RetrieverActor::default,
                 WorkerArgs {
                     service: Arc::new(Search(Arc::new(ChaosRetriever {
-                        inner: Arc::new(retriever),
+                        inner: retriever,
                         chaos: chaos.clone(),
                     }))),
                     chaos: chaos.clone(),
@@ -348,6 +367,9 @@ impl Runtime {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        if let Some(live) = &live {
+            live.watch(DEFAULT_ALIAS_POLL, shutdown.clone(), &tasks);
+        }
         if let Some(store) = &policy {
             crate::policy::store::watch(
                 store.clone(),

@@ -4,8 +4,9 @@
 //! [`tantivy`] retriever over the shipped [`catalog`], [`embedded_enrichment`] source, and the
 //! [`embedded_store`] durable transcript store. [`chaos`] wraps sources with injectable latency.
 //!
-//! Real backends: [`http_catalog`] (a third-party catalog API as the enrichment source) and the
-//! two-tier enrichment [`cache`] (in-process, plus Redis when configured).
+//! Real backends: [`http_catalog`] (a third-party catalog API as the enrichment source), the
+//! two-tier enrichment [`cache`] (in-process, plus Redis when configured), [`opensearch`] (the
+//! catalog retriever on an OpenSearch cluster), [`bedrock`] and [`openai`] models.
 
 pub mod bedrock;
 pub mod cache;
@@ -22,5 +23,7 @@ pub mod models;
 pub mod ngram_classifier;
 pub mod observed;
 pub mod openai;
+pub mod opensearch;
+pub mod query_words;
 pub mod simulated;
 pub mod tantivy;

@@ -8,6 +8,10 @@
 //! renamed into place in one step, so a reader only ever sees a complete index. The index is
 //! immutable once built, so the reader never reloads (`ReloadPolicy::Manual`).
 //!
+//! The same schema and documents back the versioned indexes of ingest
+//! (`crate::ingest::tantivy_store`): [`CatalogIndexWriter`] builds one in committed batches and
+//! [`TantivyRetriever::open`] serves a finished one.
+//!
 //! Queries are user chat text, not query syntax: they are parsed leniently (quotes, colons and
 //! stray operators never fail a search), terms are OR-ed, title matches count three times and
 //! author matches twice. Searching is CPU work, so the async path runs it on the blocking pool.
@@ -162,119 +166,6 @@ fn index_err(path: &Path) -> impl FnOnce(TantivyError) -> TantivyBackendError + 
     }
 }
 
-/// Words of shop talk that say how a customer asks, not what they want ("any", "manga",
-/// "recommend", "volumes"). Left in, they outscore the words that matter: "any horror manga with
-/// few volumes" would rank by "manga" and "volumes" in synopses instead of by "horror".
-const QUERY_STOP_WORDS: &[&str] = &[
-    "a",
-    "about",
-    "af",
-    "an",
-    "and",
-    "any",
-    "anything",
-    "are",
-    "available",
-    "best",
-    "book",
-    "books",
-    "buy",
-    "can",
-    "cheap",
-    "could",
-    "cost",
-    "do",
-    "does",
-    "find",
-    "for",
-    "get",
-    "give",
-    "good",
-    "got",
-    "have",
-    "hello",
-    "hey",
-    "hi",
-    "how",
-    "i",
-    "im",
-    "in",
-    "is",
-    "it",
-    "its",
-    "like",
-    "looking",
-    "manga",
-    "mangas",
-    "many",
-    "me",
-    "more",
-    "much",
-    "my",
-    "need",
-    "new",
-    "of",
-    "on",
-    "or",
-    "other",
-    "please",
-    "pls",
-    "plz",
-    "price",
-    "read",
-    "rec",
-    "recommend",
-    "recommendation",
-    "recommendations",
-    "recs",
-    "series",
-    "show",
-    "similar",
-    "some",
-    "something",
-    "stock",
-    "suggest",
-    "tell",
-    "thanks",
-    "that",
-    "the",
-    "there",
-    "this",
-    "title",
-    "titles",
-    "to",
-    "u",
-    "vol",
-    "vols",
-    "volume",
-    "volumes",
-    "wanna",
-    "want",
-    "what",
-    "which",
-    "with",
-    "would",
-    "you",
-    "your",
-];
-
-/// The query without shop-talk filler; the whole query when nothing else is left.
-fn content_words(query: &str) -> String {
-    let kept: Vec<&str> = query
-        .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
-        .filter(|w| !w.is_empty())
-        .filter(|w| {
-            let lower = w.to_lowercase();
-            !QUERY_STOP_WORDS.contains(&lower.trim_matches('\'').replace('\'', "").as_str())
-        })
-        .collect();
-    if kept.is_empty() {
-        query.to_owned()
-    } else {
-        kept.join(" ")
-    }
-}
-
 /// Opens an existing index directory if it is usable for a catalog of `expected_docs` records.
 fn open_existing(dir: &Path, expected_docs: u64) -> Option<(Index, IndexReader, Fields)> {
     let index = match Index::open_in_dir(dir) {
@@ -301,27 +192,124 @@ fn open_existing(dir: &Path, expected_docs: u64) -> Option<(Index, IndexReader, 
     Some((index, reader, fields))
 }
 
+/// The tantivy document of one series.
+fn series_document(f: &Fields, s: &Series) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    doc.add_text(f.id, &s.id);
+    doc.add_text(f.title, &s.title);
+    doc.add_text(f.author, &s.author);
+    doc.add_text(f.genres, s.genres.join(GENRE_SEPARATOR));
+    doc.add_text(f.demographic, &s.demographic);
+    doc.add_text(f.synopsis, &s.synopsis);
+    doc.add_u64(f.volumes, u64::from(s.volumes));
+    doc
+}
+
 /// Writes a complete index of `catalog` into the empty directory `dir`.
 fn build_into(dir: &Path, catalog: &[Series]) -> Result<(), TantivyBackendError> {
-    let (schema, f) = Fields::schema();
-    let index = Index::create_in_dir(dir, schema).map_err(index_err(dir))?;
-    let mut writer: IndexWriter = index
-        .writer_with_num_threads(1, WRITER_MEMORY)
-        .map_err(index_err(dir))?;
-    for s in catalog {
-        let mut doc = TantivyDocument::default();
-        doc.add_text(f.id, &s.id);
-        doc.add_text(f.title, &s.title);
-        doc.add_text(f.author, &s.author);
-        doc.add_text(f.genres, s.genres.join(GENRE_SEPARATOR));
-        doc.add_text(f.demographic, &s.demographic);
-        doc.add_text(f.synopsis, &s.synopsis);
-        doc.add_u64(f.volumes, u64::from(s.volumes));
-        writer.add_document(doc).map_err(index_err(dir))?;
+    let mut writer = CatalogIndexWriter::create(dir)?;
+    writer.add(catalog)?;
+    writer.commit(None)?;
+    writer.finish()
+}
+
+/// Opens an index directory with the catalog schema.
+fn open_index(dir: &Path) -> Result<(Index, Fields), TantivyBackendError> {
+    let index = Index::open_in_dir(dir).map_err(index_err(dir))?;
+    let fields = Fields::of(&index).ok_or_else(|| TantivyBackendError::Index {
+        path: dir.to_path_buf(),
+        source: TantivyError::SchemaError("index schema does not match".to_string()),
+    })?;
+    Ok((index, fields))
+}
+
+/// Writes catalog documents into one index directory, in batches, with durable commits.
+///
+/// The batch path of ingest: documents added since the last [`commit`](Self::commit) are
+/// invisible to readers and are dropped if the process dies, so a commit is the unit of progress.
+/// A commit can carry a payload (ingest stores its checkpoint there), written atomically with the
+/// documents it describes: the payload never claims documents the index does not hold.
+pub struct CatalogIndexWriter {
+    index: Index,
+    writer: IndexWriter,
+    fields: Fields,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for CatalogIndexWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogIndexWriter")
+            .field("dir", &self.dir)
+            .finish()
     }
-    writer.commit().map_err(index_err(dir))?;
-    writer.wait_merging_threads().map_err(index_err(dir))?;
-    Ok(())
+}
+
+impl CatalogIndexWriter {
+    /// Creates a new, empty index in the existing empty directory `dir`.
+    pub fn create(dir: &Path) -> Result<Self, TantivyBackendError> {
+        let (schema, fields) = Fields::schema();
+        let index = Index::create_in_dir(dir, schema).map_err(index_err(dir))?;
+        Self::with_index(index, fields, dir)
+    }
+
+    /// Opens the index in `dir` to add more documents (resuming an interrupted build).
+    pub fn open(dir: &Path) -> Result<Self, TantivyBackendError> {
+        let (index, fields) = open_index(dir)?;
+        Self::with_index(index, fields, dir)
+    }
+
+    fn with_index(index: Index, fields: Fields, dir: &Path) -> Result<Self, TantivyBackendError> {
+        let writer: IndexWriter = index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(index_err(dir))?;
+        Ok(Self {
+            index,
+            writer,
+            fields,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Adds one document per series (visible after the next commit).
+    pub fn add(&mut self, series: &[Series]) -> Result<(), TantivyBackendError> {
+        for s in series {
+            self.writer
+                .add_document(series_document(&self.fields, s))
+                .map_err(index_err(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// Commits everything added so far, with `payload` recorded in the same commit.
+    pub fn commit(&mut self, payload: Option<&str>) -> Result<(), TantivyBackendError> {
+        let mut prepared = self.writer.prepare_commit().map_err(index_err(&self.dir))?;
+        if let Some(p) = payload {
+            prepared.set_payload(p);
+        }
+        prepared.commit().map_err(index_err(&self.dir))?;
+        Ok(())
+    }
+
+    /// Documents committed so far.
+    pub fn committed_docs(&self) -> Result<u64, TantivyBackendError> {
+        let metas = self.index.load_metas().map_err(index_err(&self.dir))?;
+        Ok(metas.segments.iter().map(|s| u64::from(s.num_docs())).sum())
+    }
+
+    /// Waits for background merges and releases the index lock.
+    pub fn finish(self) -> Result<(), TantivyBackendError> {
+        self.writer
+            .wait_merging_threads()
+            .map_err(index_err(&self.dir))
+    }
+}
+
+/// The payload and document count of the last commit in `dir`, without opening a reader.
+pub fn committed_state(dir: &Path) -> Result<(Option<String>, u64), TantivyBackendError> {
+    let (index, _) = open_index(dir)?;
+    let metas = index.load_metas().map_err(index_err(dir))?;
+    let docs = metas.segments.iter().map(|s| u64::from(s.num_docs())).sum();
+    Ok((metas.payload, docs))
 }
 
 impl TantivyRetriever {
@@ -367,17 +355,30 @@ impl TantivyRetriever {
             }
         }
         tracing::info!(dir = %dir.display(), docs = expected, "built catalog index");
-        let index = Index::open_in_dir(&dir).map_err(index_err(&dir))?;
-        let fields = Fields::of(&index).ok_or_else(|| TantivyBackendError::Index {
-            path: dir.clone(),
-            source: TantivyError::SchemaError("index schema does not match".to_string()),
-        })?;
+        Self::open_dir(&dir, false)
+    }
+
+    /// Opens the complete, committed index in `dir` (a versioned index behind the alias).
+    ///
+    /// The reader never reloads: a version is immutable once promoted. Blocking (file IO).
+    pub fn open(dir: &Path) -> Result<Self, TantivyBackendError> {
+        Self::open_dir(dir, true)
+    }
+
+    fn open_dir(dir: &Path, reused: bool) -> Result<Self, TantivyBackendError> {
+        let (index, fields) = open_index(dir)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
-            .map_err(index_err(&dir))?;
-        Ok(Self::assemble(index, reader, fields, dir, false))
+            .map_err(index_err(dir))?;
+        Ok(Self::assemble(
+            index,
+            reader,
+            fields,
+            dir.to_path_buf(),
+            reused,
+        ))
     }
 
     fn assemble(
@@ -419,12 +420,13 @@ impl TantivyRetriever {
         self.inner.reader.searcher().num_docs()
     }
 
-    /// The index directory in use (`index_root/catalog-{fingerprint}`).
+    /// The index directory in use (`index_root/catalog-{fingerprint}`, or the version opened).
     pub fn index_dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// True when the index was found on disk, false when this call built it.
+    /// True when the index was found on disk, false when this call built it ([`Self::open`]
+    /// always finds it).
     pub fn reused_cache(&self) -> bool {
         self.inner.reused
     }
@@ -445,7 +447,9 @@ impl Inner {
         if limit == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let (parsed, errors) = self.parser.parse_query_lenient(&content_words(query));
+        let (parsed, errors) = self
+            .parser
+            .parse_query_lenient(&crate::backends::query_words::content_words(query));
         if !errors.is_empty() {
             tracing::debug!(?errors, "lenient query parse skipped parts of the query");
         }
@@ -497,24 +501,6 @@ impl Retriever for TantivyRetriever {
         tokio::task::spawn_blocking(move || inner.search(&query, limit))
             .await
             .map_err(|e| RetrievalError::Search(format!("search task failed: {e}")))?
-    }
-}
-
-#[cfg(test)]
-mod query_tests {
-    use super::content_words;
-
-    #[test]
-    fn shop_talk_is_dropped_from_queries() {
-        assert_eq!(
-            content_words("any horror manga with few volumes?"),
-            "horror few"
-        );
-        assert_eq!(content_words("recommend something like Frieren"), "Frieren");
-        assert_eq!(content_words("how much is one piece vol 3"), "one piece 3");
-        assert_eq!(content_words("i'm looking for JoJo's"), "JoJo's");
-        // Nothing but filler: search with what was said rather than nothing.
-        assert_eq!(content_words("show me some manga"), "show me some manga");
     }
 }
 

@@ -1,0 +1,16 @@
+//! Catalog ingest: versioned indexes behind an alias, blue/green builds with validation gates,
+//! rollback, incremental changes (issue 5).
+//!
+//! - [`golden`]: the golden retrieval set (`data/retrieval/golden.jsonl`) and recall@k.
+//! - [`store`]: the backend-neutral blue/green interface ([`store::IndexStore`]): versions, the
+//!   alias, shadow builds with checkpoints, promotion, rollback.
+//! - [`tantivy_store`]: the embedded implementation (index directories and a pointer file) and
+//!   [`tantivy_store::LiveRetriever`], the serving retriever that follows the alias.
+//! - [`job`]: the ingest job: batched, rate-limited, resumable shadow build, gates, promotion.
+//!
+//! docs/ingest.md has the layout on disk and the CLI.
+
+pub mod golden;
+pub mod job;
+pub mod store;
+pub mod tantivy_store;
