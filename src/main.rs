@@ -166,9 +166,11 @@ enum Command {
     /// alone and exits 1 naming the gate and its figures. A running `serve` on the same data
     /// directory picks up the swap within a second. Examples:
     ///
+    /// mangaassist ingest --catalog data/catalog.jsonl --data-dir var
+    /// mangaassist ingest --catalog data/catalog.jsonl --data-dir var --resume
+    /// # A synthetic catalog has none of the golden set's series: waive the recall gate.
     /// mangaassist catalog synth --count 100000 --out /tmp/catalog.jsonl
-    /// mangaassist ingest --catalog /tmp/catalog.jsonl --data-dir var --rate 50000
-    /// mangaassist ingest --catalog /tmp/catalog.jsonl --data-dir var --resume
+    /// mangaassist ingest --catalog /tmp/catalog.jsonl --data-dir var --rate 50000 --max-recall-drop 1
     /// mangaassist ingest status --data-dir var
     /// mangaassist ingest rollback --data-dir var
     #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]

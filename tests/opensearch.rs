@@ -30,8 +30,12 @@ fn catalog() -> Vec<Series> {
     parse_jsonl(BUILTIN_CATALOG).unwrap()
 }
 
+/// An admin client: index operations get a generous timeout (the serving default, 500 ms, is for
+/// searches on the turn's path).
 async fn server() -> opensearch::OpenSearch {
-    let client = OpenSearchSettings::new(URL).client().unwrap();
+    let mut settings = OpenSearchSettings::new(URL);
+    settings.timeout = Duration::from_secs(30);
+    let client = settings.client().unwrap();
     let up = client
         .ping()
         .send()
