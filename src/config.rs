@@ -536,20 +536,13 @@ impl RawConfig {
             }
             (Some("http"), http) => {
                 let http = http.unwrap_or_default();
-                let Some(url) = http.url else {
-                    return Err(invalid(
-                        "enrichment.http.url",
-                        "is required when enrichment.source = \"http\"",
-                    ));
-                };
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(invalid(
-                        "enrichment.http.url",
-                        format!("`{url}` must start with http:// or https://"),
-                    ));
-                }
+                let url = base_url(
+                    "enrichment.http.url",
+                    http.url,
+                    "enrichment.source = \"http\"",
+                )?;
                 EnrichmentSourceConfig::Http(HttpCatalogSettings {
-                    url: url.trim_end_matches('/').to_owned(),
+                    url,
                     timeout: ms(ranged(
                         "enrichment.http.timeout_ms",
                         http.timeout_ms,
@@ -809,6 +802,21 @@ impl RawConfig {
 
 /// The defaults, with each `[enrichment.fields.<intent>]` table replacing its intent's plan (a
 /// table that names only `mandatory` keeps the default `deferrable`, and the other way round).
+/// A service's base URL: required (`when` says when), `http://` or `https://`, without its
+/// trailing slash.
+fn base_url(field: &'static str, url: Option<String>, when: &str) -> Result<String, ConfigError> {
+    let Some(url) = url else {
+        return Err(invalid(field, format!("is required when {when}")));
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            field,
+            format!("`{url}` must start with http:// or https://"),
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 fn retrieval_backend(
     backend: Option<&str>,
     opensearch: Option<RawOpenSearch>,
@@ -822,19 +830,12 @@ fn retrieval_backend(
         )),
         (Some("opensearch"), raw) => {
             let raw = raw.unwrap_or_default();
-            let Some(url) = raw.url else {
-                return Err(invalid(
-                    "retrieval.opensearch.url",
-                    "is required when retrieval.backend = \"opensearch\"",
-                ));
-            };
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    "retrieval.opensearch.url",
-                    format!("`{url}` must start with http:// or https://"),
-                ));
-            }
-            let mut settings = OpenSearchSettings::new(url.trim_end_matches('/'));
+            let url = base_url(
+                "retrieval.opensearch.url",
+                raw.url,
+                "retrieval.backend = \"opensearch\"",
+            )?;
+            let mut settings = OpenSearchSettings::new(url);
             if let Some(alias) = raw.alias {
                 if alias.is_empty() || alias.contains(['/', ',', '*', ' ']) {
                     return Err(invalid(
