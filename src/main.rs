@@ -173,6 +173,9 @@ enum Command {
     /// mangaassist ingest --catalog /tmp/catalog.jsonl --data-dir var --rate 50000 --max-recall-drop 1
     /// mangaassist ingest status --data-dir var
     /// mangaassist ingest rollback --data-dir var
+    /// # OpenSearch: indexes catalog-v{N} behind the catalog-current alias; also status, rollback.
+    /// mangaassist ingest --backend opensearch --url http://127.0.0.1:9200 --catalog data/catalog.jsonl
+    /// mangaassist ingest rollback --backend opensearch --url http://127.0.0.1:9200
     #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     Ingest(IngestArgs),
 }
@@ -224,10 +227,19 @@ struct IngestTarget {
     /// Search backend holding the versions.
     #[arg(long, value_enum, default_value_t = IngestBackend::Tantivy, global = true)]
     backend: IngestBackend,
-    /// OpenSearch URL (opensearch backend).
+    /// OpenSearch URL (opensearch backend), e.g. http://127.0.0.1:9200.
     #[arg(long, value_name = "URL", global = true)]
     url: Option<String>,
-    /// Versions kept on disk at promotion, live included (at least 2).
+    /// The alias serving reads (opensearch backend); versions are `{prefix}-v{N}` where the
+    /// prefix is the alias without `-current` (`catalog-current` -> `catalog-v3`).
+    #[arg(long, value_name = "NAME", global = true)]
+    alias: Option<String>,
+    /// Timeout of each OpenSearch request (index creation, one bulk batch, the alias swap), in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// Versions kept at promotion, live included (at least 2).
     #[arg(long, value_name = "N", default_value_t = mangaassist::ingest::tantivy_store::DEFAULT_KEEP,
           global = true)]
     keep: usize,
@@ -237,7 +249,7 @@ struct IngestTarget {
 enum IngestBackend {
     /// Embedded tantivy index directories under the data directory.
     Tantivy,
-    /// An OpenSearch cluster (not in this build yet).
+    /// Indexes `{prefix}-v{N}` behind an alias on an OpenSearch cluster (--url, --alias).
     Opensearch,
 }
 
@@ -455,46 +467,80 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 /// `mangaassist ingest [rollback|status]`.
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    use mangaassist::backends::opensearch::OpenSearchSettings;
     use mangaassist::ingest::job::{self, IngestOptions, Outcome};
-    use mangaassist::ingest::store::IndexStore as _;
+    use mangaassist::ingest::opensearch_store::{OpenSearchStore, prefix_for_alias};
+    use mangaassist::ingest::store::IndexStore;
     use mangaassist::ingest::tantivy_store::TantivyStore;
     use std::io::Write as _;
 
     init_logging();
     let t = &args.target;
-    if let IngestBackend::Opensearch = t.backend {
-        anyhow::bail!(
-            "--backend opensearch: not in this build yet (url: {})",
-            t.url.as_deref().unwrap_or("none")
-        );
-    }
-    let data_dir = match (&t.data_dir, &t.config) {
-        (Some(d), _) => d.clone(),
-        (None, c) => Config::load(c.as_deref())?.data_dir,
+    // `where_` names the index location in messages; `follows` says how serving sees a swap.
+    let (store, where_, follows): (Box<dyn IndexStore>, String, &str) = match t.backend {
+        IngestBackend::Tantivy => {
+            anyhow::ensure!(
+                t.url.is_none() && t.alias.is_none(),
+                "--url and --alias are for --backend opensearch"
+            );
+            let data_dir = match (&t.data_dir, &t.config) {
+                (Some(d), _) => d.clone(),
+                (None, c) => Config::load(c.as_deref())?.data_dir,
+            };
+            let store = TantivyStore::new(data_dir.join("index"), t.keep);
+            let where_ = store.root().display().to_string();
+            (
+                Box::new(store),
+                where_,
+                "a running serve follows within a second",
+            )
+        }
+        IngestBackend::Opensearch => {
+            let url = t
+                .url
+                .clone()
+                .context("--backend opensearch needs --url, e.g. http://127.0.0.1:9200")?;
+            let mut settings = OpenSearchSettings::new(url);
+            if let Some(alias) = &t.alias {
+                settings.alias = alias.clone();
+            }
+            settings.timeout = Duration::from_millis(t.timeout_ms);
+            let prefix = prefix_for_alias(&settings.alias).to_owned();
+            let where_ = format!("{} (alias {})", settings.url, settings.alias);
+            let store = OpenSearchStore::new(settings, prefix, t.keep)?;
+            (
+                Box::new(store),
+                where_,
+                "searches on the alias see it at once",
+            )
+        }
     };
-    let store = TantivyStore::new(data_dir.join("index"), t.keep);
+    let store = store.as_ref();
+    let name = |v: Option<mangaassist::ingest::store::Version>| {
+        v.map_or_else(|| "none".to_string(), |v| store.index_name(v))
+    };
     match args.command {
         Some(IngestCommand::Status) => {
             let live = store.live().await?;
-            println!(
-                "index {}  live {}",
-                store.root().display(),
-                live.map_or_else(|| "none".to_string(), |v| v.name())
-            );
+            println!("index {where_}  live {}", name(live));
             for v in store.versions().await? {
                 let docs = v
                     .docs
                     .map_or_else(|| "unreadable".to_string(), |n| n.to_string());
-                println!("  {:<14} {:<9} {docs} docs", v.version.name(), v.role);
+                println!(
+                    "  {:<14} {:<9} {docs} docs",
+                    store.index_name(v.version),
+                    v.role
+                );
             }
             Ok(())
         }
         Some(IngestCommand::Rollback) => {
             let swap = store.rollback().await?;
             println!(
-                "rolled back: {} -> {} (a running serve follows within a second)",
-                swap.from.map_or_else(|| "none".to_string(), |v| v.name()),
-                swap.to
+                "rolled back: {} -> {} ({follows})",
+                name(swap.from),
+                name(Some(swap.to))
             );
             Ok(())
         }
@@ -521,9 +567,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 "ingesting {} series from {} into {}",
                 catalog.len(),
                 file.display(),
-                store.root().display()
+                where_
             );
-            let outcome = job::run(&store, &catalog, &opts, |p| {
+            let outcome = job::run(store, &catalog, &opts, |p| {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r{}   ", p.line());
                 let _ = err.flush();
@@ -537,17 +583,18 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     }
                     println!(
                         "promoted {} ({} docs, {} added in {:.1}s, {:.0} docs/s); previous: {}",
-                        r.swap.to,
+                        name(Some(r.swap.to)),
                         r.docs,
                         r.added,
                         r.build_time.as_secs_f64(),
                         r.added as f64 / r.build_time.as_secs_f64().max(1e-9),
-                        r.swap.from.map_or_else(|| "none".to_string(), |v| v.name())
+                        name(r.swap.from)
                     );
                 }
                 Outcome::Stopped { version, committed } => {
                     println!(
-                        "stopped: {version} holds {committed} committed records; continue with --resume"
+                        "stopped: {} holds {committed} committed records; continue with --resume",
+                        name(Some(version))
                     );
                 }
             }

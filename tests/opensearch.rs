@@ -230,3 +230,421 @@ async fn the_runtime_grounds_turns_on_opensearch_and_falls_back_when_it_is_down(
     assert!(r.answer().contains("couldn't find"), "{}", r.answer());
     admin::delete_index(&client, &v1).await.unwrap();
 }
+
+// ---- blue/green ingest on OpenSearch (the same job, gates and CLI as tantivy) ------------------
+
+use mangaassist::ingest::job::{self, IngestError, IngestOptions, Outcome};
+use mangaassist::ingest::opensearch_store::{OpenSearchStore, prefix_for_alias};
+use mangaassist::ingest::store::{IndexStore, Role, StoreError, Version};
+
+/// A store with its own alias `catalog-{tag}-current` and indexes `catalog-{tag}-v{N}`.
+async fn ingest_store() -> (OpenSearchStore, String) {
+    server().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let alias = format!("catalog-{}-current", &tag[..12]);
+    (store_for(&alias), alias)
+}
+
+/// A store value over `alias` (another process, as far as the cluster can tell).
+fn store_for(alias: &str) -> OpenSearchStore {
+    let mut settings = OpenSearchSettings::new(URL);
+    settings.alias = alias.to_owned();
+    settings.timeout = Duration::from_secs(30);
+    OpenSearchStore::new(settings, prefix_for_alias(alias), 2).unwrap()
+}
+
+fn ingest_opts() -> IngestOptions {
+    IngestOptions {
+        batch_size: 100,
+        gates: job::default_gates(0.99).unwrap(),
+        ..IngestOptions::default()
+    }
+}
+
+fn with_extra() -> Vec<Series> {
+    let mut all = catalog();
+    let mut s = all[0].clone();
+    s.id = "zorblax-quokka-chronicles".to_owned();
+    s.title = "Zorblax Quokka Chronicles".to_owned();
+    s.author = "Test Author".to_owned();
+    s.synopsis = "A zorblax quokka explores Rottnest Island.".to_owned();
+    all.push(s);
+    all
+}
+
+async fn promote(store: &OpenSearchStore, series: &[Series]) -> job::IngestReport {
+    match job::run(store, series, &ingest_opts(), |_| {})
+        .await
+        .unwrap()
+    {
+        Outcome::Promoted(r) => r,
+        Outcome::Stopped { .. } => panic!("stopped"),
+    }
+}
+
+async fn roles(store: &OpenSearchStore) -> Vec<(Version, Role, Option<u64>)> {
+    store
+        .versions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.version, v.role, v.docs))
+        .collect()
+}
+
+async fn top_ids(r: &OpenSearchRetriever, q: &str) -> Vec<String> {
+    r.search(q, 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.series_id)
+        .collect()
+}
+
+async fn drop_store(store: &OpenSearchStore) {
+    let client = server().await;
+    for v in store.versions().await.unwrap() {
+        admin::delete_index(&client, &store.index(v.version))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn opensearch_ingest_builds_v2_beside_v1_and_swaps_the_alias() {
+    let (store, alias) = ingest_store().await;
+    assert_eq!(store.live().await.unwrap(), None);
+    let first = promote(&store, &catalog()).await;
+    assert_eq!((first.swap.from, first.swap.to), (None, Version(1)));
+    assert_eq!(
+        first.gates[0].gate, "health",
+        "the health gate runs even on the first ingest: {:?}",
+        first.gates
+    );
+    let r = retriever(&alias);
+    assert_eq!(top_ids(&r, "frieren").await[0], FRIEREN);
+    assert!(top_ids(&r, "zorblax").await.is_empty());
+
+    let all = with_extra();
+    let report = promote(&store, &all).await;
+    assert_eq!(
+        (report.swap.from, report.swap.to),
+        (Some(Version(1)), Version(2))
+    );
+    assert_eq!(report.docs, all.len() as u64);
+    let names: Vec<&str> = report.gates.iter().map(|g| g.gate).collect();
+    assert_eq!(
+        names,
+        ["health", "count", "golden recall"],
+        "{:?}",
+        report.gates
+    );
+    assert!(report.gates.iter().all(|g| g.passed), "{:?}", report.gates);
+    assert!(
+        report.gates[0].detail.ends_with("-v2 is green"),
+        "{:?}",
+        report.gates[0]
+    );
+    // The serving retriever on the alias sees v2 at once; v1 is kept for rollback.
+    assert_eq!(top_ids(&r, "zorblax").await[0], "zorblax-quokka-chronicles");
+    assert_eq!(
+        roles(&store).await,
+        [
+            (Version(1), Role::Previous, Some(catalog().len() as u64)),
+            (Version(2), Role::Live, Some(all.len() as u64)),
+        ]
+    );
+    let client = server().await;
+    assert_eq!(
+        admin::count(&client, &alias).await.unwrap(),
+        all.len() as u64
+    );
+    drop_store(&store).await;
+}
+
+#[tokio::test]
+async fn a_truncated_catalog_fails_the_count_gate_on_opensearch_and_leaves_the_alias() {
+    let (store, alias) = ingest_store().await;
+    let full = catalog();
+    promote(&store, &full).await;
+    let part = &full[..full.len() * 6 / 10];
+    let err = job::run(&store, part, &ingest_opts(), |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        IngestError::GateFailed { version, result } => {
+            assert_eq!(*version, Version(2));
+            assert_eq!(result.gate, "count");
+            assert_eq!(
+                result.detail,
+                format!(
+                    "shadow {} docs < 99% of live {} (472)",
+                    part.len(),
+                    full.len()
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The alias still names v1 and the rejected shadow is gone.
+    assert_eq!(store.live().await.unwrap(), Some(Version(1)));
+    assert_eq!(
+        roles(&store).await,
+        [(Version(1), Role::Live, Some(full.len() as u64))]
+    );
+    assert_eq!(top_ids(&retriever(&alias), "frieren").await[0], FRIEREN);
+
+    // Control: the full catalog passes the same gates.
+    let ok = promote(&store, &full).await;
+    assert_eq!((ok.swap.from, ok.swap.to), (Some(Version(1)), Version(2)));
+    drop_store(&store).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_opensearch_ingest_resumes_from_its_checkpoint() {
+    let (store, alias) = ingest_store().await;
+    promote(&store, &catalog()).await;
+    let all = with_extra();
+    let resume = IngestOptions {
+        resume: true,
+        ..ingest_opts()
+    };
+    assert!(matches!(
+        job::run(&store, &all, &resume, |_| {}).await,
+        Err(IngestError::NothingToResume)
+    ));
+
+    let stop = IngestOptions {
+        stop_after_batches: Some(2),
+        ..ingest_opts()
+    };
+    match job::run(&store, &all, &stop, |_| {}).await.unwrap() {
+        Outcome::Stopped { version, committed } => {
+            assert_eq!((version, committed), (Version(2), 200));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The checkpoint is in the shadow's mapping; serving still reads v1.
+    let (v, cp) = store.interrupted_shadow().await.unwrap().unwrap();
+    assert_eq!((v, cp.offset, cp.complete), (Version(2), 200, false));
+    assert_eq!(store.live().await.unwrap(), Some(Version(1)));
+    assert!(top_ids(&retriever(&alias), "zorblax").await.is_empty());
+
+    // Another catalog is refused; the same one continues into v2 after record 200.
+    let err = job::run(&store, &catalog(), &resume, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IngestError::CatalogChanged { .. }), "{err:?}");
+    // A fresh store value (a second process) resumes from the index alone.
+    let again = store_for(&alias);
+    let report = match job::run(&again, &all, &resume, |_| {}).await.unwrap() {
+        Outcome::Promoted(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.swap.to, Version(2));
+    assert_eq!(report.added, all.len() as u64 - 200);
+    assert_eq!(report.docs, all.len() as u64, "nothing added twice");
+    assert_eq!(store.interrupted_shadow().await.unwrap(), None);
+    assert_eq!(
+        top_ids(&retriever(&alias), "zorblax").await[0],
+        "zorblax-quokka-chronicles"
+    );
+    drop_store(&store).await;
+}
+
+#[tokio::test]
+async fn opensearch_rollback_points_the_alias_back_and_the_next_ingest_prunes() {
+    let (store, alias) = ingest_store().await;
+    assert!(matches!(
+        store.rollback().await,
+        Err(StoreError::NothingToRollBack)
+    ));
+    let full = catalog();
+    promote(&store, &full).await;
+    let without: Vec<Series> = full.iter().filter(|s| s.id != FRIEREN).cloned().collect();
+    promote(&store, &without).await;
+    let r = retriever(&alias);
+    assert!(top_ids(&r, "frieren").await.iter().all(|id| id != FRIEREN));
+
+    let swap = store.rollback().await.unwrap();
+    assert_eq!((swap.from, swap.to), (Some(Version(2)), Version(1)));
+    assert_eq!(top_ids(&r, "frieren").await[0], FRIEREN);
+    assert_eq!(
+        roles(&store).await,
+        [
+            (Version(1), Role::Live, Some(full.len() as u64)),
+            (Version(2), Role::Shadow, Some(without.len() as u64)),
+        ]
+    );
+    assert!(matches!(
+        store.rollback().await,
+        Err(StoreError::NothingToRollBack)
+    ));
+    // Not offered for resume: it was complete.
+    assert_eq!(store.interrupted_shadow().await.unwrap(), None);
+
+    // The next ingest is v3; v1 is kept as its previous, the rolled-back v2 is deleted, and a
+    // rollback from v3 goes to v1, never to v2.
+    let report = promote(&store, &with_extra()).await;
+    assert_eq!(
+        (report.swap.from, report.swap.to),
+        (Some(Version(1)), Version(3))
+    );
+    let kept: Vec<(Version, Role)> = roles(&store)
+        .await
+        .into_iter()
+        .map(|(v, r, _)| (v, r))
+        .collect();
+    assert_eq!(
+        kept,
+        [(Version(1), Role::Previous), (Version(3), Role::Live)]
+    );
+    assert_eq!(store.rollback().await.unwrap().to, Version(1));
+    drop_store(&store).await;
+}
+
+#[test]
+fn the_cli_ingests_into_opensearch_with_status_and_rollback() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (store, alias) = rt.block_on(ingest_store());
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full.jsonl");
+    let part = tmp.path().join("part.jsonl");
+    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
+    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
+    std::fs::write(&part, lines[..lines.len() * 6 / 10].join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(args)
+            .args(["--backend", "opensearch", "--url", URL, "--alias", &alias])
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let prefix = prefix_for_alias(&alias).to_owned();
+    let f = full.to_str().unwrap();
+
+    let (code, out, err) = run(&["ingest", "--catalog", f]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("promoted {prefix}-v1 (476 docs")),
+        "{out}"
+    );
+    let (code, out, err) = run(&[
+        "ingest",
+        "--catalog",
+        f,
+        "--batch-size",
+        "100",
+        "--stop-after-batches",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("{prefix}-v2 holds 200")), "{out}");
+    let (code, out, err) = run(&["ingest", "--catalog", f, "--resume"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("gate health: passed"), "{out}");
+    assert!(
+        out.contains(&format!("promoted {prefix}-v2 (476 docs, 276 added")),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["ingest", "--catalog", part.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("count gate failed: shadow 285 docs < 99% of live 476 (472)"),
+        "{err}"
+    );
+
+    let (code, out, _) = run(&["ingest", "status"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&format!("live {prefix}-v2")), "{out}");
+    assert!(
+        out.contains(&format!("{prefix}-v1")) && out.contains("previous"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("{prefix}-v3")),
+        "the failed shadow is gone: {out}"
+    );
+
+    let (code, out, _) = run(&["ingest", "rollback"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&format!("{prefix}-v2 -> {prefix}-v1")),
+        "{out}"
+    );
+    assert_eq!(rt.block_on(store.live()).unwrap(), Some(Version(1)));
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+        .args([
+            "ingest",
+            "status",
+            "--backend",
+            "opensearch",
+            "--url",
+            "ftp://x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid OpenSearch url"),
+        "{bad:?}"
+    );
+    rt.block_on(drop_store(&store));
+}
+
+/// The health gate: a shadow whose index is not green (here a replica one node cannot hold) is
+/// discarded and the alias left alone, after the build, before the other gates.
+#[tokio::test]
+async fn a_shadow_that_is_not_green_fails_the_health_gate() {
+    let (store, alias) = ingest_store().await;
+    promote(&store, &catalog()).await;
+    let stop = IngestOptions {
+        stop_after_batches: Some(1),
+        ..ingest_opts()
+    };
+    job::run(&store, &catalog(), &stop, |_| {}).await.unwrap();
+    let shadow = store.index(Version(2));
+    let client = server().await;
+    let r = client
+        .indices()
+        .put_settings(opensearch::indices::IndicesPutSettingsParts::Index(&[
+            shadow.as_str(),
+        ]))
+        .body(serde_json::json!({ "index": { "number_of_replicas": 1 } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status_code().is_success());
+
+    let resume = IngestOptions {
+        resume: true,
+        ..ingest_opts()
+    };
+    let err = job::run(&store, &catalog(), &resume, |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        IngestError::GateFailed { version, result } => {
+            assert_eq!(*version, Version(2));
+            assert_eq!(result.gate, job::HEALTH_GATE);
+            assert_eq!(result.detail, format!("{shadow} is yellow, not green"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.live().await.unwrap(), Some(Version(1)));
+    assert_eq!(
+        roles(&store).await,
+        [(Version(1), Role::Live, Some(catalog().len() as u64))]
+    );
+    assert_eq!(top_ids(&retriever(&alias), "frieren").await[0], FRIEREN);
+    drop_store(&store).await;
+}

@@ -8,9 +8,11 @@
 //!    `commit_every` batches the shadow commits with a [`Checkpoint`] (records committed so far,
 //!    the catalog's fingerprint) recorded in the same commit, so an interrupted run resumes after
 //!    the last committed record: nothing is added twice, nothing skipped.
-//! 2. **Validate.** Each [`Gate`] compares the finished shadow with the live version: the count
-//!    gate (`shadow docs >= min_ratio x live docs`) and the golden gate (recall@k of the golden set
-//!    on the shadow no more than `max_drop` below the live index's).
+//! 2. **Validate.** First the backend's own health gate when it has one
+//!    ([`IndexStore::health`]; OpenSearch: the shadow index must be `green`), checked even on the
+//!    first ingest. Then each [`Gate`] compares the finished shadow with the live version: the
+//!    count gate (`shadow docs >= min_ratio x live docs`) and the golden gate (recall@k of the
+//!    golden set on the shadow no more than `max_drop` below the live index's).
 //! 3. **Promote or discard.** All gates pass: the alias moves to the shadow, the old live version
 //!    is kept for rollback. A gate fails: the shadow is deleted, the alias is untouched, and the
 //!    error names the gate and its figures.
@@ -26,7 +28,7 @@ use mangaassist_protocols::ports::RetrievalError;
 use tokio::time::Instant;
 
 use super::golden::{self, GoldenQuery};
-use super::store::{Checkpoint, IndexStore, StoreError, Swap, Version};
+use super::store::{Checkpoint, Health, IndexStore, StoreError, Swap, Version};
 use crate::backends::catalog::catalog_fingerprint;
 
 /// Documents per batch by default.
@@ -349,7 +351,22 @@ pub async fn run(
     store.close_shadow(version).await?;
     let build_time = began.elapsed();
 
-    let mut results = Vec::with_capacity(opts.gates.len());
+    let mut results = Vec::with_capacity(opts.gates.len() + 1);
+    match health_gate(store, version).await {
+        Ok(None) => {}
+        Ok(Some(result)) => {
+            tracing::info!(gate = result.gate, passed = result.passed, detail = %result.detail, "ingest gate");
+            if !result.passed {
+                discard_quietly(store, version).await;
+                return Err(IngestError::GateFailed { version, result });
+            }
+            results.push(result);
+        }
+        Err(e) => {
+            discard_quietly(store, version).await;
+            return Err(e.into());
+        }
+    }
     for gate in &opts.gates {
         let result = match check(store, version, gate).await {
             Ok(r) => r,
@@ -381,6 +398,28 @@ async fn discard_quietly(store: &dyn IndexStore, version: Version) {
     if let Err(e) = store.discard(version).await {
         tracing::error!(%version, error = %e, "could not discard the rejected shadow");
     }
+}
+
+/// The name of the backend's health gate in reports and errors.
+pub const HEALTH_GATE: &str = "health";
+
+/// The backend's health gate: `green` passes; `None` when the backend has no health notion.
+async fn health_gate(
+    store: &dyn IndexStore,
+    shadow: Version,
+) -> Result<Option<GateResult>, StoreError> {
+    Ok(store.health(shadow).await?.map(|health| {
+        let passed = health == Health::Green;
+        GateResult {
+            gate: HEALTH_GATE,
+            passed,
+            detail: format!(
+                "{} is {health}{}",
+                store.index_name(shadow),
+                if passed { "" } else { ", not green" }
+            ),
+        }
+    }))
 }
 
 /// Runs one gate of `shadow` against the live version. With no live version every gate passes

@@ -6,11 +6,14 @@
 //!   alias, shadow builds with checkpoints, promotion, rollback.
 //! - [`tantivy_store`]: the embedded implementation (index directories and a pointer file) and
 //!   [`tantivy_store::LiveRetriever`], the serving retriever that follows the alias.
+//! - [`opensearch_store`]: the OpenSearch implementation: indexes `{prefix}-v{N}` behind an
+//!   index alias, checkpoints and history in each index's `_meta`, the cluster-health gate.
 //! - [`job`]: the ingest job: batched, rate-limited, resumable shadow build, gates, promotion.
 //!
 //! docs/ingest.md has the layout on disk and the CLI.
 
 pub mod golden;
 pub mod job;
+pub mod opensearch_store;
 pub mod store;
 pub mod tantivy_store;

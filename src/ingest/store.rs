@@ -7,8 +7,8 @@
 //! see the old complete index or the new complete index, never a partial one.
 //!
 //! [`IndexStore`] is what the ingest job ([`super::job`]) drives; `super::tantivy_store` is the
-//! embedded implementation (directories and a pointer file), and an OpenSearch implementation
-//! (indices and an index alias) fits the same calls. Methods are async because a remote backend
+//! embedded implementation (directories and a pointer file), `super::opensearch_store` the
+//! OpenSearch one (indices and an index alias). Methods are async because a remote backend
 //! is; the embedded one runs its file and indexing work on the blocking pool.
 
 use std::fmt;
@@ -106,6 +106,28 @@ pub struct Swap {
     pub to: Version,
 }
 
+/// A backend's own verdict on a version (OpenSearch: the cluster health of the index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every shard allocated: fit to serve.
+    Green,
+    /// Primaries allocated, some replicas not.
+    Yellow,
+    /// Some primary not allocated: searches would miss documents.
+    Red,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Green => "green",
+            Health::Yellow => "yellow",
+            Health::Red => "red",
+        })
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -150,6 +172,18 @@ pub enum StoreError {
 pub trait IndexStore: Send + Sync {
     /// The backend's name, for messages (`tantivy`, `opensearch`).
     fn backend(&self) -> &'static str;
+
+    /// The name `version` has in this store (an OpenSearch store's prefix is configurable).
+    fn index_name(&self, version: Version) -> String {
+        version.name()
+    }
+
+    /// The backend's health verdict on `version`, checked by the job as the health gate before
+    /// the other gates; `None` when the backend has no such notion (the embedded index).
+    async fn health(&self, version: Version) -> Result<Option<Health>, StoreError> {
+        let _ = version;
+        Ok(None)
+    }
 
     /// The version the alias points at; `None` before the first promotion.
     async fn live(&self) -> Result<Option<Version>, StoreError>;
