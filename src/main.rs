@@ -259,6 +259,18 @@ enum IngestCommand {
     Rollback,
     /// Show the live version and every version on disk with its document count.
     Status,
+    /// Shadow scoring: run the golden set against the live version and another one (default:
+    /// the newest version that is not live: an interrupted or kept shadow, else the previous
+    /// version), and flag every query whose recall@5 drops by more than --max-drop. Exits 1 when
+    /// a query is flagged.
+    Compare {
+        /// The version to score against live, e.g. 3 for catalog-v3.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Largest acceptable recall@5 drop of one query.
+        #[arg(long, default_value_t = 0.10)]
+        max_drop: f64,
+    },
 }
 
 /// `--enrichment-mode` values.
@@ -534,6 +546,66 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Some(IngestCommand::Compare { version, max_drop }) => {
+            use mangaassist::ingest::golden;
+            use mangaassist::ingest::store::{Role, Version};
+            let live = store
+                .live()
+                .await?
+                .context("no live version to compare with; run an ingest first")?;
+            let other = match version {
+                Some(n) => Version(n),
+                None => {
+                    let versions = store.versions().await?;
+                    let newest = |role: Role| {
+                        versions
+                            .iter()
+                            .filter(|v| v.role == role)
+                            .map(|v| v.version)
+                            .max()
+                    };
+                    newest(Role::Shadow)
+                        .or_else(|| newest(Role::Previous))
+                        .context("no other version to compare with the live one")?
+                }
+            };
+            anyhow::ensure!(other != live, "{} is the live version", name(Some(other)));
+            let set = golden::builtin()?;
+            let live_recall =
+                golden::recall_at(store.open_retriever(live).await?.as_ref(), &set, 5).await?;
+            let other_recall =
+                golden::recall_at(store.open_retriever(other).await?.as_ref(), &set, 5).await?;
+            let flagged = golden::compare(&live_recall, &other_recall, max_drop);
+            println!(
+                "golden recall@5 over {} queries: live {} {:.3}, {} {:.3}",
+                set.len(),
+                name(Some(live)),
+                live_recall.mean,
+                name(Some(other)),
+                other_recall.mean
+            );
+            for r in &flagged {
+                println!(
+                    "  dropped {:.2}: {:?} (live {:.2}, {} {:.2}; now missing {})",
+                    r.lost(),
+                    r.query,
+                    r.live,
+                    name(Some(other)),
+                    r.shadow,
+                    r.shadow_missed.join(", ")
+                );
+            }
+            if flagged.is_empty() {
+                println!("no query dropped by more than {max_drop:.2}");
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} of {} queries dropped by more than {max_drop:.2}",
+                    flagged.len(),
+                    set.len()
+                )
+            }
         }
         Some(IngestCommand::Rollback) => {
             let swap = store.rollback().await?;

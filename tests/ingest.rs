@@ -491,3 +491,53 @@ async fn a_killed_ingest_process_resumes_from_its_last_checkpoint() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `ingest compare` scores the golden set on the live version and on another one, and flags the
+/// queries the other loses. Control: a version holding the same catalog flags nothing.
+#[test]
+fn compare_flags_the_golden_queries_a_shadow_loses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let full = data.join("full.jsonl");
+    let part = data.join("part.jsonl");
+    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
+    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
+    std::fs::write(&part, lines[..lines.len() / 2].join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let (f, p) = (full.to_str().unwrap(), part.to_str().unwrap());
+    assert!(run(&["ingest", "--catalog", f]).status.success());
+
+    // The same catalog again: promoted, and compared with the version it replaced (the default
+    // when no shadow exists): nothing lost.
+    assert!(run(&["ingest", "--catalog", f]).status.success());
+    let ok = run(&["ingest", "compare"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("catalog-v1") && out.contains("no query dropped"),
+        "{out}"
+    );
+
+    // An interrupted shadow holding the first 100 series of half the catalog loses the queries
+    // whose series it does not hold.
+    let stop = ["--batch-size", "100", "--stop-after-batches", "1"];
+    let half = run(&[&["ingest", "--catalog", p][..], &stop[..]].concat());
+    assert!(half.status.success(), "{half:?}");
+    let lost = run(&["ingest", "compare"]);
+    assert!(!lost.status.success(), "{lost:?}");
+    let out = String::from_utf8_lossy(&lost.stdout);
+    assert!(out.contains("dropped 1.00"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("queries dropped by more than 0.10"),
+        "{lost:?}"
+    );
+}
