@@ -213,6 +213,11 @@ struct IngestArgs {
     /// Stop after N batches, checkpointed and not promoted, as if interrupted (drills, tests).
     #[arg(long, value_name = "N", hide = true)]
     stop_after_batches: Option<usize>,
+    /// Write the job's metrics (completion ratio, docs, state, gate results) to this Prometheus
+    /// text file, e.g. in node_exporter's textfile-collector directory: during the build (at
+    /// most once a second) and when the job ends, however it ends.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
 }
 
 /// Which index store an ingest command works on.
@@ -481,6 +486,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     use mangaassist::backends::opensearch::OpenSearchSettings;
     use mangaassist::ingest::job::{self, IngestOptions, Outcome};
+    use mangaassist::ingest::metrics::{JobState, MetricsFile};
     use mangaassist::ingest::opensearch_store::{OpenSearchStore, prefix_for_alias};
     use mangaassist::ingest::store::IndexStore;
     use mangaassist::ingest::tantivy_store::TantivyStore;
@@ -641,13 +647,42 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 file.display(),
                 where_
             );
+            let mut metrics = args
+                .metrics_file
+                .map(|path| MetricsFile::new(path, store.backend()));
+            let mut metrics_error = None;
             let outcome = job::run(store, &catalog, &opts, |p| {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r{}   ", p.line());
                 let _ = err.flush();
+                if let Some(m) = &mut metrics
+                    && let Err(e) = m.progress(store.index_name(p.version), p)
+                {
+                    metrics_error.get_or_insert(e);
+                }
             })
             .await;
             eprintln!();
+            if let Some(e) = metrics_error {
+                eprintln!("warning: cannot write the metrics file: {e}");
+            }
+            if let Some(m) = &mut metrics {
+                let state = match &outcome {
+                    Ok(Outcome::Promoted(r)) => {
+                        m.gates(&r.gates);
+                        JobState::Promoted
+                    }
+                    Ok(Outcome::Stopped { .. }) => JobState::Stopped,
+                    Err(job::IngestError::GateFailed { result, .. }) => {
+                        m.gates(std::slice::from_ref(result));
+                        JobState::Failed
+                    }
+                    Err(_) => JobState::Failed,
+                };
+                m.finish(state).with_context(|| {
+                    format!("cannot write the metrics file {}", m.path().display())
+                })?;
+            }
             match outcome? {
                 Outcome::Promoted(r) => {
                     for g in &r.gates {

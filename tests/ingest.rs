@@ -541,3 +541,84 @@ fn compare_flags_the_golden_queries_a_shadow_loses() {
         "{lost:?}"
     );
 }
+
+/// `--metrics-file`: the job leaves its completion ratio, documents, state and gate results in a
+/// Prometheus text file, for a promoted run and for one a gate refused.
+#[test]
+fn the_job_writes_its_metrics_file_however_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let full = data.join("full.jsonl");
+    let part = data.join("part.jsonl");
+    let prom = data.join("ingest.prom");
+    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
+    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
+    std::fs::write(&part, lines[..lines.len() * 6 / 10].join("\n")).unwrap();
+    let run = |catalog: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["ingest", "--catalog"])
+            .arg(catalog)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--metrics-file")
+            .arg(&prom)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+
+    assert!(run(&full).status.success());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let v = "backend=\"tantivy\",version=\"catalog-v1\"";
+    assert_eq!(
+        value(&text, &format!("ingest_job_completion_ratio{{{v}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&text, &format!("ingest_docs_total{{{v}}}")),
+        lines.len() as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("ingest_job_state{{{v},state=\"promoted\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("ingest_gate_result{{{v},gate=\"count\",result=\"passed\"}}")
+        ),
+        1.0
+    );
+
+    // A truncated catalog fails the count gate: the file says so.
+    assert!(!run(&part).status.success());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let v = "backend=\"tantivy\",version=\"catalog-v2\"";
+    assert_eq!(
+        value(&text, &format!("ingest_job_state{{{v},state=\"failed\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("ingest_job_state{{{v},state=\"promoted\"}}")
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("ingest_gate_result{{{v},gate=\"count\",result=\"failed\"}}")
+        ),
+        1.0
+    );
+    assert!(!data.join("ingest.prom.tmp").exists(), "written by rename");
+}
