@@ -362,27 +362,52 @@ async fn queries_during_a_large_ingest_always_see_the_live_index() {
     eprintln!("{during} queries during a {DOCS}-document ingest, all served by v1");
 }
 
-#[test]
-fn the_cli_exits_non_zero_naming_the_failed_gate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path();
-    let full = data.join("full.jsonl");
-    let part = data.join("part.jsonl");
-    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
-    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
-    std::fs::write(&part, lines[..lines.len() * 6 / 10].join("\n")).unwrap();
-    let run = |args: &[&str]| {
+/// A data directory holding the shipped catalog (`full.jsonl`) and its first `num/den` of series
+/// (`part.jsonl`), and the `mangaassist` binary run on it.
+struct CliData {
+    tmp: tempfile::TempDir,
+    full: String,
+    part: String,
+}
+
+impl CliData {
+    fn new(num: usize, den: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let full = tmp.path().join("full.jsonl");
+        let part = tmp.path().join("part.jsonl");
+        std::fs::write(&full, BUILTIN_CATALOG).unwrap();
+        let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
+        std::fs::write(&part, lines[..lines.len() * num / den].join("\n")).unwrap();
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+        Self {
+            full: path(full),
+            part: path(part),
+            tmp,
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.tmp.path()
+    }
+
+    /// `mangaassist ARGS --data-dir DIR`.
+    fn run(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
             .args(args)
             .arg("--data-dir")
-            .arg(data)
+            .arg(self.dir())
             .env("RUST_LOG", "warn")
             .env("RUST_BACKTRACE", "0")
             .output()
             .unwrap()
-    };
-    let f = full.to_str().unwrap();
-    let p = part.to_str().unwrap();
+    }
+}
+
+#[test]
+fn the_cli_exits_non_zero_naming_the_failed_gate() {
+    let cli = CliData::new(6, 10);
+    let run = |args: &[&str]| cli.run(args);
+    let (f, p) = (cli.full.as_str(), cli.part.as_str());
 
     let ok = run(&["ingest", "--catalog", f]);
     assert!(ok.status.success(), "{ok:?}");
@@ -496,24 +521,9 @@ async fn a_killed_ingest_process_resumes_from_its_last_checkpoint() {
 /// queries the other loses. Control: a version holding the same catalog flags nothing.
 #[test]
 fn compare_flags_the_golden_queries_a_shadow_loses() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path();
-    let full = data.join("full.jsonl");
-    let part = data.join("part.jsonl");
-    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
-    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
-    std::fs::write(&part, lines[..lines.len() / 2].join("\n")).unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
-    let (f, p) = (full.to_str().unwrap(), part.to_str().unwrap());
+    let cli = CliData::new(1, 2);
+    let run = |args: &[&str]| cli.run(args);
+    let (f, p) = (cli.full.as_str(), cli.part.as_str());
     assert!(run(&["ingest", "--catalog", f]).status.success());
 
     // The same catalog again: promoted, and compared with the version it replaced (the default
@@ -546,33 +556,18 @@ fn compare_flags_the_golden_queries_a_shadow_loses() {
 /// Prometheus text file, for a promoted run and for one a gate refused.
 #[test]
 fn the_job_writes_its_metrics_file_however_it_ends() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path();
-    let full = data.join("full.jsonl");
-    let part = data.join("part.jsonl");
-    let prom = data.join("ingest.prom");
-    std::fs::write(&full, BUILTIN_CATALOG).unwrap();
-    let lines: Vec<&str> = BUILTIN_CATALOG.lines().collect();
-    std::fs::write(&part, lines[..lines.len() * 6 / 10].join("\n")).unwrap();
-    let run = |catalog: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(["ingest", "--catalog"])
-            .arg(catalog)
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--metrics-file")
-            .arg(&prom)
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
+    let cli = CliData::new(6, 10);
+    let prom = cli.dir().join("ingest.prom");
+    let prom_arg = prom.to_str().unwrap();
+    let run =
+        |catalog: &str| cli.run(&["ingest", "--catalog", catalog, "--metrics-file", prom_arg]);
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     };
 
-    assert!(run(&full).status.success());
+    assert!(run(&cli.full).status.success());
     let text = std::fs::read_to_string(&prom).unwrap();
     let v = "backend=\"tantivy\",version=\"catalog-v1\"";
     assert_eq!(
@@ -581,7 +576,7 @@ fn the_job_writes_its_metrics_file_however_it_ends() {
     );
     assert_eq!(
         value(&text, &format!("ingest_docs_total{{{v}}}")),
-        lines.len() as f64
+        BUILTIN_CATALOG.lines().count() as f64
     );
     assert_eq!(
         value(
@@ -599,7 +594,7 @@ fn the_job_writes_its_metrics_file_however_it_ends() {
     );
 
     // A truncated catalog fails the count gate: the file says so.
-    assert!(!run(&part).status.success());
+    assert!(!run(&cli.part).status.success());
     let text = std::fs::read_to_string(&prom).unwrap();
     let v = "backend=\"tantivy\",version=\"catalog-v2\"";
     assert_eq!(
@@ -620,5 +615,8 @@ fn the_job_writes_its_metrics_file_however_it_ends() {
         ),
         1.0
     );
-    assert!(!data.join("ingest.prom.tmp").exists(), "written by rename");
+    assert!(
+        !cli.dir().join("ingest.prom.tmp").exists(),
+        "written by rename"
+    );
 }

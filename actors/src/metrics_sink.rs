@@ -533,24 +533,12 @@ impl MetricsState {
             "summary",
             "Documents each catalog search returned.",
         );
-        for q in QUANTILES {
-            let v = if self.retrieved_count.is_empty() {
-                0
-            } else {
-                self.retrieved_count.value_at_quantile(q)
-            };
-            let _ = writeln!(out, "retrieved_chunk_count{{quantile=\"{q}\"}} {v}");
-        }
-        let sum: u64 = self
-            .retrieved_count
-            .iter_recorded()
-            .map(|v| v.value_iterated_to() * v.count_at_value())
-            .sum();
-        let _ = writeln!(out, "retrieved_chunk_count_sum {sum}");
-        let _ = writeln!(
+        summary_lines(
             out,
-            "retrieved_chunk_count_count {}",
-            self.retrieved_count.len()
+            "retrieved_chunk_count",
+            &[],
+            &self.retrieved_count,
+            |v| format!("{v:.0}"),
         );
         header(
             out,
@@ -641,8 +629,7 @@ impl MetricsState {
             "Shadow calls compared with the primary's answer, by task type, shadow model and verdict.",
         );
         let mut shadows: Vec<_> = self.shadows.iter().collect();
-        shadows
-            .sort_by(|a, b| (a.0.0, &a.0.1, a.0.2.as_str()).cmp(&(b.0.0, &b.0.1, b.0.2.as_str())));
+        shadows.sort();
         for ((task, model, verdict), n) in shadows {
             let _ = writeln!(
                 out,
@@ -760,7 +747,19 @@ fn summary_ms(
 
 const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
 
+/// A summary of microseconds, exposed in milliseconds with three decimals.
 fn summary_body(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram<u64>) {
+    summary_lines(out, name, labels, h, |v| format!("{:.3}", v / 1000.0));
+}
+
+/// A summary's quantile, `_sum` and `_count` lines, each value shown by `show`.
+fn summary_lines(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    h: &Histogram<u64>,
+    show: impl Fn(f64) -> String,
+) {
     let base: String = labels
         .iter()
         .map(|(k, v)| format!("{k}=\"{v}\","))
@@ -771,13 +770,9 @@ fn summary_body(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histo
         } else {
             h.value_at_quantile(q)
         };
-        let _ = writeln!(
-            out,
-            "{name}{{{base}quantile=\"{q}\"}} {:.3}",
-            v as f64 / 1000.0
-        );
+        let _ = writeln!(out, "{name}{{{base}quantile=\"{q}\"}} {}", show(v as f64));
     }
-    let sum_us: f64 = h
+    let sum: f64 = h
         .iter_recorded()
         .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
         .sum();
@@ -786,7 +781,7 @@ fn summary_body(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histo
     } else {
         format!("{{{}}}", base.trim_end_matches(','))
     };
-    let _ = writeln!(out, "{name}_sum{braces} {:.3}", sum_us / 1000.0);
+    let _ = writeln!(out, "{name}_sum{braces} {}", show(sum));
     let _ = writeln!(out, "{name}_count{braces} {}", h.len());
 }
 

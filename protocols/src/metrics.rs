@@ -251,7 +251,7 @@ impl ViolationRule {
 }
 
 /// What a shadow comparison found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShadowVerdict {
     /// The shadow answered like the primary.

@@ -214,14 +214,15 @@ impl Observed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::StreamExt as _;
     use mangaassist_actors::metrics_sink::StandaloneSink;
     use mangaassist_protocols::turn::{Intent, Usage};
 
     use super::*;
 
-    struct Scripted(Vec<Result<ModelEvent, ModelError>>);
+    /// A model replaying a script; shared with the eval meter's tests.
+    pub(crate) struct Scripted(pub(crate) Vec<Result<ModelEvent, ModelError>>);
 
     impl ModelBackend for Scripted {
         fn info(&self) -> ModelInfo {
@@ -237,7 +238,8 @@ mod tests {
         }
     }
 
-    fn request() -> ModelRequest {
+    /// A request estimated at 100 prompt tokens.
+    pub(crate) fn request() -> ModelRequest {
         ModelRequest {
             intent: Intent::Search,
             system: String::new(),
@@ -249,7 +251,8 @@ mod tests {
         }
     }
 
-    fn tok(t: &str) -> Result<ModelEvent, ModelError> {
+    /// A token event.
+    pub(crate) fn tok(t: &str) -> Result<ModelEvent, ModelError> {
         Ok(ModelEvent::Token(t.into()))
     }
 

@@ -75,44 +75,11 @@ mod tests {
     use std::sync::Arc;
 
     use futures_util::StreamExt as _;
-    use mangaassist_protocols::frame::ModelInfo;
-    use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
-    use mangaassist_protocols::turn::{Intent, ModelRequest, Usage};
+    use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent};
+    use mangaassist_protocols::turn::Usage;
 
     use super::*;
-
-    /// A model replaying a script: the stream the meter sees.
-    struct Scripted(Vec<Result<ModelEvent, ModelError>>);
-
-    impl ModelBackend for Scripted {
-        fn info(&self) -> ModelInfo {
-            ModelInfo {
-                backend: "test".into(),
-                model_id: "scripted-v1".into(),
-                simulated: false,
-            }
-        }
-
-        fn stream(&self, _: ModelRequest) -> ModelStream {
-            Box::pin(futures_util::stream::iter(self.0.clone()))
-        }
-    }
-
-    fn request() -> ModelRequest {
-        ModelRequest {
-            intent: Intent::Other,
-            system: String::new(),
-            messages: Vec::new(),
-            context: Vec::new(),
-            constraints: Vec::new(),
-            estimated_input_tokens: 100,
-            session: None,
-        }
-    }
-
-    fn tok(t: &str) -> Result<ModelEvent, ModelError> {
-        Ok(ModelEvent::Token(t.into()))
-    }
+    use crate::backends::observed::tests::{Scripted, request, tok};
 
     async fn meter(script: Vec<Result<ModelEvent, ModelError>>, take: usize) -> MeterReading {
         let meter = Arc::new(Meter::default());
