@@ -191,17 +191,24 @@ struct IngestArgs {
     /// JSON Lines catalog to ingest (see `catalog synth`).
     #[arg(long, value_name = "FILE")]
     catalog: Option<PathBuf>,
+    /// Apply a change feed to the live version in place instead of building a new one: JSON
+    /// Lines of {"op":"upsert","series":{...}} and {"op":"delete","id":"..."} (docs/ingest.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["catalog", "resume"])]
+    changes: Option<PathBuf>,
+    /// Refuse a change feed whose deletes exceed this share of the live documents.
+    #[arg(long, value_name = "RATIO", default_value_t = mangaassist::ingest::changes::DEFAULT_MAX_DELETE_RATIO)]
+    max_delete_ratio: f64,
     /// Continue the interrupted ingest from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Documents per batch.
+    /// Documents (or changes) per batch.
     #[arg(long, value_name = "N", default_value_t = mangaassist::ingest::job::DEFAULT_BATCH_SIZE,
           value_parser = clap::value_parser!(usize))]
     batch_size: usize,
     /// Batches per commit (and checkpoint).
     #[arg(long, value_name = "N", default_value_t = 1)]
     commit_every: usize,
-    /// Most documents per second (default: no limit).
+    /// Most documents (or changes) per second (default: no limit).
     #[arg(long, value_name = "DOCS_PER_SEC")]
     rate: Option<f64>,
     /// Count gate: the shadow must hold at least this share of the live index's documents.
@@ -248,6 +255,19 @@ struct IngestTarget {
     #[arg(long, value_name = "N", default_value_t = mangaassist::ingest::tantivy_store::DEFAULT_KEEP,
           global = true)]
     keep: usize,
+    /// CPU priority of this process. background: Linux SCHED_IDLE (the ingest runs only on CPU
+    /// time that serving and everything else leave idle; elsewhere nice 19), so searches beside
+    /// it keep their latency; normal: compete like any process (fastest ingest on an idle box).
+    #[arg(long, value_enum, default_value_t = CpuPriority::Background, global = true)]
+    cpu_priority: CpuPriority,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CpuPriority {
+    /// Only idle CPU time (SCHED_IDLE on Linux).
+    Background,
+    /// The default scheduling of any process.
+    Normal,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -312,8 +332,27 @@ fn init_logging() {
         .init();
 }
 
+/// Moves the calling thread (and so every thread it starts afterwards) to the idle scheduling
+/// class, or the lowest nice value where there is none.
+fn run_in_background() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        eprintln!("warning: cannot lower the CPU priority ({e:?}); running at normal priority");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before the runtime starts its threads: they inherit the scheduling class.
+    if let Command::Ingest(args) = &cli.command
+        && args.target.cpu_priority == CpuPriority::Background
+    {
+        run_in_background();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = cli.worker_threads {
@@ -494,6 +533,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
     init_logging();
     let t = &args.target;
+    // The embedded store's ingest lock, held until this command returns.
+    let mut lock = None;
     // `where_` names the index location in messages; `follows` says how serving sees a swap.
     let (store, where_, follows): (Box<dyn IndexStore>, String, &str) = match t.backend {
         IngestBackend::Tantivy => {
@@ -507,6 +548,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             };
             let store = TantivyStore::new(data_dir.join("index"), t.keep);
             let where_ = store.root().display().to_string();
+            let writes = !matches!(
+                args.command,
+                Some(IngestCommand::Status | IngestCommand::Compare { .. })
+            );
+            if writes {
+                lock = Some(store.lock()?);
+            }
             (
                 Box::new(store),
                 where_,
@@ -622,10 +670,74 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        None if args.changes.is_some() => {
+            use mangaassist::ingest::changes::{self, ChangeOptions};
+            let file = args.changes.unwrap_or_default();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the change feed {}", file.display()))?;
+            let feed = mangaassist_protocols::catalog::parse_changes_jsonl(&text)
+                .with_context(|| format!("invalid change feed {}", file.display()))?;
+            let opts = ChangeOptions {
+                batch_size: args.batch_size,
+                rate: args.rate,
+                max_delete_ratio: args.max_delete_ratio,
+            };
+            eprintln!(
+                "applying {} changes from {} to the live version of {}",
+                feed.len(),
+                file.display(),
+                where_
+            );
+            let mut metrics = args
+                .metrics_file
+                .map(|path| MetricsFile::new(path, store.backend()));
+            let mut metrics_error = None;
+            let outcome = changes::apply(store, &feed, &opts, |p, counts| {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{}   ", p.line());
+                let _ = err.flush();
+                if let Some(m) = &mut metrics
+                    && let Err(e) = m.changes(store.index_name(p.version), p, *counts)
+                {
+                    metrics_error.get_or_insert(e);
+                }
+            })
+            .await;
+            eprintln!();
+            if let Some(e) = metrics_error {
+                eprintln!("warning: cannot write the metrics file: {e}");
+            }
+            if let Some(m) = &mut metrics {
+                let state = if outcome.is_ok() {
+                    JobState::Applied
+                } else {
+                    JobState::Failed
+                };
+                m.finish(state).with_context(|| {
+                    format!("cannot write the metrics file {}", m.path().display())
+                })?;
+            }
+            let r = outcome?;
+            let c = r.counts;
+            println!(
+                "applied {} changes to {} in {:.1}s: {} inserted, {} updated, {} deleted, {} deletes of absent ids; {} -> {} docs ({follows})",
+                c.total(),
+                name(Some(r.version)),
+                r.elapsed.as_secs_f64(),
+                c.inserted,
+                c.updated,
+                c.deleted,
+                c.missing,
+                r.docs_before,
+                r.docs_after
+            );
+            drop(lock);
+            Ok(())
+        }
         None => {
-            let file = args
-                .catalog
-                .context("--catalog FILE is required (or a subcommand: rollback, status)")?;
+            let file = args.catalog.context(
+                "--catalog FILE or --changes FILE is required (or a subcommand: rollback, status, compare)",
+            )?;
             let catalog = mangaassist::backends::catalog::load_catalog(&file)?;
             let mut gates = job::default_gates(args.min_count_ratio)?;
             for g in &mut gates {

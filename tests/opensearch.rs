@@ -648,3 +648,153 @@ async fn a_shadow_that_is_not_green_fails_the_health_gate() {
     assert_eq!(top_ids(&retriever(&alias), "frieren").await[0], FRIEREN);
     drop_store(&store).await;
 }
+
+use mangaassist::ingest::changes::{self, ChangeOptions};
+use mangaassist_protocols::catalog::{Change, ChangeCounts};
+
+/// `ingest --changes` on OpenSearch: upserts and deletes land in the live index through one
+/// `_bulk` per batch, counted from the bulk items, visible on the alias at once; no new version.
+#[tokio::test]
+async fn a_change_feed_edits_the_live_opensearch_index_in_place() {
+    let (store, alias) = ingest_store().await;
+    let base = catalog();
+    promote(&store, &base).await;
+    let r = retriever(&alias);
+    let frieren = base.iter().find(|s| s.id == FRIEREN).unwrap();
+    let mut renamed = base[1].clone();
+    renamed.title = "Wibblethorpe Renamed Saga".to_owned();
+    let extra = with_extra().pop().unwrap();
+    let feed = vec![
+        Change::Upsert {
+            series: extra.clone(),
+        },
+        Change::Upsert {
+            series: renamed.clone(),
+        },
+        Change::Delete {
+            id: frieren.id.clone(),
+        },
+        Change::Delete {
+            id: "no-such-series".to_owned(),
+        },
+    ];
+    assert_eq!(top_ids(&r, "frieren").await[0], FRIEREN);
+    let opts = ChangeOptions {
+        batch_size: 3,
+        ..ChangeOptions::default()
+    };
+    let report = changes::apply(&store, &feed, &opts, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        report.counts,
+        ChangeCounts {
+            inserted: 1,
+            updated: 1,
+            deleted: 1,
+            missing: 1
+        }
+    );
+    assert_eq!(report.version, Version(1));
+    assert_eq!(
+        (report.docs_before, report.docs_after),
+        (base.len() as u64, base.len() as u64)
+    );
+    assert_eq!(top_ids(&r, "zorblax").await[0], extra.id);
+    assert_eq!(top_ids(&r, "wibblethorpe").await[0], renamed.id);
+    assert!(!top_ids(&r, "frieren").await.contains(&FRIEREN.to_owned()));
+    assert_eq!(
+        roles(&store).await,
+        [(Version(1), Role::Live, Some(base.len() as u64))]
+    );
+    drop_store(&store).await;
+}
+
+/// Issue 5's proof on OpenSearch: while a 100k-document synthetic catalog is ingested as v2,
+/// searches and counts on the alias see v1 whole until the swap and v2 whole after it, never an
+/// empty or partial index, and never v1 again once v2 served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_during_a_100k_opensearch_ingest_always_see_the_live_index() {
+    use mangaassist::backends::catalog::synthesize;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const DOCS: usize = 100_000;
+    let (store, alias) = ingest_store().await;
+    let client = server().await;
+    let old: Vec<Series> = synthesize(2_000, 1).collect();
+    let new: Vec<Series> = synthesize(DOCS, 2).collect();
+    let count_only = IngestOptions {
+        batch_size: 1000,
+        gates: vec![job::Gate::Count { min_ratio: 0.99 }],
+        ..IngestOptions::default()
+    };
+    job::run(&store, &old, &count_only, |_| {}).await.unwrap();
+    let r = retriever(&alias);
+    let query = old[123].title.clone();
+    let before = top_ids(&r, &query).await;
+    assert_eq!(before.first(), Some(&old[123].id));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let ingest = {
+        let store = store_for(&alias);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let out = job::run(&store, &new, &count_only, |_| {}).await;
+            done.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+    // Each search is bracketed by two counts on the alias: when both name the same version the
+    // search ran on it; when they differ the swap happened meanwhile.
+    // The negative control: the shadow itself, read directly, is partial while it is built, so
+    // a reader that followed it (instead of the alias) would fail the checks below.
+    let shadow = store.index(Version(2));
+    let mut partial_shadow = 0;
+    let mut seen = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        let first = admin::count(&client, &alias).await.unwrap();
+        let got = top_ids(&r, &query).await;
+        let last = admin::count(&client, &alias).await.unwrap();
+        seen.push((first, got, last));
+        if let Ok(n) = admin::count(&client, &shadow).await
+            && 0 < n
+            && n < DOCS as u64
+        {
+            partial_shadow += 1;
+        }
+    }
+    assert!(
+        partial_shadow > 0,
+        "the shadow was never seen partial: the control did not run"
+    );
+    let outcome = ingest.await.unwrap().unwrap();
+    assert!(matches!(outcome, Outcome::Promoted(_)), "{outcome:?}");
+    let after = top_ids(&r, &query).await;
+    assert_ne!(after, before, "the control: v2 answers differently");
+    assert_eq!(admin::count(&client, &alias).await.unwrap(), DOCS as u64);
+
+    let (v1, v2) = (old.len() as u64, DOCS as u64);
+    let mut swapped = false;
+    for (i, (first, got, last)) in seen.iter().enumerate() {
+        for docs in [first, last] {
+            assert!(
+                [v1, v2].contains(docs),
+                "query {i}: the alias showed a partial or empty index ({docs} docs)"
+            );
+        }
+        assert!(
+            !(swapped && *first == v1),
+            "query {i}: back to v1 after v2 served"
+        );
+        swapped |= *last == v2;
+        match (*first, *last) {
+            (a, b) if a == b && a == v1 => assert_eq!(got, &before, "query {i} on v1"),
+            (a, b) if a == b => assert_eq!(got, &after, "query {i} on v2"),
+            _ => assert!(got == &before || got == &after, "query {i} across the swap"),
+        }
+    }
+    let during = seen.iter().filter(|(_, _, last)| *last == v1).count();
+    assert!(during >= 20, "only {during} queries ran during the ingest");
+    eprintln!("{during} queries during a {DOCS}-document OpenSearch ingest, all served by v1");
+    drop_store(&store).await;
+}

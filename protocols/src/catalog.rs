@@ -38,7 +38,7 @@ pub struct Series {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// A line is not a valid series record.
-    #[error("catalog line {line}: {source}")]
+    #[error("line {line}: {source}")]
     Line {
         /// 1-based line number.
         line: usize,
@@ -46,7 +46,7 @@ pub enum CatalogError {
         source: serde_json::Error,
     },
     /// Two records share an id.
-    #[error("catalog line {line}: duplicate series id `{id}`")]
+    #[error("line {line}: duplicate series id `{id}`")]
     Duplicate {
         /// 1-based line number of the second one.
         line: usize,
@@ -56,6 +56,12 @@ pub enum CatalogError {
     /// The catalog has no records.
     #[error("catalog is empty")]
     Empty,
+    /// A record names no series id.
+    #[error("line {line}: the series id is empty")]
+    EmptyId {
+        /// 1-based line number.
+        line: usize,
+    },
 }
 
 /// Parses a JSON Lines catalog (blank lines are skipped).
@@ -84,6 +90,89 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Series>, CatalogError> {
     Ok(out)
 }
 
+/// One record of a catalog change feed (`mangaassist ingest --changes FILE`), as JSON Lines:
+///
+/// ```text
+/// {"op":"upsert","series":{"id":"one-piece","title":"One Piece",...}}
+/// {"op":"delete","id":"old-series"}
+/// ```
+///
+/// Changes are keyed by series id and applied in order, so replaying a feed is idempotent: an
+/// upsert replaces whatever the index holds under its id, a delete of an absent id does nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Insert the series, or replace the one with its id.
+    Upsert {
+        /// The whole record, as in the catalog.
+        series: Series,
+    },
+    /// Remove the series with this id.
+    Delete {
+        /// The series id.
+        id: String,
+    },
+}
+
+impl Change {
+    /// The series id the change is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Upsert { series } => &series.id,
+            Change::Delete { id } => id,
+        }
+    }
+}
+
+/// What applying changes did to an index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeCounts {
+    /// Upserts of an id the index did not hold.
+    pub inserted: u64,
+    /// Upserts that replaced a document.
+    pub updated: u64,
+    /// Deletes that removed a document.
+    pub deleted: u64,
+    /// Deletes of an id the index did not hold (nothing to do).
+    pub missing: u64,
+}
+
+impl ChangeCounts {
+    /// Changes counted.
+    pub fn total(&self) -> u64 {
+        self.inserted + self.updated + self.deleted + self.missing
+    }
+}
+
+impl std::ops::AddAssign for ChangeCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.missing += o.missing;
+    }
+}
+
+/// Parses a JSON Lines change feed (blank lines are skipped). An empty id is refused; the same id
+/// may appear many times (a feed carries every change, in order).
+pub fn parse_changes_jsonl(text: &str) -> Result<Vec<Change>, CatalogError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c: Change = serde_json::from_str(line).map_err(|source| CatalogError::Line {
+            line: i + 1,
+            source,
+        })?;
+        if c.id().trim().is_empty() {
+            return Err(CatalogError::EmptyId { line: i + 1 });
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +192,46 @@ mod tests {
             parse_jsonl("{\"id\":1}"),
             Err(CatalogError::Line { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn parses_a_change_feed_in_order() {
+        let feed = format!(
+            "{{\"op\":\"upsert\",\"series\":{LINE}}}\n\n{{\"op\":\"delete\",\"id\":\"a\"}}\n"
+        );
+        let changes = parse_changes_jsonl(&feed).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(&changes[0], Change::Upsert { series } if series.id == "a"));
+        assert_eq!(changes[1], Change::Delete { id: "a".into() });
+        assert_eq!(parse_changes_jsonl("").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_bad_change_names_its_line() {
+        for (bad, want) in [
+            (
+                "{\"op\":\"remove\",\"id\":\"a\"}",
+                "unknown variant `remove`",
+            ),
+            ("{\"op\":\"delete\"}", "missing field `id`"),
+            (
+                "{\"op\":\"delete\",\"id\":\"a\",\"x\":1}",
+                "unknown field `x`",
+            ),
+            (
+                "{\"op\":\"upsert\",\"series\":{\"id\":\"a\"}}",
+                "missing field",
+            ),
+            ("{\"id\":\"a\"}", "missing field `op`"),
+        ] {
+            let text = format!("{{\"op\":\"delete\",\"id\":\"ok\"}}\n{bad}\n");
+            let err = parse_changes_jsonl(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("line 2: ") && err.contains(want),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_changes_jsonl("{\"op\":\"delete\",\"id\":\" \"}").unwrap_err();
+        assert_eq!(err.to_string(), "line 1: the series id is empty");
     }
 }

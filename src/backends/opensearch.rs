@@ -234,7 +234,7 @@ impl Retriever for OpenSearchRetriever {
 
 /// Index operations: what an ingest and the tests need, on any client.
 pub mod admin {
-    use mangaassist_protocols::catalog::Series;
+    use mangaassist_protocols::catalog::{Change, ChangeCounts, Series};
     use opensearch::indices::{IndicesCreateParts, IndicesDeleteParts, IndicesRefreshParts};
     use opensearch::{BulkParts, CountParts, OpenSearch};
     use serde_json::{Value, json};
@@ -332,23 +332,84 @@ pub mod admin {
         index: &str,
         series: &[Series],
     ) -> Result<(), AdminError> {
-        let mut body: Vec<opensearch::http::request::JsonBody<Value>> =
-            Vec::with_capacity(series.len() * 2);
+        let mut body = Vec::with_capacity(series.len() * 2);
         for s in series {
-            body.push(json!({ "index": { "_id": s.id } }).into());
-            body.push(document(s).into());
+            body.push(json!({ "index": { "_id": s.id } }));
+            body.push(document(s));
         }
+        bulk_items(client, index, body).await.map(drop)
+    }
+
+    /// Applies `changes` to `index` in order in one `_bulk` request: an upsert is an `index`
+    /// action (insert or replace under the series id), a delete a `delete` action. Counts
+    /// from each item's `result` (`created`, `updated`, `deleted`, `not_found`); fails if any
+    /// item failed. Not searchable before a [`refresh`].
+    pub async fn bulk_changes(
+        client: &OpenSearch,
+        index: &str,
+        changes: &[Change],
+    ) -> Result<ChangeCounts, AdminError> {
+        let mut body = Vec::with_capacity(changes.len() * 2);
+        for c in changes {
+            match c {
+                Change::Upsert { series } => {
+                    body.push(json!({ "index": { "_id": series.id } }));
+                    body.push(document(series));
+                }
+                Change::Delete { id } => body.push(json!({ "delete": { "_id": id } })),
+            }
+        }
+        let mut counts = ChangeCounts::default();
+        for item in bulk_items(client, index, body).await? {
+            let (action, result) = item
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(action, r)| (action.as_str(), r["result"].as_str().unwrap_or_default()))
+                .unwrap_or_default();
+            match (action, result) {
+                ("index", "created") => counts.inserted += 1,
+                ("index", "updated") => counts.updated += 1,
+                ("delete", "deleted") => counts.deleted += 1,
+                ("delete", "not_found") => counts.missing += 1,
+                _ => {
+                    return Err(AdminError::Refused {
+                        what: format!("changes into {index}"),
+                        status: 200,
+                        body: format!("unexpected bulk item {item}")
+                            .chars()
+                            .take(300)
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// One `_bulk` request of action and source lines; its items, or the first item's error.
+    async fn bulk_items(
+        client: &OpenSearch,
+        index: &str,
+        lines: Vec<Value>,
+    ) -> Result<Vec<Value>, AdminError> {
+        let body: Vec<opensearch::http::request::JsonBody<Value>> =
+            lines.into_iter().map(Into::into).collect();
         let r = client
             .bulk(BulkParts::Index(index))
             .body(body)
             .send()
             .await?;
-        let answer = checked(format!("bulk into {index}"), r).await?;
+        let mut answer = checked(format!("bulk into {index}"), r).await?;
+        let items = match answer["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         if answer["errors"].as_bool() == Some(true) {
-            let first = answer["items"]
-                .as_array()
-                .and_then(|items| items.iter().find(|i| i["index"]["error"].is_object()))
-                .map(|i| i["index"]["error"].to_string())
+            let first = items
+                .iter()
+                .filter_map(|i| i.as_object().and_then(|o| o.values().next()))
+                .find(|r| r["error"].is_object())
+                .map(|r| r["error"].to_string())
                 .unwrap_or_default();
             return Err(AdminError::Refused {
                 what: format!("bulk into {index}"),
@@ -356,7 +417,7 @@ pub mod admin {
                 body: first.chars().take(300).collect(),
             });
         }
-        Ok(())
+        Ok(items)
     }
 
     /// Makes everything indexed in `index` searchable.

@@ -5,31 +5,34 @@
 //! corrupt each other's index, so [`TantivyRetriever::open_or_build`] looks for
 //! `index_root/catalog-{fingerprint}`: if it is there and holds one document per series it is
 //! reused as is; otherwise the index is built in a private temporary directory beside it and
-//! renamed into place in one step, so a reader only ever sees a complete index. The index is
-//! immutable once built, so the reader never reloads (`ReloadPolicy::Manual`).
+//! renamed into place in one step, so a reader only ever sees a complete index. Readers reload
+//! only when asked (`ReloadPolicy::Manual`): a cached index never changes.
 //!
 //! The same schema and documents back the versioned indexes of ingest
-//! (`crate::ingest::tantivy_store`): [`CatalogIndexWriter`] builds one in committed batches and
-//! [`TantivyRetriever::open`] serves a finished one.
+//! (`crate::ingest::tantivy_store`): [`CatalogIndexWriter`] builds one in committed batches (and
+//! applies a change feed to the live one in place), [`TantivyRetriever::open`] serves a finished
+//! one, and [`TantivyRetriever::reload_if_changed`] picks up a commit made by another process.
 //!
 //! Queries are user chat text, not query syntax: they are parsed leniently (quotes, colons and
 //! stray operators never fail a search), terms are OR-ed, title matches count three times and
 //! author matches twice. Searching is CPU work, so the async path runs it on the blocking pool.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use mangaassist_protocols::catalog::Series;
+use mangaassist_protocols::catalog::{Change, ChangeCounts, Series};
 use mangaassist_protocols::ports::{RetrievalError, Retriever};
 use mangaassist_protocols::turn::RetrievedDoc;
-use tantivy::collector::TopDocs;
-use tantivy::query::QueryParser;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{QueryParser, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing,
     TextOptions, Value,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyError};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyError, Term};
 
 use super::catalog::catalog_fingerprint;
 
@@ -123,10 +126,13 @@ impl Fields {
 
 /// What a search needs; shared with blocking-pool tasks.
 struct Inner {
-    /// Kept open for the life of the retriever (its directory is mmapped).
-    _index: Index,
-    /// Never reloads: the index is immutable.
+    /// Kept open for the life of the retriever (its directory is mmapped); its `meta.json` tells
+    /// [`TantivyRetriever::reload_if_changed`] whether another commit happened.
+    index: Index,
+    /// Reloads only in [`TantivyRetriever::reload_if_changed`].
     reader: IndexReader,
+    /// The opstamp of the commit the reader shows.
+    opstamp: AtomicU64,
     /// OR of title^3, author^2, genres, demographic, synopsis.
     parser: QueryParser,
     fields: Fields,
@@ -234,6 +240,8 @@ pub struct CatalogIndexWriter {
     writer: IndexWriter,
     fields: Fields,
     dir: PathBuf,
+    /// Opened by the first [`apply`](Self::apply), reloaded by each one after.
+    reader: Option<IndexReader>,
 }
 
 impl std::fmt::Debug for CatalogIndexWriter {
@@ -267,6 +275,7 @@ impl CatalogIndexWriter {
             writer,
             fields,
             dir: dir.to_path_buf(),
+            reader: None,
         })
     }
 
@@ -278,6 +287,64 @@ impl CatalogIndexWriter {
                 .map_err(index_err(&self.dir))?;
         }
         Ok(())
+    }
+
+    /// Applies `changes` in order (visible after the next commit): an upsert deletes whatever
+    /// document has its series id and adds the new one, a delete removes the id's document.
+    /// Counts inserts against updates and deletes against ids that were not there, from the last
+    /// commit and the changes before it in `changes`.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<ChangeCounts, TantivyBackendError> {
+        let reader = match &self.reader {
+            Some(r) => {
+                r.reload().map_err(index_err(&self.dir))?;
+                r
+            }
+            None => self.reader.insert(
+                self.index
+                    .reader_builder()
+                    .reload_policy(ReloadPolicy::Manual)
+                    .try_into()
+                    .map_err(index_err(&self.dir))?,
+            ),
+        };
+        let searcher = reader.searcher();
+        // Whether an id is in the index as these changes leave it, for ids seen so far.
+        let mut present: HashMap<&str, bool> = HashMap::new();
+        let mut counts = ChangeCounts::default();
+        for change in changes {
+            let id = change.id();
+            let term = Term::from_field_text(self.fields.id, id);
+            let was = match present.get(id) {
+                Some(p) => *p,
+                None => {
+                    let q = TermQuery::new(term.clone(), IndexRecordOption::Basic);
+                    searcher.search(&q, &Count).map_err(index_err(&self.dir))? > 0
+                }
+            };
+            self.writer.delete_term(term);
+            match change {
+                Change::Upsert { series } => {
+                    self.writer
+                        .add_document(series_document(&self.fields, series))
+                        .map_err(index_err(&self.dir))?;
+                    if was {
+                        counts.updated += 1;
+                    } else {
+                        counts.inserted += 1;
+                    }
+                    present.insert(id, true);
+                }
+                Change::Delete { .. } => {
+                    if was {
+                        counts.deleted += 1;
+                    } else {
+                        counts.missing += 1;
+                    }
+                    present.insert(id, false);
+                }
+            }
+        }
+        Ok(counts)
     }
 
     /// Commits everything added so far, with `payload` recorded in the same commit.
@@ -405,7 +472,8 @@ impl TantivyRetriever {
         parser.set_field_boost(fields.genres, 3.0);
         Self {
             inner: Arc::new(Inner {
-                _index: index,
+                opstamp: AtomicU64::new(index.load_metas().map_or(0, |m| m.opstamp)),
+                index,
                 reader,
                 parser,
                 fields,
@@ -429,6 +497,21 @@ impl TantivyRetriever {
     /// always finds it).
     pub fn reused_cache(&self) -> bool {
         self.inner.reused
+    }
+
+    /// Reloads the reader when the index has a newer commit than the one it shows (a change
+    /// feed applied in place by `mangaassist ingest --changes`, possibly in another process);
+    /// returns whether it reloaded. Searches already running keep the searcher they started with.
+    /// Blocking (reads `meta.json`).
+    pub fn reload_if_changed(&self) -> Result<bool, TantivyBackendError> {
+        let dir = &self.inner.dir;
+        let metas = self.inner.index.load_metas().map_err(index_err(dir))?;
+        if metas.opstamp == self.inner.opstamp.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.inner.reader.reload().map_err(index_err(dir))?;
+        self.inner.opstamp.store(metas.opstamp, Ordering::Release);
+        Ok(true)
     }
 
     /// Searches synchronously on the calling thread (benches and blocking contexts only).

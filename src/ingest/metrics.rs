@@ -12,12 +12,15 @@
 //! ingest_docs_total{backend="tantivy",version="catalog-v3"} 62000
 //! ingest_job_state{backend="tantivy",version="catalog-v3",state="building"} 1
 //! ingest_gate_result{backend="tantivy",version="catalog-v3",gate="count",result="passed"} 1
+//! ingest_changes_total{backend="tantivy",version="catalog-v3",op="updated"} 120   (--changes)
 //! ingest_last_run_timestamp_seconds{backend="tantivy"} 1764568800
 //! ```
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mangaassist_protocols::catalog::ChangeCounts;
 
 use crate::ingest::job::{GateResult, Progress};
 
@@ -32,14 +35,20 @@ pub enum JobState {
     Stopped,
     /// A gate refused the shadow or the store failed; the alias was left alone.
     Failed,
+    /// Applying a change feed to the live version.
+    Applying,
+    /// A change feed was applied whole.
+    Applied,
 }
 
 impl JobState {
-    const ALL: [JobState; 4] = [
+    const ALL: [JobState; 6] = [
         JobState::Building,
         JobState::Promoted,
         JobState::Stopped,
         JobState::Failed,
+        JobState::Applying,
+        JobState::Applied,
     ];
 
     fn as_str(self) -> &'static str {
@@ -48,6 +57,8 @@ impl JobState {
             JobState::Promoted => "promoted",
             JobState::Stopped => "stopped",
             JobState::Failed => "failed",
+            JobState::Applying => "applying",
+            JobState::Applied => "applied",
         }
     }
 }
@@ -62,6 +73,8 @@ pub struct MetricsFile {
     total: u64,
     added: u64,
     gates: Vec<GateResult>,
+    /// Set by a change-feed job: what its changes did so far.
+    changes: Option<ChangeCounts>,
     last_write: Option<Instant>,
 }
 
@@ -76,6 +89,7 @@ impl MetricsFile {
             total: 0,
             added: 0,
             gates: Vec::new(),
+            changes: None,
             last_write: None,
         }
     }
@@ -99,6 +113,26 @@ impl MetricsFile {
         Ok(())
     }
 
+    /// Records a change feed's progress (`done`/`total` in changes) and what it did so far;
+    /// writes at most once a second.
+    pub fn changes(
+        &mut self,
+        version: String,
+        p: &Progress,
+        counts: ChangeCounts,
+    ) -> std::io::Result<()> {
+        self.changes = Some(counts);
+        self.version = version;
+        (self.done, self.total, self.added) = (p.done, p.total, p.added);
+        let due = self
+            .last_write
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            self.write(JobState::Applying)?;
+        }
+        Ok(())
+    }
+
     /// Records the gates' figures.
     pub fn gates(&mut self, gates: &[GateResult]) {
         self.gates = gates.to_vec();
@@ -106,7 +140,7 @@ impl MetricsFile {
 
     /// Writes the final state.
     pub fn finish(&mut self, state: JobState) -> std::io::Result<()> {
-        if state == JobState::Promoted {
+        if matches!(state, JobState::Promoted | JobState::Applied) {
             self.done = self.total;
         }
         self.write(state)
@@ -132,7 +166,7 @@ impl MetricsFile {
             &mut out,
             "ingest_docs_total",
             "counter",
-            "Documents this run added to the shadow index.",
+            "Documents this run added to the shadow index (a change feed: changes applied).",
         );
         let _ = writeln!(out, "ingest_docs_total{{{labels}}} {}", self.added);
         header(
@@ -163,6 +197,22 @@ impl MetricsFile {
                     g.gate,
                     u8::from(on)
                 );
+            }
+        }
+        if let Some(c) = self.changes {
+            header(
+                &mut out,
+                "ingest_changes_total",
+                "counter",
+                "Change-feed records applied to the live index, by effect.",
+            );
+            for (op, n) in [
+                ("inserted", c.inserted),
+                ("updated", c.updated),
+                ("deleted", c.deleted),
+                ("missing", c.missing),
+            ] {
+                let _ = writeln!(out, "ingest_changes_total{{{labels},op=\"{op}\"}} {n}");
             }
         }
         let now = SystemTime::now()

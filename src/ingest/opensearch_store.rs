@@ -31,7 +31,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use mangaassist_protocols::catalog::Series;
+use mangaassist_protocols::catalog::{Change, ChangeCounts, Series};
 use mangaassist_protocols::ports::Retriever;
 use opensearch::OpenSearch;
 use opensearch::indices::{
@@ -579,6 +579,22 @@ impl IndexStore for OpenSearchStore {
             from: Some(from),
             to,
         })
+    }
+
+    async fn apply_changes(
+        &self,
+        version: Version,
+        changes: Arc<[Change]>,
+    ) -> Result<ChangeCounts, StoreError> {
+        // The concrete index, not the alias: a swap meanwhile must not split a batch.
+        let index = self.index(version);
+        let counts = admin::bulk_changes(self.client(), &index, &changes)
+            .await
+            .map_err(refused(&index))?;
+        admin::refresh(self.client(), &index)
+            .await
+            .map_err(refused(&index))?;
+        Ok(counts)
     }
 
     async fn discard(&self, version: Version) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mangaassist_protocols::catalog::Series;
+use mangaassist_protocols::catalog::{Change, ChangeCounts, Series};
 use mangaassist_protocols::ports::Retriever;
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +159,16 @@ pub enum StoreError {
     /// A blocking-pool task running a store operation panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// Another process holds the ingest lock.
+    #[error(
+        "another ingest (pid {holder}) is writing this index (lock {path}); wait for it to finish"
+    )]
+    Locked {
+        /// The lock file.
+        path: String,
+        /// The pid it recorded.
+        holder: String,
+    },
     /// A write was asked of a version that is not the open shadow.
     #[error("{0} is not the shadow being built")]
     NotShadow(Version),
@@ -167,7 +177,8 @@ pub enum StoreError {
 /// Versioned indexes behind an alias (see the module docs).
 ///
 /// A shadow goes through `create_shadow` (or `resume_shadow`), any number of `add_batch` +
-/// `commit`, then either `promote` or `discard`. Only one shadow is open per store value.
+/// `commit`, then either `promote` or `discard`. Only one shadow is open per store value. A change
+/// feed goes to the live version through `apply_changes` batches, then `finish_changes`.
 #[async_trait]
 pub trait IndexStore: Send + Sync {
     /// The backend's name, for messages (`tantivy`, `opensearch`).
@@ -227,6 +238,22 @@ pub trait IndexStore: Send + Sync {
 
     /// Deletes a version that is not live (a failed or abandoned shadow).
     async fn discard(&self, version: Version) -> Result<(), StoreError>;
+    /// Applies `changes` in order to `version` (the live one) in place and makes them visible
+    /// to searches before returning (tantivy: a commit that serving readers reload; OpenSearch:
+    /// one `_bulk` request and a refresh). Changes are keyed by series id, so re-applying a batch
+    /// after a failure is harmless.
+    async fn apply_changes(
+        &self,
+        version: Version,
+        changes: Arc<[Change]>,
+    ) -> Result<ChangeCounts, StoreError>;
+
+    /// Releases what [`apply_changes`](Self::apply_changes) holds open (the embedded store's
+    /// index writer and its lock), after the last batch of a change feed.
+    async fn finish_changes(&self, version: Version) -> Result<(), StoreError> {
+        let _ = version;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 //!
 //! [`LiveRetriever`] is what `serve` searches: it holds the live version's reader in a swap cell
 //! and re-reads the alias on an interval; when another process (`mangaassist ingest`, `ingest
-//! rollback`) moves it, the new version is opened and swapped in. Searches in flight keep the
+//! rollback`) moves it, the new version is opened and swapped in; when a change feed (`ingest
+//! --changes`) committed to the live version in place, its reader reloads. Searches in flight keep the
 //! reader they started with; the old version's files stay readable until they finish, because
 //! promotion keeps the previous version on disk.
 
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mangaassist_protocols::catalog::Series;
+use mangaassist_protocols::catalog::{Change, ChangeCounts, Series};
 use mangaassist_protocols::ports::{RetrievalError, Retriever};
 use mangaassist_protocols::turn::RetrievedDoc;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,10 @@ pub const ALIAS_FILE: &str = "catalog-current";
 pub const HISTORY_FILE: &str = "catalog-history";
 /// Versions kept by default: the live one and one back for rollback.
 pub const DEFAULT_KEEP: usize = 2;
+/// The ingest lock: every command that writes (`ingest`, `ingest --changes`, `ingest rollback`)
+/// holds an exclusive `flock` on it, so two never interleave; the kernel drops it when the
+/// process exits, however it exits, so a crash leaves no stale lock.
+pub const LOCK_FILE: &str = "ingest.lock";
 /// How often `serve` re-reads the alias by default; reading an 11-byte file is cheap.
 pub const DEFAULT_ALIAS_POLL: Duration = Duration::from_secs(1);
 
@@ -199,6 +204,8 @@ struct StoreInner {
     /// The open shadow's writer. A std mutex: only blocking-pool closures take it, never across an
     /// await.
     shadow: Mutex<Option<(Version, CatalogIndexWriter)>>,
+    /// The live version's writer while a change feed is applied (see `apply_changes`).
+    changes: Mutex<Option<(Version, CatalogIndexWriter)>>,
 }
 
 impl std::fmt::Debug for TantivyStore {
@@ -210,7 +217,46 @@ impl std::fmt::Debug for TantivyStore {
     }
 }
 
+/// Held while a command writes the store; see [`LOCK_FILE`]. Released on drop.
+#[derive(Debug)]
+pub struct IngestLock {
+    _file: std::fs::File,
+}
+
 impl TantivyStore {
+    /// Takes the ingest lock without waiting; fails with [`StoreError::Locked`] naming the holder's
+    /// pid when another process holds it. Blocking (a few file operations).
+    pub fn lock(&self) -> Result<IngestLock, StoreError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let root = &self.inner.root;
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let path = root.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(io(&path))?;
+                file.rewind().map_err(io(&path))?;
+                writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+                Ok(IngestLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Err(StoreError::Locked {
+                    path: path.display().to_string(),
+                    holder: holder.trim().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        }
+    }
+
     /// A store over `root` keeping `keep` versions (clamped to at least 2) at promotion.
     pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
         Self {
@@ -218,6 +264,7 @@ impl TantivyStore {
                 root: root.into(),
                 keep: keep.max(2),
                 shadow: Mutex::new(None),
+                changes: Mutex::new(None),
             }),
         }
     }
@@ -477,6 +524,48 @@ impl IndexStore for TantivyStore {
         .await
     }
 
+    async fn apply_changes(
+        &self,
+        version: Version,
+        changes: Arc<[Change]>,
+    ) -> Result<ChangeCounts, StoreError> {
+        self.blocking(move |s| {
+            let mut slot = s.changes.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|(v, _)| *v != version) {
+                return Err(StoreError::Index {
+                    version: version.name(),
+                    message: "another version's change writer is open".to_string(),
+                });
+            }
+            let writer = match slot.as_mut() {
+                Some((_, w)) => w,
+                None => {
+                    let dir = s.existing_dir(version)?;
+                    let w = CatalogIndexWriter::open(&dir).map_err(index(version))?;
+                    &mut slot.insert((version, w)).1
+                }
+            };
+            let counts = writer.apply(&changes).map_err(index(version))?;
+            writer.commit(None).map_err(index(version))?;
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn finish_changes(&self, version: Version) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            let mut slot = s.changes.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.take() {
+                Some((v, w)) if v == version => w.finish().map_err(index(version)),
+                other => {
+                    *slot = other;
+                    Ok(())
+                }
+            }
+        })
+        .await
+    }
+
     async fn discard(&self, version: Version) -> Result<(), StoreError> {
         self.blocking(move |s| {
             if read_alias(&s.root)? == Some(version) {
@@ -557,14 +646,20 @@ impl LiveRetriever {
         self.load().retriever.clone()
     }
 
-    /// Re-reads the alias and, when it moved, opens the version it names and swaps it in. On any
+    /// Re-reads the alias and, when it moved, opens the version it names and swaps it in; when
+    /// it did not, reloads the live version's reader if a change feed committed to it. On any
     /// error the current version keeps serving. Blocking.
     pub fn refresh(&self) -> Result<Option<Swap>, StoreError> {
         let Some(target) = read_alias(&self.inner.root)? else {
             return Ok(None);
         };
-        let from = self.version();
+        let live = self.load();
+        let from = live.version;
         if target == from {
+            // The same version may have taken a change feed in place.
+            if live.retriever.reload_if_changed().map_err(index(from))? {
+                tracing::info!(version = %from, docs = live.retriever.doc_count(), "catalog version changed in place; reloaded");
+            }
             return Ok(None);
         }
         let dir = self.inner.root.join(target.name());
