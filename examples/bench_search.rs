@@ -9,10 +9,11 @@
 //! Rounds alternate, so each ratio is measured side by side in one process:
 //!
 //! - **idle**: searches only;
-//! - **ingest**: `mangaassist ingest --catalog SAME_CATALOG --data-dir DIR` runs as a child process
-//!   (ingest is a separate process in production), back to back until enough searches were made
-//!   while one was running. Only searches that started and ended while the same child process was
-//!   alive are counted; the others are reported as uncounted.
+//! - **ingest (PRIORITY)**, once per `--priorities` value: `mangaassist ingest --catalog
+//!   SAME_CATALOG --data-dir DIR --cpu-priority PRIORITY` runs as a child process (ingest is a
+//!   separate process in production), back to back until enough searches were made while one was
+//!   running. Only searches that started and ended while the same child process was alive are
+//!   counted; the others are reported as uncounted.
 //!
 //! The ingest binary is `target/release/mangaassist` (next to this example's directory) unless
 //! `--bin` says otherwise; build it first:
@@ -20,7 +21,7 @@
 //! ```sh
 //! cargo build --release --bin mangaassist
 //! cargo run --release --example bench_search -- [--searches N] [--rounds R] [--synth-count N]
-//!     [--rate DOCS_PER_SEC] [--ingest-nice N]
+//!     [--rate DOCS_PER_SEC] [--priorities background,normal]
 //! ```
 
 #![allow(
@@ -66,10 +67,11 @@ struct Args {
     /// The `mangaassist` binary that runs the ingests.
     #[arg(long)]
     bin: Option<PathBuf>,
-    /// Run the ingest under `nice -n N` (a diagnostic: does lowering its CPU priority protect the
-    /// searcher?); default: same priority as the searcher, as `mangaassist ingest` runs.
-    #[arg(long)]
-    ingest_nice: Option<i32>,
+    /// The ingest's `--cpu-priority` values to measure, each in its own ingest scenario of every
+    /// round: `background` (the default of `mangaassist ingest`, SCHED_IDLE) and `normal` (the
+    /// control: an ingest competing for the CPU like any process).
+    #[arg(long, value_delimiter = ',', default_values_t = ["background".to_string(), "normal".to_string()])]
+    priorities: Vec<String>,
     /// Uncounted searches before the first round and after every ingest round.
     #[arg(long, default_value_t = 1000)]
     warmup: usize,
@@ -153,25 +155,21 @@ fn start_ingests(
     catalog: &Path,
     data: &Path,
     rate: Option<f64>,
-    nice: Option<i32>,
+    priority: &str,
 ) -> IngestLoop {
     let state = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
     let (bin, catalog, data) = (bin.to_path_buf(), catalog.to_path_buf(), data.to_path_buf());
+    let priority = priority.to_string();
     let handle = std::thread::spawn(move || {
         let mut runs = Vec::new();
         while !sp.load(Ordering::Acquire) {
             let log = data.join("ingest.log");
-            let mut cmd = match nice {
-                Some(n) => {
-                    let mut c = Command::new("nice");
-                    c.arg("-n").arg(n.to_string()).arg(&bin);
-                    c
-                }
-                None => Command::new(&bin),
-            };
+            let mut cmd = Command::new(&bin);
             cmd.arg("ingest")
+                .arg("--cpu-priority")
+                .arg(&priority)
                 .arg("--catalog")
                 .arg(&catalog)
                 .arg("--data-dir")
@@ -299,8 +297,11 @@ async fn bench_catalog(name: &str, catalog: Vec<Series>, args: &Args, bin: &Path
     .await;
 
     let mut rows = Vec::new();
-    let mut all_idle = Vec::new();
-    let mut all_ingest = Vec::new();
+    // Every round's samples per scenario, `idle` first.
+    let mut all: Vec<(String, Vec<Duration>)> = vec![("idle".to_string(), Vec::new())];
+    for p in &args.priorities {
+        all.push((format!("ingest {p}"), Vec::new()));
+    }
     for round in 1..=args.rounds {
         let (idle, _) = search_round(
             &live,
@@ -313,73 +314,75 @@ async fn bench_catalog(name: &str, catalog: Vec<Series>, args: &Args, bin: &Path
         )
         .await;
         let idle = Summary::new(idle);
-
-        let ingest = start_ingests(bin, &file, &data, args.rate, args.ingest_nice);
-        let t = Instant::now();
-        let (busy, uncounted) = search_round(
-            &live,
-            &qs,
-            &mut next,
-            args.searches,
-            args.limit,
-            Some(&ingest.state),
-            &mut errors,
-        )
-        .await;
-        let searching = t.elapsed();
-        ingest.stop.store(true, Ordering::Release);
-        let runs = tokio::task::spawn_blocking(move || ingest.handle.join())
-            .await
-            .expect("join task")
-            .expect("ingest thread");
-        let busy = Summary::new(busy);
-        let ratio = busy.pct(99.0) / idle.pct(99.0);
-        let ingest_wall: Duration = runs.iter().map(|r| r.wall).sum();
-        println!(
-            "round {round}: {} ingest(s), {:.2}s of ingest wall time for {:.2}s of searching, \
-             {uncounted} uncounted searches; last: {}",
-            runs.len(),
-            ingest_wall.as_secs_f64(),
-            searching.as_secs_f64(),
-            runs.last().map_or("", |r| r.summary.as_str())
-        );
         rows.push(format!(
             "| {round} | idle | {} | {} | |",
             idle.sorted.len(),
             idle.cells()
         ));
-        rows.push(format!(
-            "| {round} | ingest ({} runs) | {} | {} | {ratio:.2} |",
-            runs.len(),
-            busy.sorted.len(),
-            busy.cells()
-        ));
-        all_idle.extend(idle.sorted);
-        all_ingest.extend(busy.sorted);
+        let idle_p99 = idle.pct(99.0);
+        all[0].1.extend(idle.sorted);
 
-        // Serve the newest version before the next idle round, as the watcher would within a
-        // second, and warm its reader.
-        let r = live.clone();
-        tokio::task::spawn_blocking(move || r.refresh())
-            .await
-            .expect("refresh task")
-            .expect("refresh");
-        search_round(
-            &live,
-            &qs,
-            &mut next,
-            args.warmup,
-            args.limit,
-            None,
-            &mut errors,
-        )
-        .await;
+        for (i, priority) in args.priorities.iter().enumerate() {
+            let ingest = start_ingests(bin, &file, &data, args.rate, priority);
+            let t = Instant::now();
+            let (busy, uncounted) = search_round(
+                &live,
+                &qs,
+                &mut next,
+                args.searches,
+                args.limit,
+                Some(&ingest.state),
+                &mut errors,
+            )
+            .await;
+            let searching = t.elapsed();
+            ingest.stop.store(true, Ordering::Release);
+            let runs = tokio::task::spawn_blocking(move || ingest.handle.join())
+                .await
+                .expect("join task")
+                .expect("ingest thread");
+            let busy = Summary::new(busy);
+            let ratio = busy.pct(99.0) / idle_p99;
+            let ingest_wall: Duration = runs.iter().map(|r| r.wall).sum();
+            println!(
+                "round {round}, ingest {priority}: {} ingest(s), {:.2}s of ingest wall time for \
+                 {:.2}s of searching, {uncounted} uncounted searches; last: {}",
+                runs.len(),
+                ingest_wall.as_secs_f64(),
+                searching.as_secs_f64(),
+                runs.last().map_or("", |r| r.summary.as_str())
+            );
+            rows.push(format!(
+                "| {round} | ingest {priority} ({} runs) | {} | {} | {ratio:.2} |",
+                runs.len(),
+                busy.sorted.len(),
+                busy.cells()
+            ));
+            all[i + 1].1.extend(busy.sorted);
+
+            // Serve the newest version before the next scenario, as the watcher would within a
+            // second, and warm its reader.
+            let r = live.clone();
+            tokio::task::spawn_blocking(move || r.refresh())
+                .await
+                .expect("refresh task")
+                .expect("refresh");
+            search_round(
+                &live,
+                &qs,
+                &mut next,
+                args.warmup,
+                args.limit,
+                None,
+                &mut errors,
+            )
+            .await;
+        }
     }
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
 
-    let (idle, busy) = (Summary::new(all_idle), Summary::new(all_ingest));
     println!(
         "\n{name}, µs, {} searches a row, query mix of {} queries, limit {} (load {}, search errors {errors}):\n",
         args.searches,
@@ -387,22 +390,26 @@ async fn bench_catalog(name: &str, catalog: Vec<Series>, args: &Args, bin: &Path
         args.limit,
         loadavg()
     );
-    println!("| round | scenario | searches | p50 | p90 | p99 | p99.9 | max | p99 ratio |");
+    println!("| round | scenario | searches | p50 | p90 | p99 | p99.9 | max | p99 / idle p99 |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
-    println!(
-        "| all | idle | {} | {} | |",
-        idle.sorted.len(),
-        idle.cells()
-    );
-    println!(
-        "| all | ingest | {} | {} | {:.2} |",
-        busy.sorted.len(),
-        busy.cells(),
-        busy.pct(99.0) / idle.pct(99.0)
-    );
+    let mut idle_p99 = f64::NAN;
+    for (scenario, samples) in all {
+        let sum = Summary::new(samples);
+        let ratio = if scenario == "idle" {
+            idle_p99 = sum.pct(99.0);
+            String::new()
+        } else {
+            format!("**{:.2}**", sum.pct(99.0) / idle_p99)
+        };
+        println!(
+            "| all | {scenario} | {} | {} | {ratio} |",
+            sum.sorted.len(),
+            sum.cells()
+        );
+    }
 }
 
 fn main() {
@@ -418,10 +425,10 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "bench_search: {} cores, ingest binary {}, ingest nice {:?}, load {}",
+        "bench_search: {} cores, ingest binary {}, ingest priorities {:?}, load {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bin.display(),
-        args.ingest_nice,
+        args.priorities,
         loadavg()
     );
     rt.block_on(async {

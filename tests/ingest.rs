@@ -888,3 +888,67 @@ fn the_cli_applies_a_change_feed_and_refuses_a_bad_one() {
         assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
     }
 }
+
+/// The scheduling policy of every thread of process `pid` (`/proc/PID/task/*/stat`, field 41).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the `(comm)` one start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+/// `--cpu-priority background` (the default) puts every thread of the ingest in the idle
+/// scheduling class (SCHED_IDLE, policy 5), so serving keeps the CPU; `normal` leaves them in
+/// SCHED_OTHER (0), the control that the probe reads what the flag sets.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_ingest_runs_in_the_idle_scheduling_class_unless_told_otherwise() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let cli = CliData::new(1, 1);
+    for (flag, want) in [("background", SCHED_IDLE), ("normal", SCHED_OTHER)] {
+        let data = cli.dir().join(flag);
+        // A slow ingest (476 documents at 100 a second) to look at while it runs.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args([
+                "ingest",
+                "--catalog",
+                &cli.full,
+                "--rate",
+                "100",
+                "--batch-size",
+                "10",
+            ])
+            .args(["--cpu-priority", flag, "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the build is under way (the shadow directory exists), threads started.
+        let began = std::time::Instant::now();
+        while !data.join("index/catalog-v1").exists() {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(30),
+                "no build started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let policies = thread_policies(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(policies.len() >= 2, "{flag}: {policies:?}");
+        assert!(
+            policies.iter().all(|p| *p == want),
+            "{flag}: thread policies {policies:?}, want all {want}"
+        );
+    }
+}

@@ -865,13 +865,66 @@ async fn an_idle_connection_is_closed_with_idle_timeout_and_a_busy_one_is_not() 
     );
 }
 
+/// What a `fmt` subscriber writes, kept for assertions on spans.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// The fields of every closed span named `name`, in closing order: for the line
+    /// `INFO turn{a=1}:retrieve{hits=0}: target: close time.busy=..` and `retrieve`, `hits=0`.
+    fn closed(&self, name: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
+        text.lines()
+            .filter_map(|l| {
+                let (head, _) = l.split_once(": close time.busy=")?;
+                let (path, _target) = head.split_once(" INFO ")?.1.rsplit_once(": ")?;
+                let last = path.rsplit("}:").next()?;
+                let fields = last.strip_prefix(name)?;
+                Some(
+                    fields
+                        .trim_start_matches('{')
+                        .trim_end_matches('}')
+                        .to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// A search that finds nothing is a designed state: `turn_started` says `fallback`, the answer
-/// carries the caveat and invents no title, and the metrics count it. Controls: a catalog
-/// question is `grounded` and cites what it found; a greeting is `skipped`.
+/// carries the caveat and invents no title, and the metrics and the turn's span say so. Controls:
+/// a catalog question is `grounded` and cites what it found; a greeting is `skipped`.
 #[tokio::test]
 async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
     use mangaassist_protocols::turn::RetrievalMode;
 
+    // The test's runtime is single-threaded: every actor's task runs under this subscriber.
+    let spans = Captured::default();
+    let _tracing = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(spans.clone())
+            .with_ansi(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
     let server = start().await;
     let mut c = Client::ws(&server).await;
     c.hello().await;
@@ -901,6 +954,25 @@ async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
 
     let hello = run_turn(&mut c, "thanks, bye").await;
     assert_eq!(mode(&hello), RetrievalMode::Skipped);
+
+    // One `turn` span per turn, each tagged with its mode; a `retrieve` span for the two that
+    // searched, with the hits each found.
+    let turns = spans.closed("turn");
+    assert_eq!(turns.len(), 3, "{turns:#?}");
+    for (fields, want) in turns.iter().zip(["fallback", "grounded", "skipped"]) {
+        assert!(
+            fields.ends_with(&format!("retrieval_mode=\"{want}\"")),
+            "{want}: {fields}"
+        );
+    }
+    let searches = spans.closed("retrieve");
+    assert_eq!(
+        searches,
+        [
+            "outcome=\"ok\" attempts=1 hits=0",
+            "outcome=\"ok\" attempts=1 hits=1"
+        ]
+    );
 
     let m = metrics_text(&server).await;
     for (mode, n) in [("fallback", 1.0), ("grounded", 1.0), ("skipped", 1.0)] {

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument as _;
 
 use crate::chaos::Chaos;
 use crate::classifier::ClassifierMsg;
@@ -270,7 +271,17 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     let metrics = ctx.pipeline.metrics.clone();
     // A connection that closes before the stream ends the turn at its next frame (quietly:
     // nobody is left to tell); one that closes during the stream is recorded by the forwarder.
-    match turn_body(&ctx).await {
+    // The turn's span: its intent and retrieval mode are recorded as soon as they are known, so a
+    // trace shows a fallback turn as one. (Spans are the `tracing` crate's; exporting them is a
+    // subscriber's business, never the turn's.)
+    let span = tracing::info_span!(
+        "turn",
+        turn = %ctx.turn_id,
+        session = %ctx.session_id,
+        intent = tracing::field::Empty,
+        retrieval_mode = tracing::field::Empty,
+    );
+    match turn_body(&ctx).instrument(span).await {
         Ok((record, intent, last)) => {
             let outcome = match record.finish_reason {
                 FinishReason::Stop => TurnOutcome::Completed,
@@ -331,6 +342,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         us: micros(t0.elapsed()),
     });
     let intent = classification.map_err(|f| fail(f, None))?.intent;
+    tracing::Span::current().record("intent", intent.as_str());
     let trace_id = TraceId::new_xray(unix_ms() / 1000);
 
     // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget. Then the
@@ -344,6 +356,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         // search again or browse), and the turn says so.
         (true, true) => RetrievalMode::Fallback,
     };
+    tracing::Span::current().record("retrieval_mode", retrieval_mode.as_str());
     let deferred = deferrable(ctx, plan.deferrable, &items);
 
     // The answer is about to start: tell the client how it is grounded.
@@ -613,6 +626,14 @@ pub fn cites_any(answer: &str, items: &[ContextItem]) -> bool {
     })
 }
 
+/// The `outcome` of a failed search on the `retrieve` span.
+fn retrieval_outcome(e: &RetrievalError) -> &'static str {
+    match e {
+        RetrievalError::Search(_) => "search_error",
+        RetrievalError::Unavailable(_) => "unavailable",
+    }
+}
+
 /// Retrieval and the `mandatory` enrichment fields under one budget. Never fails: what misses the
 /// budget is left out, counted by field, and framed in the prompt by context assembly. Returns
 /// the grounding items and every fact found, by series id.
@@ -636,7 +657,10 @@ async fn preflight(
         }
         let limit = s.retrieval_limit;
         let mut backoff = RETRIEVAL_RETRY_BACKOFF;
+        let span = tracing::Span::current();
+        let mut attempts = 0u32;
         let docs = loop {
+            attempts += 1;
             let query = ctx.text.clone();
             let answer = ask(&p.retriever, ActorKind::Retriever, remaining(), |reply| {
                 RetrieverMsg::Search {
@@ -647,7 +671,10 @@ async fn preflight(
             })
             .await;
             match answer {
-                Ok(Ok(docs)) => break docs,
+                Ok(Ok(docs)) => {
+                    span.record("outcome", "ok");
+                    break docs;
+                }
                 // The backend is unreachable: try again while the budget allows.
                 Ok(Err(RetrievalError::Unavailable(e))) if remaining() > backoff * 2 => {
                     tracing::debug!(turn = %ctx.turn_id, error = %e, "retrieval unavailable; retrying");
@@ -655,15 +682,19 @@ async fn preflight(
                     backoff *= 2;
                 }
                 Ok(Err(e)) => {
+                    span.record("outcome", retrieval_outcome(&e));
                     tracing::warn!(turn = %ctx.turn_id, error = %e, "retrieval failed; answering from the fallback template");
                     break Vec::new();
                 }
                 Err(f) => {
+                    span.record("outcome", "budget_exceeded");
                     tracing::warn!(turn = %ctx.turn_id, error = %f.message, "retrieval missed its budget; answering from the fallback template");
                     break Vec::new();
                 }
             }
         };
+        span.record("attempts", attempts);
+        span.record("hits", docs.len());
         let us = micros(start.elapsed());
         p.metrics.emit(MetricEvent::StageLatency {
             stage: Stage::Retrieve,
@@ -688,6 +719,16 @@ async fn preflight(
         .await
         .unwrap_or_default()
     };
+    let retrieve = retrieve.instrument(if intent.wants_retrieval() {
+        tracing::info_span!(
+            "retrieve",
+            attempts = tracing::field::Empty,
+            hits = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    });
     let (docs, named) = tokio::join!(retrieve, mentions);
 
     let mut facts: HashMap<String, Enrichment> = named
