@@ -164,10 +164,13 @@ enum Command {
     /// points of the live index) and, when all pass, swaps the `catalog-current` alias and keeps the
     /// previous version for `ingest rollback`. A failed gate discards the shadow, leaves the alias
     /// alone and exits 1 naming the gate and its figures. A running `serve` on the same data
-    /// directory picks up the swap within a second. Examples:
+    /// directory picks up the swap within a second. --changes FILE instead applies a change feed
+    /// (upserts and deletes) to the live version in place. The ingest runs at background CPU
+    /// priority unless --cpu-priority normal. Examples:
     ///
     /// mangaassist ingest --catalog data/catalog.jsonl --data-dir var
     /// mangaassist ingest --catalog data/catalog.jsonl --data-dir var --resume
+    /// mangaassist ingest --changes /tmp/changes.jsonl --data-dir var --rate 1000
     /// # A synthetic catalog has none of the golden set's series: waive the recall gate.
     /// mangaassist catalog synth --count 100000 --out /tmp/catalog.jsonl
     /// mangaassist ingest --catalog /tmp/catalog.jsonl --data-dir var --rate 50000 --max-recall-drop 1
