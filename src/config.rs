@@ -304,8 +304,12 @@ pub struct RawTurn {
     pub token_channel_capacity: Option<usize>,
     /// Most estimated prompt tokens.
     pub context_max_input_tokens: Option<u32>,
-    /// Most recent turns considered for context.
+    /// Most recent turns sent verbatim.
     pub history_turns: Option<usize>,
+    /// Most tokens of the customer-preferences block (never compressed away).
+    pub context_preference_tokens: Option<u32>,
+    /// Most tokens of the summary of older turns.
+    pub context_summary_tokens: Option<u32>,
 }
 
 /// `[metrics]`
@@ -649,6 +653,20 @@ impl RawConfig {
                     1_000_000,
                 )?,
                 max_history_turns: ranged("turn.history_turns", t.history_turns, 8, 0, 1_000)?,
+                preference_tokens: ranged(
+                    "turn.context_preference_tokens",
+                    t.context_preference_tokens,
+                    200,
+                    0,
+                    10_000,
+                )?,
+                summary_tokens: ranged(
+                    "turn.context_summary_tokens",
+                    t.context_summary_tokens,
+                    400,
+                    0,
+                    100_000,
+                )?,
             },
         };
 
@@ -710,6 +728,20 @@ impl RawConfig {
                 60_000,
             )?),
         };
+        let c = turn.context;
+        if u64::from(c.preference_tokens) + u64::from(c.summary_tokens)
+            > u64::from(c.max_input_tokens) / 2
+        {
+            return Err(invalid(
+                "turn.context_summary_tokens",
+                format!(
+                    "preferences ({}) + summary ({}) tokens must leave at least half of \
+                     turn.context_max_input_tokens ({}) for instructions, catalog entries, \
+                     recent turns and the message",
+                    c.preference_tokens, c.summary_tokens, c.max_input_tokens
+                ),
+            ));
+        }
         if limits.classify_deadline >= turn.classify_timeout {
             return Err(invalid(
                 "policy.classify_deadline_ms",

@@ -26,6 +26,7 @@ pub mod enricher;
 pub mod forwarder;
 pub mod generator;
 pub mod low_hits;
+pub mod memory;
 pub mod metrics_sink;
 pub mod outbound;
 pub mod retriever;

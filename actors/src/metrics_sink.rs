@@ -10,7 +10,7 @@
 //! empty (a scrape shows the reset through `process_start`-style counters going down, as
 //! Prometheus expects from a restarted target) and the admission counter is reset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -174,6 +174,7 @@ pub struct MetricsState {
     search_us: Histogram<u64>,
     grounding: [u64; 2],
     low_hits: LowHits,
+    context: ContextStats,
     turns_finished: HashMap<(Intent, TurnOutcome), u64>,
     errors: HashMap<ErrorCode, u64>,
     omitted: HashMap<EnrichmentField, u64>,
@@ -190,6 +191,152 @@ pub struct MetricsState {
     fallbacks: HashMap<(TaskType, Arc<str>, Failure), u64>,
     violations: HashMap<ViolationRule, u64>,
     shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
+}
+
+/// Context assembly: budget utilization, compression, and the high-utilization alarm.
+struct ContextStats {
+    /// Utilization in permille (1..=1000; 0 is recorded as 1).
+    utilization: Histogram<u64>,
+    assembled: u64,
+    compressed: u64,
+    dropped: u64,
+    summarized: u64,
+    /// The last [`UTILIZATION_WINDOW`] utilizations, for the alarm's p95.
+    recent: VecDeque<u16>,
+    alarm: bool,
+    alarms: u64,
+}
+
+/// Assemblies the utilization alarm looks at.
+const UTILIZATION_WINDOW: usize = 200;
+/// The alarm needs this many before it may be raised.
+const UTILIZATION_MIN_SAMPLES: usize = 20;
+/// p95 utilization above this raises the alarm (permille).
+const UTILIZATION_ALARM_PERMILLE: u16 = 950;
+
+impl ContextStats {
+    fn new() -> Result<Self, ActorProcessingErr> {
+        Ok(Self {
+            utilization: Histogram::new_with_bounds(1, 1_000, 3)?,
+            assembled: 0,
+            compressed: 0,
+            dropped: 0,
+            summarized: 0,
+            recent: VecDeque::with_capacity(UTILIZATION_WINDOW),
+            alarm: false,
+            alarms: 0,
+        })
+    }
+
+    fn record(
+        &mut self,
+        tokens: u32,
+        budget: u32,
+        dropped: u32,
+        summarized: u32,
+        compressed: bool,
+    ) {
+        let permille = if budget == 0 {
+            1_000
+        } else {
+            (u64::from(tokens) * 1_000 / u64::from(budget)).min(1_000)
+        };
+        self.utilization.saturating_record(permille.max(1));
+        self.assembled += 1;
+        self.compressed += u64::from(compressed);
+        self.dropped += u64::from(dropped);
+        self.summarized += u64::from(summarized);
+        if self.recent.len() == UTILIZATION_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(u16::try_from(permille).unwrap_or(1_000));
+        if self.recent.len() < UTILIZATION_MIN_SAMPLES {
+            return;
+        }
+        let p95 = self.p95();
+        let high = p95 > UTILIZATION_ALARM_PERMILLE;
+        if high && !self.alarm {
+            self.alarm = true;
+            self.alarms += 1;
+            tracing::warn!(
+                p95 = f64::from(p95) / 1000.0,
+                window = self.recent.len(),
+                "context alarm: p95 budget utilization above 0.95; requests are being compressed to fit"
+            );
+        } else if !high && self.alarm {
+            self.alarm = false;
+            tracing::info!(p95 = f64::from(p95) / 1000.0, "context alarm cleared");
+        }
+    }
+
+    /// The 95th percentile (nearest rank) of the recent window, in permille.
+    fn p95(&self) -> u16 {
+        let mut v: Vec<u16> = self.recent.iter().copied().collect();
+        v.sort_unstable();
+        let rank = (v.len() * 95).div_ceil(100).max(1);
+        v[rank - 1]
+    }
+
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "context_budget_utilization",
+            "summary",
+            "Estimated prompt tokens of each assembled model request over its budget, 0.0-1.0.",
+        );
+        summary_lines(
+            out,
+            "context_budget_utilization",
+            &[],
+            &self.utilization,
+            |v| format!("{:.3}", v / 1000.0),
+        );
+        for (name, help, value) in [
+            (
+                "context_assemblies_total",
+                "Model requests assembled.",
+                self.assembled,
+            ),
+            (
+                "turns_dropped_total",
+                "History turns left out of assembled requests entirely (greetings and navigation, nothing worth keeping, or no room), summed over requests.",
+                self.dropped,
+            ),
+            (
+                "turns_summarized_total",
+                "History turns sent as a summary line instead of verbatim, summed over requests.",
+                self.summarized,
+            ),
+            (
+                "context_budget_alarms_total",
+                "Times the context alarm (p95 utilization above 0.95) was raised.",
+                self.alarms,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            out,
+            "compression_event_ratio",
+            "gauge",
+            "Share of assembled requests that left out or condensed something.",
+        );
+        let ratio = if self.assembled == 0 {
+            0.0
+        } else {
+            self.compressed as f64 / self.assembled as f64
+        };
+        let _ = writeln!(out, "compression_event_ratio {ratio:.4}");
+        header(
+            out,
+            "context_budget_alarm",
+            "gauge",
+            "1 while the p95 utilization of the last 200 requests is above 0.95.",
+        );
+        let _ = writeln!(out, "context_budget_alarm {}", u8::from(self.alarm));
+    }
 }
 
 /// What one (task, model) pair has done.
@@ -231,6 +378,15 @@ impl MetricsState {
                 }
             }
             MetricEvent::Grounding { cited } => self.grounding[usize::from(cited)] += 1,
+            MetricEvent::ContextAssembled {
+                tokens,
+                budget,
+                dropped,
+                summarized,
+                compressed,
+            } => self
+                .context
+                .record(tokens, budget, dropped, summarized, compressed),
             MetricEvent::TurnFinished { intent, outcome } => {
                 *self.turns_finished.entry((intent, outcome)).or_default() += 1
             }
@@ -497,6 +653,7 @@ impl MetricsState {
             DisconnectReason::ALL.map(|r| (r.as_str(), count(&self.disconnects, &r))),
         );
         self.render_retrieval(&mut out);
+        self.context.render(&mut out);
         self.render_models(&mut out);
         self.render_policy(&mut out);
         header(
@@ -818,6 +975,7 @@ impl Actor for MetricsSink {
             search_us: histogram()?,
             grounding: [0; 2],
             low_hits: LowHits::new(args.low_hits),
+            context: ContextStats::new()?,
             turns_finished: HashMap::new(),
             errors: HashMap::new(),
             omitted: HashMap::new(),

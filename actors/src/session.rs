@@ -25,6 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::memory::{self, SessionMemory};
 use crate::outbound::Outbound;
 use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
 
@@ -108,6 +109,9 @@ pub struct SessionState {
     args: SessionArgs,
     /// Recent turns, oldest first; shared with the turn task without copying.
     history: Arc<[TurnRecord]>,
+    /// Preferences and the summary of turns older than `history`; replaced, never mutated in
+    /// place, so a running turn keeps the copy it started with.
+    memory: Arc<SessionMemory>,
     /// Index the next turn takes.
     next_index: u32,
     /// The streaming turn, if any: at most one per session.
@@ -145,7 +149,19 @@ impl Actor for SessionActor {
             .await?;
         let next_index = u32::try_from(all.len()).unwrap_or(u32::MAX);
         let keep = all.len().saturating_sub(HISTORY_IN_MEMORY);
+        let summary_tokens = args.pipeline.settings.context.summary_tokens;
+        let memory = SessionMemory::rebuild(&all, HISTORY_IN_MEMORY, summary_tokens);
+        if !all.is_empty() {
+            tracing::info!(
+                session = %args.session_id,
+                turns = all.len(),
+                preferences = !memory.preferences.is_empty(),
+                summary_lines = memory.summary.lines.len(),
+                "session memory rebuilt from its transcript"
+            );
+        }
         Ok(SessionState {
+            memory: Arc::new(memory),
             args,
             history: all[keep..].to_vec().into(),
             next_index,
@@ -183,6 +199,18 @@ impl Actor for SessionActor {
                     return Ok(());
                 }
                 let control = TurnControl::default();
+                // What the message states is remembered before the turn runs, so its own answer
+                // already respects it (and a failed turn does not lose it).
+                let mut memory = (*state.memory).clone();
+                if memory.note(&message.text, state.next_index) {
+                    tracing::info!(
+                        session = %state.args.session_id,
+                        turn = state.next_index,
+                        preferences = ?memory.preferences,
+                        "preferences updated"
+                    );
+                    state.memory = Arc::new(memory);
+                }
                 let ctx = TurnCtx {
                     pipeline: state.args.pipeline.clone(),
                     session_id: state.args.session_id.clone(),
@@ -192,6 +220,7 @@ impl Actor for SessionActor {
                     text: Arc::from(message.text),
                     received_at,
                     history: state.history.clone(),
+                    memory: state.memory.clone(),
                     outbound: state.args.outbound.clone(),
                     control: control.clone(),
                     session: myself.get_cell(),
@@ -231,7 +260,22 @@ impl Actor for SessionActor {
                     let mut history: Vec<TurnRecord> = state.history.to_vec();
                     history.push(record);
                     let keep = history.len().saturating_sub(HISTORY_IN_MEMORY);
-                    state.history = history.split_off(keep).into();
+                    let kept = history.split_off(keep);
+                    if !history.is_empty() {
+                        // Turns leaving memory go into the rolling summary.
+                        let mut memory = (*state.memory).clone();
+                        let tokens = state.args.pipeline.settings.context.summary_tokens;
+                        let lines = memory::fold_into(&mut memory.summary, &history, tokens);
+                        tracing::debug!(
+                            session = %state.args.session_id,
+                            turns = history.len(),
+                            lines,
+                            summary_lines = memory.summary.lines.len(),
+                            "older turns folded into the session summary"
+                        );
+                        state.memory = Arc::new(memory);
+                    }
+                    state.history = kept.into();
                 }
             }
             SessionMsg::Close(reply) => {

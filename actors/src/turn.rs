@@ -38,6 +38,7 @@ use crate::context::{self, ContextBudget};
 use crate::enricher::EnricherMsg;
 use crate::forwarder::{Forwarded, ForwarderActor, ForwarderArgs, InlineLookup};
 use crate::generator::GeneratorMsg;
+use crate::memory::SessionMemory;
 use crate::metrics_sink::MetricsHandle;
 use crate::outbound::{Mark, Outbound};
 use crate::retriever::RetrieverMsg;
@@ -193,6 +194,8 @@ pub struct TurnCtx {
     pub received_at: Instant,
     /// Recent turns, oldest first.
     pub history: Arc<[TurnRecord]>,
+    /// The session's preferences and summary of older turns, as of this message.
+    pub memory: Arc<SessionMemory>,
     /// The connection's outbound queue.
     pub outbound: Outbound,
     /// Cancellation.
@@ -386,8 +389,35 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
 
     // 3. Assemble.
     let t_asm = Instant::now();
-    let (mut request, _report) =
-        context::assemble(intent, &ctx.text, &ctx.history, items.clone(), s.context);
+    let view = context::TranscriptView {
+        recent: &ctx.history,
+        summary: &ctx.memory.summary,
+        preferences: &ctx.memory.preferences,
+    };
+    let (mut request, report) =
+        context::assemble(intent, &ctx.text, view, items.clone(), s.context);
+    if report.compressed() {
+        tracing::info!(
+            session = %ctx.session_id,
+            turn = %ctx.turn_id,
+            verbatim = report.history_included,
+            summarized = report.history_summarized,
+            dropped = report.history_dropped,
+            summary_lines = report.summary_lines,
+            items_trimmed = report.items_trimmed,
+            request_chars_cut = report.request_chars_cut,
+            tokens = report.estimated_tokens,
+            budget = report.budget_tokens,
+            "context compressed"
+        );
+    }
+    p.metrics.emit(MetricEvent::ContextAssembled {
+        tokens: report.estimated_tokens,
+        budget: report.budget_tokens,
+        dropped: u32::try_from(report.history_dropped).unwrap_or(u32::MAX),
+        summarized: u32::try_from(report.history_summarized).unwrap_or(u32::MAX),
+        compressed: report.compressed(),
+    });
     request.session = Some(ctx.session_id.clone());
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::Assemble,
@@ -626,6 +656,11 @@ pub fn cites_any(answer: &str, items: &[ContextItem]) -> bool {
     })
 }
 
+/// With hard preferences, the search asks for this many times the retrieval limit...
+const PREFERENCE_OVERFETCH: usize = 10;
+/// ...but never more than this many documents.
+const MAX_OVERFETCH: usize = 100;
+
 /// The `outcome` of a failed search on the `retrieve` span.
 fn retrieval_outcome(e: &RetrievalError) -> &'static str {
     match e {
@@ -655,7 +690,17 @@ async fn preflight(
         if !intent.wants_retrieval() {
             return Vec::new();
         }
-        let limit = s.retrieval_limit;
+        // Hard preferences (a disliked genre or title, a volume cap) filter the hits, so the
+        // search asks for more to still fill the limit after filtering.
+        let prefs = &ctx.memory.preferences;
+        let filtering = !prefs.disliked_genres.is_empty()
+            || !prefs.disliked_titles.is_empty()
+            || prefs.max_volumes.is_some();
+        let limit = if filtering {
+            (s.retrieval_limit * PREFERENCE_OVERFETCH).min(MAX_OVERFETCH)
+        } else {
+            s.retrieval_limit
+        };
         let mut backoff = RETRIEVAL_RETRY_BACKOFF;
         let span = tracing::Span::current();
         let mut attempts = 0u32;
@@ -695,13 +740,25 @@ async fn preflight(
         };
         span.record("attempts", attempts);
         span.record("hits", docs.len());
+        // What the search found at the turn's limit: the index's health, before preferences.
+        let found = docs.len().min(s.retrieval_limit);
+        let docs = if filtering {
+            let mut docs = docs;
+            let before = docs.len();
+            docs.retain(|d| prefs.allows(d));
+            span.record("excluded_by_preferences", before - docs.len());
+            docs.truncate(s.retrieval_limit);
+            docs
+        } else {
+            docs
+        };
         let us = micros(start.elapsed());
         p.metrics.emit(MetricEvent::StageLatency {
             stage: Stage::Retrieve,
             us,
         });
         p.metrics.emit(MetricEvent::Searched {
-            hits: u32::try_from(docs.len()).unwrap_or(u32::MAX),
+            hits: u32::try_from(found).unwrap_or(u32::MAX),
             us,
         });
         docs
@@ -725,6 +782,7 @@ async fn preflight(
             attempts = tracing::field::Empty,
             hits = tracing::field::Empty,
             outcome = tracing::field::Empty,
+            excluded_by_preferences = tracing::field::Empty,
         )
     } else {
         tracing::Span::none()

@@ -6,6 +6,34 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The genre vocabulary: every catalog record's genres come from it (data/README.md).
+pub const GENRES: [&str; 24] = [
+    "action",
+    "adventure",
+    "comedy",
+    "drama",
+    "fantasy",
+    "horror",
+    "mystery",
+    "psychological",
+    "romance",
+    "sci-fi",
+    "slice-of-life",
+    "sports",
+    "supernatural",
+    "thriller",
+    "historical",
+    "isekai",
+    "mecha",
+    "music",
+    "cooking",
+    "school",
+    "martial-arts",
+    "crime",
+    "medical",
+    "post-apocalyptic",
+];
+
 /// One series in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

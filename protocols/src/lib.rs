@@ -12,6 +12,8 @@
 //!   simulated model.
 //! - [`turn`]: the typed payloads that travel between actors during a turn: intents, retrieved
 //!   documents, enrichment facts, the assembled model request, stream events and usage.
+//! - [`memory`]: what a session remembers beyond its verbatim turns: stated preferences and a
+//!   rolling summary.
 //! - [`metrics`]: typed metric events sent to the metrics-sink (never formatted metric names).
 //! - [`ports`]: the traits a backend implements — [`ports::ModelBackend`], [`ports::Retriever`],
 //!   [`ports::EnrichmentSource`], [`ports::IntentClassifier`], [`ports::TranscriptStore`] — each
@@ -20,6 +22,7 @@
 pub mod catalog;
 pub mod frame;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod ports;
 pub mod turn;

@@ -534,6 +534,19 @@ pub enum MetricEvent {
         /// Whether the answer names at least one retrieved series.
         cited: bool,
     },
+    /// A model request was assembled (context assembly's report).
+    ContextAssembled {
+        /// Estimated prompt tokens sent.
+        tokens: u32,
+        /// The budget they had to fit.
+        budget: u32,
+        /// In-memory turns left out entirely.
+        dropped: u32,
+        /// In-memory turns represented by a summary line.
+        summarized: u32,
+        /// Whether anything was left out or condensed.
+        compressed: bool,
+    },
     /// A turn ended.
     TurnFinished {
         /// Its intent.

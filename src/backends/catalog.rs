@@ -107,33 +107,8 @@ pub fn write_jsonl(
     Ok(n)
 }
 
-/// The fixed genre vocabulary of synthetic records.
-pub const GENRES: [&str; 24] = [
-    "action",
-    "adventure",
-    "comedy",
-    "drama",
-    "fantasy",
-    "horror",
-    "mystery",
-    "psychological",
-    "romance",
-    "sci-fi",
-    "slice-of-life",
-    "sports",
-    "supernatural",
-    "thriller",
-    "historical",
-    "isekai",
-    "mecha",
-    "music",
-    "cooking",
-    "school",
-    "martial-arts",
-    "crime",
-    "medical",
-    "post-apocalyptic",
-];
+/// The fixed genre vocabulary (of the shipped catalog and of synthetic records).
+pub use mangaassist_protocols::catalog::GENRES;
 
 /// Demographics with their relative weights (shonen is the most common in real catalogs).
 const DEMOGRAPHICS: [(&str, u32); 5] = [
