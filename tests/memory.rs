@@ -1,0 +1,176 @@
+//! Long conversations over the wire (issue 6): a preference stated in turn 3 still shapes the
+//! recommendation of turn 58, across a server restart, while the context stays inside its budget
+//! and the metrics show the compression that kept it there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+use mangaassist::runtime::{BUILTIN_CATALOG, Runtime};
+use mangaassist_protocols::ServerFrame;
+use mangaassist_protocols::catalog::{Series, parse_jsonl};
+use serde_json::json;
+
+/// Turn 3 of the scripted conversation.
+const PREFERENCE: &str = "I hate horror manga, and I want series of at most 4 volumes.";
+/// Turn 58.
+const ASK: &str = "can you recommend some comedy manga?";
+
+/// The other 58 messages: searches, browsing, prices, greetings and navigation, none of which
+/// states a preference.
+const FILLER: [&str; 14] = [
+    "do you have Frieren?",
+    "show me more",
+    "how much is One Piece volume 3?",
+    "thanks",
+    "is Chainsaw Man in stock?",
+    "what fantasy series do you carry?",
+    "yes",
+    "tell me about Vinland Saga",
+    "do you sell Spy x Family?",
+    "ok",
+    "what is Dungeon Meshi about?",
+    "any sports manga?",
+    "who wrote Monster?",
+    "hi again",
+];
+
+/// The message of turn `i` (0-based) of the 60-turn script.
+fn script(i: usize) -> String {
+    match i {
+        0 => "hi".to_string(),
+        1 => "what kind of manga do you have?".to_string(),
+        2 => PREFERENCE.to_string(),
+        57 => ASK.to_string(),
+        _ => FILLER[i % FILLER.len()].to_string(),
+    }
+}
+
+fn catalog() -> Vec<Series> {
+    parse_jsonl(BUILTIN_CATALOG).unwrap()
+}
+
+/// Whether the customer of turn 3 would accept this series.
+fn acceptable(s: &Series) -> bool {
+    s.volumes <= 4 && !s.genres.iter().any(|g| g == "horror")
+}
+
+/// The series a recommendation shows: its product cards (the answer names the first of them).
+fn recommended(r: &TurnResult) -> Vec<Series> {
+    let all = catalog();
+    let cards = r.cards().unwrap_or_default();
+    assert!(
+        !cards.is_empty(),
+        "a grounded recommendation: {}",
+        r.answer()
+    );
+    assert!(
+        r.answer().contains(&cards[0].title),
+        "{} not in {}",
+        cards[0].title,
+        r.answer()
+    );
+    cards
+        .iter()
+        .map(|c| all.iter().find(|s| s.id == c.series_id).unwrap().clone())
+        .collect()
+}
+
+async fn restart(server: Server) -> Server {
+    let Server { runtime, _dir } = server;
+    runtime.shutdown().await;
+    let runtime = Runtime::start(test_config(_dir.path())).await.unwrap();
+    Server { runtime, _dir }
+}
+
+#[tokio::test]
+async fn a_preference_from_turn_3_shapes_turn_58_across_a_restart() {
+    let mut server = start().await;
+    let mut c = Client::ws(&server).await;
+    let session = c.hello().await;
+    let mut asked = None;
+    for i in 0..60 {
+        if i == 30 {
+            // Restart the server between turn 30 and 31: the session resumes from its
+            // transcript, preferences included.
+            if let Client::Ws(mut ws) = c {
+                let _ = ws.close(None).await;
+            }
+            server = restart(server).await;
+            c = Client::ws(&server).await;
+            c.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+                .await;
+            match c.next().await {
+                ServerFrame::Welcome { resumed_turns, .. } => assert_eq!(resumed_turns, 30),
+                other => panic!("{other:?}"),
+            }
+        }
+        let r = run_turn(&mut c, &script(i)).await;
+        assert_streamed(&r);
+        if i == 57 {
+            asked = Some(r);
+        }
+    }
+    let asked = asked.unwrap();
+    let picks = recommended(&asked);
+    for s in &picks {
+        assert!(
+            acceptable(s),
+            "turn 58 recommended {} ({} volumes, {:?}) to a customer who hates horror and wants at most 4 volumes: {}",
+            s.title,
+            s.volumes,
+            s.genres,
+            asked.answer()
+        );
+    }
+    // Nor does the text name a series the customer ruled out.
+    for s in catalog()
+        .iter()
+        .filter(|s| !acceptable(s) && s.title.len() >= 8)
+    {
+        assert!(
+            !asked.answer().contains(&s.title),
+            "{} named: {}",
+            s.title,
+            asked.answer()
+        );
+    }
+
+    let m = metrics_text(&server).await;
+    // Counted since the restart: turns 31-60.
+    assert_eq!(metric(&m, "context_assemblies_total"), 30.0, "{m}");
+    assert!(
+        metric(&m, "context_budget_utilization{quantile=\"1\"}") <= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "context_budget_utilization{quantile=\"1\"}") > 0.0,
+        "{m}"
+    );
+    assert!(metric(&m, "turns_summarized_total") > 0.0, "{m}");
+    assert!(metric(&m, "turns_dropped_total") > 0.0, "{m}");
+    assert_eq!(metric(&m, "compression_event_ratio"), 1.0, "{m}");
+    assert_eq!(metric(&m, "context_budget_alarm"), 0.0, "{m}");
+}
+
+/// The negative control: the same question from a customer who stated nothing gets long series
+/// (most comedies run past 4 volumes), so the check above can fail.
+#[tokio::test]
+async fn without_the_preference_the_same_question_gets_long_series() {
+    let server = start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let r = run_turn(&mut c, ASK).await;
+    assert_streamed(&r);
+    let picks = recommended(&r);
+    assert!(
+        picks.iter().any(|s| !acceptable(s)),
+        "the control needs an unacceptable pick: {:?}",
+        picks
+            .iter()
+            .map(|s| (&s.title, s.volumes))
+            .collect::<Vec<_>>()
+    );
+}
