@@ -175,6 +175,7 @@ pub async fn run(
                         ErrorCode::SlowConsumer
                             | ErrorCode::ServerShutdown
                             | ErrorCode::IdleTimeout
+                            | ErrorCode::SessionEnded
                     ) {
                         return Err(ChatError::Closed);
                     }
@@ -182,7 +183,10 @@ pub async fn run(
                         break;
                     }
                 }
-                ServerFrame::Keepalive | ServerFrame::Pong | ServerFrame::Welcome { .. } => {}
+                ServerFrame::Keepalive
+                | ServerFrame::Pong
+                | ServerFrame::Welcome { .. }
+                | ServerFrame::Erased { .. } => {}
             }
         }
     }

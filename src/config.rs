@@ -227,6 +227,8 @@ pub struct RawData {
     pub dir: Option<PathBuf>,
     /// Group commit: how long the transcript writer waits for more turns to share one fsync.
     pub transcript_commit_linger_ms: Option<u64>,
+    /// Sessions with no new turn for this many days are deleted (transcripts and memory).
+    pub inactivity_ttl_days: Option<u64>,
 }
 
 /// `[model]`
@@ -341,6 +343,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Transcript group-commit linger.
     pub transcript_commit_linger: Duration,
+    /// Sessions idle for longer are deleted (`data.inactivity_ttl_days`).
+    pub inactivity_ttl: Duration,
     /// Simulated model pacing.
     pub model: SimulatedConfig,
     /// Embedded enrichment latency.
@@ -795,6 +799,15 @@ impl RawConfig {
                 0,
                 1_000,
             )?),
+            inactivity_ttl: Duration::from_secs(
+                ranged(
+                    "data.inactivity_ttl_days",
+                    self.data.inactivity_ttl_days,
+                    90,
+                    1,
+                    36_500,
+                )? * 86_400,
+            ),
             model,
             enrichment_latency: LatencyProfile {
                 min: ms(lat_min),

@@ -19,6 +19,7 @@
 pub mod backends;
 pub mod chat;
 pub mod config;
+pub mod erasure;
 pub mod eval;
 pub mod front;
 pub mod ingest;

@@ -181,6 +181,30 @@ enum Command {
     /// mangaassist ingest rollback --backend opensearch --url http://127.0.0.1:9200
     #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     Ingest(IngestArgs),
+    /// Erase every stored trace of one user (docs/memory.md): their transcripts in every
+    /// session, with the preferences and summaries derived from them; on a running server also
+    /// their open sessions. Writes a record (no content) to DATA_DIR/audit/erasures.jsonl.
+    ///
+    /// With --url, asks the running server (POST /admin/erase, loopback only); without, opens
+    /// the data directory of a stopped server. Examples:
+    ///
+    /// mangaassist erase --user alice --url http://127.0.0.1:8080
+    /// mangaassist erase --user alice --data-dir var
+    #[command(verbatim_doc_comment)]
+    Erase {
+        /// The user id to erase (not `anonymous`).
+        #[arg(long, value_name = "ID")]
+        user: String,
+        /// The running server's HTTP address, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "config"])]
+        url: Option<String>,
+        /// Data directory of a stopped server; default: data.dir of --config, or `var`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Read data.dir from this TOML config.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `mangaassist ingest`: a run (flags) or a subcommand.
@@ -503,6 +527,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest(args) => ingest(args).await,
+        Command::Erase {
+            user,
+            url,
+            data_dir,
+            config,
+        } => erase(user, url, data_dir, config).await,
         Command::Catalog {
             command: CatalogCommand::Synth { count, out, seed },
         } => {
@@ -522,6 +552,57 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `mangaassist erase`: through a running server, or on a stopped server's data directory.
+async fn erase(
+    user: String,
+    url: Option<String>,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use mangaassist::backends::embedded_store::EmbeddedTranscriptStore;
+    use mangaassist::erasure::{self, Requester};
+    use mangaassist_protocols::UserId;
+    init_logging();
+    let user = UserId::parse(&user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+    if let Some(url) = url {
+        let endpoint = format!("{}/admin/erase", url.trim_end_matches('/'));
+        let answer = reqwest::Client::new()
+            .post(&endpoint)
+            .json(&serde_json::json!({ "user_id": user.as_str() }))
+            .send()
+            .await
+            .with_context(|| format!("POST {endpoint}"))?;
+        let status = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "POST {endpoint}: {status}: {body}");
+        println!("{body}");
+        return Ok(());
+    }
+    let dir = match data_dir {
+        Some(d) => d,
+        None => Config::load(config.as_deref())?.data_dir,
+    };
+    let path = dir.join("transcripts.redb");
+    anyhow::ensure!(
+        path.exists(),
+        "no transcript store at {}: nothing was ever stored there",
+        path.display()
+    );
+    let store = EmbeddedTranscriptStore::open(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n(is a server running on {}? erase through it with --url http://ADDRESS)",
+            dir.display()
+        )
+    })?;
+    let report = erasure::erase_user(&user, Requester::Cli, &store, None, &dir).await?;
+    // The store is closed; compact it so no freed page keeps the erased bytes.
+    drop(store);
+    tokio::task::spawn_blocking(move || mangaassist::backends::embedded_store::compact_file(&path))
+        .await??;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// `mangaassist ingest [rollback|status]`.

@@ -380,6 +380,12 @@ impl Runtime {
             #[cfg(unix)]
             crate::policy::store::sighup(store.clone(), shutdown.clone(), &tasks)?;
         }
+        expire_inactive(
+            pipeline.transcripts.clone(),
+            config.inactivity_ttl,
+            shutdown.clone(),
+            &tasks,
+        );
         let registry = SessionRegistry::new();
         let ready = Arc::new(AtomicBool::new(false));
         let front = FrontState {
@@ -397,6 +403,7 @@ impl Runtime {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             policy: policy.clone(),
+            data_dir: config.data_dir.clone(),
         };
         let app = http::router(front.clone());
         let stop = shutdown.clone();
@@ -457,4 +464,36 @@ impl Runtime {
         }
         self.cache.shutdown().await;
     }
+}
+
+/// How often idle sessions are looked for (and once at start).
+const EXPIRY_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Deletes sessions idle past `ttl` at start and then every [`EXPIRY_SWEEP`], until `shutdown`.
+fn expire_inactive(
+    transcripts: Arc<dyn TranscriptStore>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match transcripts.expire_inactive(ttl).await {
+                Ok(e) if e.sessions > 0 => tracing::info!(
+                    sessions = e.sessions,
+                    turns = e.turns,
+                    ttl_days = ttl.as_secs() / 86_400,
+                    "expired idle sessions"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "idle-session expiry failed"),
+            }
+        }
+    });
 }

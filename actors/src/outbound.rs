@@ -52,6 +52,8 @@ pub enum CloseReason {
     ServerShutdown,
     /// No frame went either way for the idle timeout.
     IdleTimeout,
+    /// The session's user was erased.
+    UserErased,
 }
 
 /// The queue is gone: the connection closed.
@@ -198,6 +200,11 @@ impl Outbound {
     /// The token the connection's tasks watch to know it is closing.
     pub fn closing(&self) -> &CancellationToken {
         &self.closing
+    }
+
+    /// Whether `other` is a clone of this connection's queue.
+    pub fn same_connection(&self, other: &Outbound) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// Why the server closed the connection, if it did.

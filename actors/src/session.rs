@@ -13,7 +13,7 @@
 //! with an `internal` error frame (see [`SessionState`]'s `Drop`). Its chunk-forwarders are linked
 //! to it as temporary children: their failures end their turn, never the session.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -145,7 +145,7 @@ impl Actor for SessionActor {
         let all = args
             .pipeline
             .transcripts
-            .load_session(&args.session_id)
+            .load_session(&args.user_id, &args.session_id)
             .await?;
         let next_index = u32::try_from(all.len()).unwrap_or(u32::MAX);
         let keep = all.len().saturating_sub(HISTORY_IN_MEMORY);
@@ -320,7 +320,8 @@ impl Actor for SessionActor {
 /// held across an `.await`.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
-    open: Mutex<HashSet<SessionId>>,
+    /// Open sessions: their user and their connection's outbound queue (to end them).
+    open: Mutex<HashMap<SessionId, (UserId, Outbound)>>,
 }
 
 /// Proof that a session is open here; released by [`SessionLease::release`] or on drop.
@@ -338,17 +339,35 @@ impl SessionRegistry {
         Arc::new(Self::default())
     }
 
-    /// Claims `id`, or `None` if another connection holds it.
-    pub fn claim(self: &Arc<Self>, id: &SessionId) -> Option<SessionLease> {
+    /// Claims `id` for `user` on the connection owning `outbound`, or `None` if another
+    /// connection holds it.
+    pub fn claim(
+        self: &Arc<Self>,
+        id: &SessionId,
+        user: &UserId,
+        outbound: &Outbound,
+    ) -> Option<SessionLease> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if !open.insert(id.clone()) {
+        if open.contains_key(id) {
             return None;
         }
+        open.insert(id.clone(), (user.clone(), outbound.clone()));
         Some(SessionLease {
             registry: self.clone(),
             id: id.clone(),
             released: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The connections of `user`'s open sessions, for ending them (an erasure).
+    pub fn connections_of(&self, user: &UserId) -> Vec<(SessionId, Outbound)> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (u, _))| u == user)
+            .map(|(id, (_, out))| (id.clone(), out.clone()))
+            .collect()
     }
 
     /// Sessions open now.

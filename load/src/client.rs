@@ -242,6 +242,7 @@ impl TurnTracker {
         let checked = match frame {
             ServerFrame::Keepalive | ServerFrame::Pong => Ok(None),
             ServerFrame::Welcome { .. } => Err("`welcome` during a turn".to_owned()),
+            ServerFrame::Erased { .. } => Err("`erased` during a turn".to_owned()),
             ServerFrame::TurnStarted { turn_id, seq, .. }
             | ServerFrame::Append { turn_id, seq, .. } => self
                 .check("turn_started/append", &turn_id, Some(seq))
@@ -541,6 +542,7 @@ fn frame_name(frame: &ServerFrame) -> &'static str {
         ServerFrame::Error(_) => "error",
         ServerFrame::Keepalive => "keepalive",
         ServerFrame::Pong => "pong",
+        ServerFrame::Erased { .. } => "erased",
     }
 }
 

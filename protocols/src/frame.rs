@@ -30,6 +30,9 @@ pub enum ClientFrame {
     },
     /// Asks for a `pong`.
     Ping,
+    /// Erases every stored trace of the session's user (not allowed for `anonymous`): answered
+    /// with `erased`, after which the user's sessions, this one included, are ended.
+    EraseUser,
 }
 
 /// The `hello` frame.
@@ -93,11 +96,13 @@ pub enum ErrorCode {
     ServerShutdown,
     /// No frame went either way for the idle timeout; the connection closes.
     IdleTimeout,
+    /// The session's user was erased (by themselves or an operator); the connection closes.
+    SessionEnded,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive metric labels.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::TooLarge,
@@ -113,6 +118,7 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::ServerShutdown,
         ErrorCode::IdleTimeout,
+        ErrorCode::SessionEnded,
     ];
 
     /// The wire (and metric label) spelling.
@@ -133,6 +139,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ServerShutdown => "server_shutdown",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::SessionEnded => "session_ended",
         }
     }
 }
@@ -155,7 +162,7 @@ pub enum FrameError {
     #[error("frame must be a JSON object with a string field `type`")]
     NoType,
     /// A `type` this version does not know.
-    #[error("unknown frame type `{0}`; expected hello, user_message, cancel or ping")]
+    #[error("unknown frame type `{0}`; expected hello, user_message, cancel, ping or erase_user")]
     UnknownType(String),
     /// A known type with a missing or ill-typed field.
     #[error("invalid `{frame_type}` frame: {detail}")]
@@ -244,6 +251,7 @@ pub fn decode_client(input: &str, max_bytes: usize) -> Result<ClientFrame, Frame
             Ok(ClientFrame::Cancel { turn_id: c.turn_id })
         }
         "ping" => Ok(ClientFrame::Ping),
+        "erase_user" => Ok(ClientFrame::EraseUser),
         other => Err(FrameError::UnknownType(other.chars().take(64).collect())),
     }
 }
@@ -353,6 +361,17 @@ pub enum ServerFrame {
     Keepalive,
     /// Answer to `ping`.
     Pong,
+    /// Answer to `erase_user`: what was deleted (counts only).
+    Erased {
+        /// Whose data.
+        user_id: UserId,
+        /// Sessions whose transcripts were deleted.
+        sessions: u64,
+        /// Turn records deleted.
+        turns: u64,
+        /// Open sessions of the user that were ended (this one included).
+        sessions_ended: u64,
+    },
 }
 
 /// What an `append` frame carries.

@@ -163,16 +163,19 @@ pub enum DisconnectReason {
     ServerShutdown,
     /// A read or write failed.
     Error,
+    /// The user's data was erased; their sessions end.
+    UserErased,
 }
 
 impl DisconnectReason {
     /// Every reason.
-    pub const ALL: [DisconnectReason; 5] = [
+    pub const ALL: [DisconnectReason; 6] = [
         DisconnectReason::ClientClosed,
         DisconnectReason::IdleTimeout,
         DisconnectReason::SlowConsumer,
         DisconnectReason::ServerShutdown,
         DisconnectReason::Error,
+        DisconnectReason::UserErased,
     ];
 
     /// The label spelling.
@@ -183,6 +186,7 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::ServerShutdown => "server_shutdown",
             DisconnectReason::Error => "error",
+            DisconnectReason::UserErased => "user_erased",
         }
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures_core::Stream;
 
 use crate::frame::ModelInfo;
-use crate::ids::SessionId;
+use crate::ids::{SessionId, UserId};
 use crate::turn::{
     Classification, Enrichment, FieldSet, ModelRequest, RetrievedDoc, TurnRecord, Usage,
 };
@@ -139,11 +139,31 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Durable, append-only record of finished turns.
+/// What an erasure or an expiry removed from a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// Sessions removed whole.
+    pub sessions: u64,
+    /// Turn records removed.
+    pub turns: u64,
+}
+
+/// Durable, append-only record of finished turns, namespaced by user: a user's turns can be
+/// found and erased, and never load into another user's session.
 #[async_trait]
 pub trait TranscriptStore: Send + Sync + 'static {
-    /// Durably appends one turn; returns once it would survive a crash.
+    /// Durably appends one turn; returns once it would survive a crash. Marks its session active.
     async fn append(&self, record: TurnRecord) -> Result<(), StoreError>;
-    /// The session's turns, oldest first.
-    async fn load_session(&self, session: &SessionId) -> Result<Vec<TurnRecord>, StoreError>;
+    /// The session's turns that belong to `user`, oldest first (none when the session is
+    /// another user's).
+    async fn load_session(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Vec<TurnRecord>, StoreError>;
+    /// Deletes every turn of `user`, in every session.
+    async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError>;
+    /// Deletes every session with no turn appended for `idle` (the inactivity TTL). A store
+    /// with native expiry (Redis) may expire on its own and return zeros.
+    async fn expire_inactive(&self, idle: std::time::Duration) -> Result<Erased, StoreError>;
 }

@@ -13,6 +13,11 @@
 //! `(session id, turn index)`, so one session's turns are contiguous and come back in order.
 //! Values are the JSON of [`TurnRecord`]. The writer thread ends when the store is dropped.
 //!
+//! Every append also records, in the same transaction, the session's owner and last activity
+//! (`sessions`: session -> (user, unix ms)) and the user's index entry (`user_sessions`:
+//! (user, session)). Erasing a user walks that index; the inactivity TTL walks `sessions`. Both
+//! are writes, so they run on the writer thread too, between batches of appends.
+//!
 //! [`append`]: EmbeddedTranscriptStore::append
 //! [`load_session`]: EmbeddedTranscriptStore::load_session
 
@@ -24,10 +29,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mangaassist_protocols::ids::SessionId;
-use mangaassist_protocols::ports::{StoreError, TranscriptStore};
+use mangaassist_protocols::ids::{SessionId, UserId};
+use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Page cache of the database (redb's default is 1 GiB).
 pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -35,6 +40,10 @@ use tokio::sync::oneshot;
 
 /// `(session id, turn index)` -> JSON of the [`TurnRecord`].
 const TRANSCRIPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("transcripts");
+/// Session id -> (owner user id, unix ms of its last append).
+const SESSIONS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("sessions");
+/// (user id, session id): the user's sessions, for erasure.
+const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
 
 /// Most appends committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -72,11 +81,28 @@ pub enum StoreOpenError {
 }
 
 /// One queued append and where to send its outcome.
-struct Job {
+struct Append {
     session: String,
+    user: String,
     index: u32,
+    at_ms: u64,
     bytes: Vec<u8>,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Work for the writer thread.
+enum Job {
+    Append(Append),
+    /// Delete every session of this user.
+    Erase {
+        user: String,
+        reply: oneshot::Sender<Result<Erased, StoreError>>,
+    },
+    /// Delete every session last active before this unix ms.
+    Expire {
+        before_ms: u64,
+        reply: oneshot::Sender<Result<Erased, StoreError>>,
+    },
 }
 
 /// Durable transcript store on a redb file with a group-committing writer thread.
@@ -107,17 +133,97 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Writes one batch in one transaction and commits it durably.
-fn write_batch(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
+fn write_batch(db: &Database, batch: &[Append]) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     {
         let mut table = txn.open_table(TRANSCRIPTS)?;
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut users = txn.open_table(USER_SESSIONS)?;
         for job in batch {
             table.insert((job.session.as_str(), job.index), job.bytes.as_slice())?;
+            sessions.insert(job.session.as_str(), (job.user.as_str(), job.at_ms))?;
+            users.insert((job.user.as_str(), job.session.as_str()), ())?;
         }
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Deletes whole sessions (their turns, owner row and user index entry) in one durable
+/// transaction.
+fn delete_sessions(db: &Database, doomed: &[(String, String)]) -> Result<Erased, redb::Error> {
+    let mut erased = Erased::default();
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut table = txn.open_table(TRANSCRIPTS)?;
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut users = txn.open_table(USER_SESSIONS)?;
+        for (user, session) in doomed {
+            let mut turns = 0u64;
+            table.retain_in(
+                (session.as_str(), 0u32)..=(session.as_str(), u32::MAX),
+                |_, _| {
+                    turns += 1;
+                    false
+                },
+            )?;
+            sessions.remove(session.as_str())?;
+            users.remove((user.as_str(), session.as_str()))?;
+            erased.sessions += 1;
+            erased.turns += turns;
+        }
+    }
+    txn.commit()?;
+    Ok(erased)
+}
+
+/// Every session of `user`, as `(user, session)`.
+fn sessions_of(db: &Database, user: &str) -> Result<Vec<(String, String)>, redb::Error> {
+    let txn = db.begin_read()?;
+    let users = txn.open_table(USER_SESSIONS)?;
+    let mut out = Vec::new();
+    for entry in users.range((user, "")..)? {
+        let (key, _) = entry?;
+        let (u, session) = key.value();
+        if u != user {
+            break;
+        }
+        out.push((u.to_owned(), session.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Every session last active before `before_ms`, as `(user, session)`.
+fn idle_sessions(db: &Database, before_ms: u64) -> Result<Vec<(String, String)>, redb::Error> {
+    let txn = db.begin_read()?;
+    let sessions = txn.open_table(SESSIONS)?;
+    let mut out = Vec::new();
+    for entry in sessions.iter()? {
+        let (key, value) = entry?;
+        let (user, at_ms) = value.value();
+        if at_ms < before_ms {
+            out.push((user.to_owned(), key.value().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// Compacts a store file no handle has open, so the pages freed by deletes (an erasure, an
+/// expiry) no longer hold the deleted bytes: a running store reuses freed pages for later writes
+/// but does not wipe them. Blocking.
+pub fn compact_file(path: &Path) -> Result<(), StoreError> {
+    let mut db = Database::open(path).map_err(backend)?;
+    // Compaction may take several passes to move every page.
+    while db.compact().map_err(backend)? {}
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The writer thread: block for one append, sweep up whatever else is queued, commit once,
@@ -128,7 +234,32 @@ fn writer_loop(
     commits: Arc<AtomicU64>,
     linger: Duration,
 ) {
-    while let Ok(first) = jobs.recv() {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Job::Append(a) => a,
+            Job::Erase { user, reply } => {
+                let out = sessions_of(&db, &user)
+                    .and_then(|doomed| delete_sessions(&db, &doomed))
+                    .map_err(backend);
+                let _ = reply.send(out);
+                continue;
+            }
+            Job::Expire { before_ms, reply } => {
+                let out = idle_sessions(&db, before_ms)
+                    .and_then(|doomed| delete_sessions(&db, &doomed))
+                    .map_err(backend);
+                let _ = reply.send(out);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         // Group commit: wait up to `linger` for more appends to share this commit's fsync.
         let deadline = std::time::Instant::now() + linger;
@@ -140,7 +271,12 @@ fn writer_loop(
                 jobs.recv_timeout(left).ok()
             };
             match next {
-                Some(job) => batch.push(job),
+                Some(Job::Append(a)) => batch.push(a),
+                // An erase or expiry waits for this batch to commit, then runs.
+                Some(other) => {
+                    pending = Some(other);
+                    break;
+                }
                 None => break,
             }
         }
@@ -186,6 +322,8 @@ impl EmbeddedTranscriptStore {
         let init = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(TRANSCRIPTS)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(USER_SESSIONS)?;
             txn.commit()?;
             Ok(())
         };
@@ -224,7 +362,21 @@ impl EmbeddedTranscriptStore {
         &self.path
     }
 
-    fn read_session(db: &Database, session: &str) -> Result<Vec<TurnRecord>, StoreError> {
+    /// Queues work for the writer thread.
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("transcript store is closed".to_string()))?;
+        jobs.send(job)
+            .map_err(|_| StoreError::Backend("transcript writer has stopped".to_string()))
+    }
+
+    fn read_session(
+        db: &Database,
+        user: &UserId,
+        session: &str,
+    ) -> Result<Vec<TurnRecord>, StoreError> {
         let txn = db.begin_read().map_err(backend)?;
         let table = txn.open_table(TRANSCRIPTS).map_err(backend)?;
         let mut out = Vec::new();
@@ -234,7 +386,9 @@ impl EmbeddedTranscriptStore {
         {
             let (_, value) = entry.map_err(backend)?;
             let record: TurnRecord = serde_json::from_slice(value.value()).map_err(backend)?;
-            out.push(record);
+            if record.user_id == *user {
+                out.push(record);
+            }
         }
         Ok(out)
     }
@@ -258,29 +412,53 @@ impl TranscriptStore for EmbeddedTranscriptStore {
     async fn append(&self, record: TurnRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&record).map_err(backend)?;
         let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let job = Job::Append(Append {
             session: record.session_id.as_str().to_string(),
+            user: record.user_id.as_str().to_string(),
             index: record.index,
+            at_ms: unix_ms(),
             bytes,
             reply,
-        };
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("transcript store is closed".to_string()))?;
-        jobs.send(job)
-            .map_err(|_| StoreError::Backend("transcript writer has stopped".to_string()))?;
+        });
+        self.submit(job)?;
         answer
             .await
             .map_err(|_| StoreError::Backend("transcript writer dropped the append".to_string()))?
     }
 
-    async fn load_session(&self, session: &SessionId) -> Result<Vec<TurnRecord>, StoreError> {
+    async fn load_session(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Vec<TurnRecord>, StoreError> {
         let db = Arc::clone(&self.db);
-        let session = session.clone();
-        tokio::task::spawn_blocking(move || Self::read_session(&db, session.as_str()))
+        let (user, session) = (user.clone(), session.clone());
+        tokio::task::spawn_blocking(move || Self::read_session(&db, &user, session.as_str()))
             .await
             .map_err(|e| StoreError::Backend(format!("transcript read task failed: {e}")))?
+    }
+
+    async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Erase {
+            user: user.as_str().to_owned(),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("transcript writer dropped the erasure".into()))?
+    }
+
+    async fn expire_inactive(&self, idle: Duration) -> Result<Erased, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.submit(Job::Expire {
+            before_ms: unix_ms().saturating_sub(idle_ms),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("transcript writer dropped the expiry".into()))?
     }
 }
 
@@ -311,6 +489,105 @@ mod tests {
         }
     }
 
+    fn record_of(user: &str, session: &SessionId, index: u32) -> TurnRecord {
+        TurnRecord {
+            user_id: UserId::parse(user).unwrap(),
+            ..record(session, index)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_s_turns_are_erased_everywhere_and_only_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let (a1, a2, b1) = (
+            SessionId::parse("a-1").unwrap(),
+            SessionId::parse("a-2").unwrap(),
+            SessionId::parse("b-1").unwrap(),
+        );
+        let (alice, bob) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        {
+            let store = EmbeddedTranscriptStore::open(&path).unwrap();
+            for i in 0..3 {
+                store.append(record_of("alice", &a1, i)).await.unwrap();
+                store.append(record_of("bob", &b1, i)).await.unwrap();
+            }
+            store.append(record_of("alice", &a2, 0)).await.unwrap();
+            // Isolation: bob cannot load alice's session.
+            assert!(store.load_session(&bob, &a1).await.unwrap().is_empty());
+            assert_eq!(store.load_session(&alice, &a1).await.unwrap().len(), 3);
+
+            let erased = store.erase_user(&alice).await.unwrap();
+            assert_eq!(
+                erased,
+                Erased {
+                    sessions: 2,
+                    turns: 4
+                }
+            );
+            assert!(store.load_session(&alice, &a1).await.unwrap().is_empty());
+            assert!(store.load_session(&alice, &a2).await.unwrap().is_empty());
+            // The control: bob's turns are all still there.
+            assert_eq!(store.load_session(&bob, &b1).await.unwrap().len(), 3);
+            assert_eq!(store.erase_user(&alice).await.unwrap(), Erased::default());
+        }
+        // Nothing of alice is left in any table of the file.
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let transcripts = txn.open_table(TRANSCRIPTS).unwrap();
+        for entry in transcripts.iter().unwrap() {
+            let (k, v) = entry.unwrap();
+            assert!(k.value().0.starts_with("b-"), "{:?}", k.value());
+            assert!(!String::from_utf8_lossy(v.value()).contains("alice"));
+        }
+        let sessions = txn.open_table(SESSIONS).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&sessions).unwrap(), 1);
+        let users = txn.open_table(USER_SESSIONS).unwrap();
+        for entry in users.iter().unwrap() {
+            assert_eq!(entry.unwrap().0.value().0, "bob");
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_idle_past_the_ttl_expire_and_active_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedTranscriptStore::open(&dir.path().join("t.redb")).unwrap();
+        let (old, new) = (
+            SessionId::parse("old").unwrap(),
+            SessionId::parse("new").unwrap(),
+        );
+        store.append(record(&old, 0)).await.unwrap();
+        store.append(record(&old, 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        store.append(record(&new, 0)).await.unwrap();
+        // Nothing is idle for an hour.
+        assert_eq!(
+            store
+                .expire_inactive(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            Erased::default()
+        );
+        // `old` has been idle for 30 ms, `new` for less than 20.
+        let erased = store
+            .expire_inactive(Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(
+            erased,
+            Erased {
+                sessions: 1,
+                turns: 2
+            }
+        );
+        let anon = UserId::anonymous();
+        assert!(store.load_session(&anon, &old).await.unwrap().is_empty());
+        assert_eq!(store.load_session(&anon, &new).await.unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn appends_load_in_order_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -324,17 +601,36 @@ mod tests {
                 store.append(record(&session, i)).await.unwrap();
             }
             store.append(record(&other, 0)).await.unwrap();
-            let got = store.load_session(&session).await.unwrap();
+            let got = store
+                .load_session(&UserId::anonymous(), &session)
+                .await
+                .unwrap();
             assert_eq!(got, (0..3).map(|i| record(&session, i)).collect::<Vec<_>>());
             assert!(store.commits() >= 1);
         }
         let store = EmbeddedTranscriptStore::open(&path).unwrap();
-        let got = store.load_session(&session).await.unwrap();
+        let got = store
+            .load_session(&UserId::anonymous(), &session)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[2], record(&session, 2));
-        assert_eq!(store.load_session(&other).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .load_session(&UserId::anonymous(), &other)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let empty = SessionId::parse("s").unwrap();
-        assert!(store.load_session(&empty).await.unwrap().is_empty());
+        assert!(
+            store
+                .load_session(&UserId::anonymous(), &empty)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +652,10 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         for session in &sessions {
-            let got = store.load_session(session).await.unwrap();
+            let got = store
+                .load_session(&UserId::anonymous(), session)
+                .await
+                .unwrap();
             let indexes: Vec<u32> = got.iter().map(|r| r.index).collect();
             assert_eq!(indexes, (0..40).collect::<Vec<_>>());
         }
@@ -387,7 +686,14 @@ mod tests {
         }
         // All twenty arrived within the first append's linger: one commit carried them.
         assert_eq!(store.commits(), 1);
-        assert_eq!(store.load_session(&session).await.unwrap().len(), 20);
+        assert_eq!(
+            store
+                .load_session(&UserId::anonymous(), &session)
+                .await
+                .unwrap()
+                .len(),
+            20
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   array of rule strings), in the syntax of `serve --chaos`.
 //! - `DELETE /admin/chaos`: remove them all.
 //! - `GET /admin/policy`: the active model-tier policy version (404 without `[policy] file`).
+//! - `POST /admin/erase`: erase a user, `{"user_id": "..."}` (docs/memory.md).
 //! - `POST /admin/policy/reload`: re-read and validate the policy file; an invalid file is
 //!   refused (422, every error listed) and the active policy stays.
 
@@ -27,6 +28,7 @@ pub fn routes() -> Router<FrontState> {
         .route("/admin/chaos", get(list).post(replace).delete(clear))
         .route("/admin/policy", get(policy_show))
         .route("/admin/policy/reload", axum::routing::post(policy_reload))
+        .route("/admin/erase", axum::routing::post(erase))
         .route_layer(middleware::from_fn(loopback_only))
 }
 
@@ -87,6 +89,51 @@ async fn policy_reload(State(state): State<FrontState>) -> Response {
         Ok(Ok(a)) => json(StatusCode::OK, serde_json::to_value(&a).unwrap_or_default()),
         Ok(Err(e)) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// `POST /admin/erase` with `{"user_id": "..."}`: erases the user (see `crate::erasure`) and
+/// answers with the audit record.
+async fn erase(State(state): State<FrontState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        user_id: mangaassist_protocols::UserId,
+    }
+    let user = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => b.user_id,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("expected {{\"user_id\": \"...\"}}: {e}")}),
+            );
+        }
+    };
+    let open = crate::erasure::OpenSessions {
+        registry: &state.registry,
+        spare: None,
+    };
+    match crate::erasure::erase_user(
+        &user,
+        crate::erasure::Requester::Admin,
+        state.pipeline.transcripts.as_ref(),
+        Some(open),
+        &state.data_dir,
+    )
+    .await
+    {
+        Ok(report) => json(
+            StatusCode::OK,
+            serde_json::to_value(&report).unwrap_or_default(),
+        ),
+        Err(e @ crate::erasure::ErasureError::Anonymous) => json(
+            StatusCode::BAD_REQUEST,
             serde_json::json!({"error": e.to_string()}),
         ),
         Err(e) => json(

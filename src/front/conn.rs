@@ -35,6 +35,8 @@ const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 struct Bound {
     /// Where the session actor lives (updated if it is restarted).
     actor: WorkerSlot<SessionMsg>,
+    /// Whose session it is.
+    user: UserId,
 }
 
 /// The transport-independent half of a connection.
@@ -134,6 +136,7 @@ impl Connection {
             ClientFrame::Hello(hello) => self.on_hello(hello).await,
             ClientFrame::UserMessage(message) => self.on_user_message(message, received_at).await,
             ClientFrame::Cancel { turn_id } => self.on_cancel(turn_id).await,
+            ClientFrame::EraseUser => self.on_erase_user().await,
         }
     }
 
@@ -160,7 +163,12 @@ impl Connection {
                 .await;
         }
         let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
-        let Some(lease) = self.state.registry.claim(&session_id) else {
+        let user = hello.user_id.unwrap_or_else(UserId::anonymous);
+        let Some(lease) = self
+            .state
+            .registry
+            .claim(&session_id, &user, &self.outbound)
+        else {
             return self
                 .send_error(
                     None,
@@ -172,7 +180,7 @@ impl Connection {
         let slot = WorkerSlot::empty();
         let args = SessionArgs {
             session_id: session_id.clone(),
-            user_id: hello.user_id.unwrap_or_else(UserId::anonymous),
+            user_id: user.clone(),
             pipeline: self.state.pipeline.clone(),
             outbound: self.outbound.clone(),
             lease: Arc::new(lease),
@@ -211,7 +219,7 @@ impl Connection {
                 )
                 .await;
         };
-        self.session = Some(Bound { actor: slot });
+        self.session = Some(Bound { actor: slot, user });
         let welcome = ServerFrame::Welcome {
             session_id,
             protocol: PROTOCOL_VERSION,
@@ -244,6 +252,58 @@ impl Connection {
             })
             .await;
         self.answer_refusal(turn_id, result).await;
+    }
+
+    /// `erase_user`: the session's own user asks to be forgotten. Answered with `erased`; then
+    /// every session of the user is ended, this one included.
+    async fn on_erase_user(&mut self) {
+        let Some(session) = &self.session else {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::HelloRequired,
+                    "send `hello` before `erase_user`",
+                )
+                .await;
+        };
+        let user = session.user.clone();
+        if user == UserId::anonymous() {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "erase_user needs a session opened with a user_id; `anonymous` is shared and cannot be erased",
+                )
+                .await;
+        }
+        let open = crate::erasure::OpenSessions {
+            registry: &self.state.registry,
+            spare: Some(&self.outbound),
+        };
+        let erased = crate::erasure::erase_user(
+            &user,
+            crate::erasure::Requester::User,
+            self.state.pipeline.transcripts.as_ref(),
+            Some(open),
+            &self.state.data_dir,
+        )
+        .await;
+        match erased {
+            Ok(report) => {
+                let frame = ServerFrame::Erased {
+                    user_id: user,
+                    sessions: report.transcripts.sessions,
+                    turns: report.transcripts.turns,
+                    sessions_ended: report.sessions_ended,
+                };
+                let _ = self.outbound.send(&frame, Mark::Plain).await;
+                crate::erasure::end(&self.outbound);
+            }
+            Err(e) => {
+                self.send_error(None, ErrorCode::Internal, format!("erasure failed: {e}"))
+                    .await;
+            }
+        }
     }
 
     async fn on_cancel(&mut self, turn_id: TurnId) {
@@ -307,6 +367,7 @@ impl Connection {
             Some(CloseReason::SlowConsumer) => DisconnectReason::SlowConsumer,
             Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,
             Some(CloseReason::IdleTimeout) => DisconnectReason::IdleTimeout,
+            Some(CloseReason::UserErased) => DisconnectReason::UserErased,
             None => seen,
         };
         let metrics = &self.state.pipeline.metrics;
@@ -338,6 +399,12 @@ pub fn close_frame(reason: CloseReason) -> ServerFrame {
             None,
             ErrorCode::IdleTimeout,
             "no frame was read or written for server.idle_timeout_ms; closing",
+        ),
+        CloseReason::UserErased => ServerFrame::error(
+            None,
+            None,
+            ErrorCode::SessionEnded,
+            "this user's data was erased; the session has ended",
         ),
     }
 }
@@ -431,7 +498,18 @@ where
     loop {
         let first = tokio::select! {
             f = rx.recv() => f,
-            () = outbound.closing().cancelled() => return Ok(sink),
+            () = outbound.closing().cancelled() => {
+                // An erased user's connection first gets what was queued before the close (the
+                // `erased` answer); every other close reason drops it (a slow client would not
+                // read it, a shutdown does not wait).
+                if outbound.close_reason() == Some(CloseReason::UserErased) {
+                    while let Ok(f) = rx.try_recv() {
+                        sink.feed(f.text).await.map_err(|_| ())?;
+                    }
+                    sink.flush().await.map_err(|_| ())?;
+                }
+                return Ok(sink);
+            }
         };
         let Some(first) = first else { return Ok(sink) };
         marks.clear();

@@ -58,4 +58,6 @@ pub struct FrontState {
     pub tasks: TaskTracker,
     /// The model-tier policy, when `[policy] file` is set.
     pub policy: Option<Arc<crate::policy::PolicyStore>>,
+    /// The data directory (erasure audit log).
+    pub data_dir: std::path::PathBuf,
 }

@@ -60,6 +60,7 @@ async fn run(socket: WebSocket, state: FrontState) {
                     CloseReason::SlowConsumer => (1008, "slow_consumer"),
                     CloseReason::ServerShutdown => (1001, "server_shutdown"),
                     CloseReason::IdleTimeout => (1000, "idle_timeout"),
+                    CloseReason::UserErased => (1000, "session_ended"),
                 };
                 let _ = sink
                     .0

@@ -12,7 +12,7 @@ use mangaassist::config::Config;
 use mangaassist::runtime::Runtime;
 use mangaassist_protocols::frame::{ErrorFrame, FinishReason};
 use mangaassist_protocols::turn::TurnRecord;
-use mangaassist_protocols::{ServerFrame, SessionId};
+use mangaassist_protocols::{ServerFrame, SessionId, UserId};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -47,12 +47,18 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     Server { runtime, _dir: dir }
 }
 
+/// The turns of an anonymous user's session.
 pub async fn transcript(server: &Server, session: &SessionId) -> Vec<TurnRecord> {
+    transcript_of(server, &UserId::anonymous(), session).await
+}
+
+/// The turns of `user`'s session.
+pub async fn transcript_of(server: &Server, user: &UserId, session: &SessionId) -> Vec<TurnRecord> {
     server
         .runtime
         .pipeline
         .transcripts
-        .load_session(session)
+        .load_session(user, session)
         .await
         .unwrap()
 }
@@ -295,4 +301,21 @@ pub async fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A finished turn of `user` in `session`, as the runtime would record it.
+pub fn transcript_record(user: &UserId, session: &SessionId, index: u32) -> TurnRecord {
+    TurnRecord {
+        session_id: session.clone(),
+        user_id: user.clone(),
+        turn_id: mangaassist_protocols::TurnId::parse(&format!("t{index}")).unwrap(),
+        index,
+        user_text: format!("message {index}"),
+        answer_text: format!("answer {index}"),
+        intent: mangaassist_protocols::turn::Intent::Other,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        usage: mangaassist_protocols::turn::Usage::default(),
+        finish_reason: FinishReason::Stop,
+    }
 }

@@ -1,0 +1,163 @@
+//! Erasing a user (GDPR "right to erasure"): every stored trace of one user id, on request of
+//! the user themselves (the `erase_user` frame), an operator (`POST /admin/erase`) or the CLI
+//! (`mangaassist erase --user ID`).
+//!
+//! What is erased, by category:
+//!
+//! - **transcripts**: every turn of every session of the user, in the transcript store;
+//! - **preferences and session summaries**: derived from the transcript and held in the
+//!   session's memory only, so they go with the transcripts and the sessions;
+//! - **sessions**: every open session of the user is ended (an `error` frame `session_ended`,
+//!   then the connection closes), which drops its in-memory state;
+//! - **caches**: the enrichment cache holds catalog facts keyed by series, never user data, so
+//!   there is nothing of a user in it.
+//!
+//! Every erasure appends one record to `{data.dir}/audit/erasures.jsonl`: when, who asked, whose
+//! data, and how many items per category. It holds no content (no message, no preference).
+//! The `anonymous` user id is shared by every client that sent none, so it cannot be erased.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mangaassist_actors::outbound::{CloseReason, Outbound};
+use mangaassist_actors::session::SessionRegistry;
+use mangaassist_protocols::UserId;
+use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
+use serde::Serialize;
+
+/// Who asked for an erasure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requester {
+    /// The user, over their own session (`erase_user`).
+    User,
+    /// An operator, through `POST /admin/erase`.
+    Admin,
+    /// An operator, through `mangaassist erase` on a stopped server's data directory.
+    Cli,
+}
+
+/// What one erasure removed; also the audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErasureReport {
+    /// Unix milliseconds when it finished.
+    pub at_ms: u64,
+    /// Who asked.
+    pub requested_by: Requester,
+    /// Whose data.
+    pub user_id: UserId,
+    /// Transcript sessions and turns deleted.
+    pub transcripts: Erased,
+    /// Open sessions ended.
+    pub sessions_ended: u64,
+}
+
+/// Why an erasure was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ErasureError {
+    /// `anonymous` names no one in particular.
+    #[error("the anonymous user is shared by every client without a user id and cannot be erased")]
+    Anonymous,
+    /// The transcript store failed; nothing is reported as erased.
+    #[error("transcript store: {0}")]
+    Store(#[from] StoreError),
+    /// The audit record could not be written (the data is already erased).
+    #[error("erased, but the audit record could not be written to {}: {source}", path.display())]
+    Audit {
+        /// The audit file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+}
+
+/// The audit log under a data directory.
+pub fn audit_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit").join("erasures.jsonl")
+}
+
+/// The open sessions of a running server, for an erasure to end.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenSessions<'a> {
+    /// Every open session.
+    pub registry: &'a Arc<SessionRegistry>,
+    /// A connection the caller ends itself, after answering on it (the `erase_user` frame's
+    /// own); it still counts as ended.
+    pub spare: Option<&'a Outbound>,
+}
+
+/// Erases `user`: ends their open sessions (on a running server), deletes their transcripts,
+/// and appends the audit record.
+pub async fn erase_user(
+    user: &UserId,
+    requested_by: Requester,
+    transcripts: &dyn TranscriptStore,
+    open: Option<OpenSessions<'_>>,
+    data_dir: &Path,
+) -> Result<ErasureReport, ErasureError> {
+    if *user == UserId::anonymous() {
+        return Err(ErasureError::Anonymous);
+    }
+    // End the sessions first, so no turn of theirs is appended after the delete.
+    let mut sessions_ended = 0;
+    if let Some(open) = open {
+        for (session, outbound) in open.registry.connections_of(user) {
+            sessions_ended += 1;
+            if open.spare.is_some_and(|s| s.same_connection(&outbound)) {
+                continue;
+            }
+            end(&outbound);
+            tracing::info!(%session, "session ended: its user was erased");
+        }
+    }
+    let erased = transcripts.erase_user(user).await?;
+    let report = ErasureReport {
+        at_ms: unix_ms(),
+        requested_by,
+        user_id: user.clone(),
+        transcripts: erased,
+        sessions_ended,
+    };
+    let path = audit_path(data_dir);
+    append_audit(&path, &report).map_err(|source| ErasureError::Audit {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::warn!(
+        user = %user,
+        requested_by = ?requested_by,
+        sessions = erased.sessions,
+        turns = erased.turns,
+        sessions_ended,
+        "user erased"
+    );
+    Ok(report)
+}
+
+/// Ends one connection of an erased user: frames already queued go out, then the
+/// `session_ended` error frame, then the connection closes (the transport's writer does both).
+pub fn end(outbound: &Outbound) {
+    outbound.close(CloseReason::UserErased);
+}
+
+/// Appends one JSON line and syncs it.
+fn append_audit(path: &Path, report: &ErasureReport) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(&line)?;
+    f.sync_all()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,228 @@
+//! Erasure (issue 6): an operator (`POST /admin/erase`), the user over the wire (`erase_user`)
+//! or the CLI on a stopped server removes every stored trace of one user, ends their open
+//! sessions, writes a content-free audit record, and leaves every other user alone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+use mangaassist::backends::embedded_store::EmbeddedTranscriptStore;
+use mangaassist::erasure::audit_path;
+use mangaassist_protocols::frame::ErrorCode;
+use mangaassist_protocols::ports::TranscriptStore;
+use mangaassist_protocols::{ServerFrame, SessionId, UserId};
+use serde_json::json;
+
+/// A distinctive message, to look for afterwards.
+const SECRET: &str = "do you have Frieren? my name is Zorblaxia Quokkaton";
+
+/// A connection with a session of `user` (or a resumed `session`).
+async fn open(server: &Server, user: &str, session: Option<&SessionId>) -> (Client, SessionId) {
+    let mut c = Client::ws(server).await;
+    let mut hello = json!({"type": "hello", "protocol": 1, "user_id": user});
+    if let Some(s) = session {
+        hello["session_id"] = json!(s.as_str());
+    }
+    c.send(hello).await;
+    match c.next().await {
+        ServerFrame::Welcome { session_id, .. } => (c, session_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn close(c: Client) {
+    if let Client::Ws(mut ws) = c {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+    }
+}
+
+/// The connection was ended by the server with `session_ended`.
+async fn assert_ended(c: &mut Client) {
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::SessionEnded, "{e:?}");
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_erases_a_user_and_nothing_of_them_remains() {
+    let server = start().await;
+    // alice: one finished session of two turns, one open session of one turn.
+    let (mut a1, s1) = open(&server, "alice", None).await;
+    assert_streamed(&run_turn(&mut a1, SECRET).await);
+    assert_streamed(&run_turn(&mut a1, "I hate horror manga").await);
+    close(a1).await;
+    let (mut a2, s2) = open(&server, "alice", None).await;
+    assert_streamed(&run_turn(&mut a2, "thanks").await);
+    // bob: an open session.
+    let (mut b, sb) = open(&server, "bob", None).await;
+    assert_streamed(&run_turn(&mut b, "is Chainsaw Man in stock?").await);
+
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report["transcripts"],
+        json!({"sessions": 2, "turns": 3}),
+        "{report}"
+    );
+    assert_eq!(report["sessions_ended"], 1, "{report}");
+    assert_eq!(report["requested_by"], "admin", "{report}");
+
+    // alice's open session was ended; her transcripts are gone, in both sessions.
+    assert_ended(&mut a2).await;
+    let alice = user("alice");
+    assert!(transcript_of(&server, &alice, &s1).await.is_empty());
+    assert!(transcript_of(&server, &alice, &s2).await.is_empty());
+    // Resuming her old session finds nothing to resume.
+    let (again, _) = open(&server, "alice", Some(&s1)).await;
+    close(again).await;
+    // She may come back: a new session works (and is hers alone from now on).
+    let (mut again, _) = open(&server, "alice", None).await;
+    let r = run_turn(&mut again, "recommend some comedy manga").await;
+    assert_streamed(&r);
+    close(again).await;
+
+    // The control: bob's session goes on, his transcript intact.
+    assert_streamed(&run_turn(&mut b, "thanks!").await);
+    assert_eq!(transcript_of(&server, &user("bob"), &sb).await.len(), 2);
+
+    // The audit record: who, when, what, how many; no content.
+    let audit = std::fs::read_to_string(audit_path(server._dir.path())).unwrap();
+    let lines: Vec<&str> = audit.lines().collect();
+    assert_eq!(lines.len(), 1, "{audit}");
+    let rec: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(rec["user_id"], "alice");
+    assert!(rec["at_ms"].as_u64().unwrap() > 0);
+    assert!(
+        !audit.contains("Zorblaxia") && !audit.contains("horror"),
+        "{audit}"
+    );
+
+    // After the server stops, the store opened fresh has nothing of alice either.
+    let dir = server._dir.path().to_owned();
+    let Server { runtime, _dir } = server;
+    runtime.shutdown().await;
+    let store = EmbeddedTranscriptStore::open(&dir.join("transcripts.redb")).unwrap();
+    assert!(store.load_session(&alice, &s1).await.unwrap().is_empty());
+    assert!(store.load_session(&alice, &s2).await.unwrap().is_empty());
+    assert_eq!(
+        store.load_session(&user("bob"), &sb).await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_user_erases_themselves_over_the_wire_and_anonymous_cannot() {
+    let server = start().await;
+    let (mut c, s) = open(&server, "carol", None).await;
+    assert_streamed(&run_turn(&mut c, SECRET).await);
+    c.send(json!({"type": "erase_user"})).await;
+    match c.next().await {
+        ServerFrame::Erased {
+            user_id,
+            sessions,
+            turns,
+            sessions_ended,
+        } => {
+            assert_eq!(user_id.as_str(), "carol");
+            assert_eq!((sessions, turns, sessions_ended), (1, 1, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_ended(&mut c).await;
+    assert!(transcript_of(&server, &user("carol"), &s).await.is_empty());
+
+    // The anonymous user is everyone without an id: refused, and the session goes on.
+    let mut anon = Client::ws(&server).await;
+    anon.hello().await;
+    anon.send(json!({"type": "erase_user"})).await;
+    let e = anon.expect_error().await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("anonymous"), "{}", e.message);
+    assert_streamed(&run_turn(&mut anon, "hi").await);
+    // Before hello: hello first.
+    let mut early = Client::ws(&server).await;
+    early.send(json!({"type": "erase_user"})).await;
+    assert_eq!(early.expect_error().await.code, ErrorCode::HelloRequired);
+
+    // The admin route refuses anonymous and malformed bodies, naming what is wrong.
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/admin/erase",
+        r#"{"user_id":"anonymous"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("anonymous"), "{body}");
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user":"x"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("user_id"), "{body}");
+}
+
+#[test]
+fn the_cli_erases_a_stopped_server_s_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("transcripts.redb");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dave, erin) = (user("dave"), user("erin"));
+    let s = SessionId::parse("cli-s").unwrap();
+    let t = SessionId::parse("cli-t").unwrap();
+    rt.block_on(async {
+        let store = EmbeddedTranscriptStore::open(&path).unwrap();
+        let mut rec = transcript_record(&dave, &s, 0);
+        rec.user_text = SECRET.to_owned();
+        store.append(rec).await.unwrap();
+        store.append(transcript_record(&erin, &t, 0)).await.unwrap();
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+        .args(["erase", "--user", "dave", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["transcripts"], json!({"sessions": 1, "turns": 1}));
+    assert_eq!(report["requested_by"], "cli");
+    rt.block_on(async {
+        let store = EmbeddedTranscriptStore::open(&path).unwrap();
+        assert!(store.load_session(&dave, &s).await.unwrap().is_empty());
+        assert_eq!(store.load_session(&erin, &t).await.unwrap().len(), 1);
+    });
+    // The CLI compacts the file: not even a freed page keeps the erased message.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains("Zorblaxia"));
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("message 0"),
+        "the control: erin's turn is in the file"
+    );
+
+    // Anonymous and a store that is not there are refused by name.
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["erase", "--user", "anonymous", "--data-dir", d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("anonymous"));
+    let out = run(&["erase", "--user", "dave", "--data-dir", "/nonexistent-dir"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no transcript store"));
+}
