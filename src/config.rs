@@ -229,6 +229,14 @@ pub struct RawData {
     pub transcript_commit_linger_ms: Option<u64>,
     /// Sessions with no new turn for this many days are deleted (transcripts and memory).
     pub inactivity_ttl_days: Option<u64>,
+    /// `embedded` (a redb file in the data directory, the default) or `redis`.
+    pub transcript_store: Option<String>,
+    /// The Redis transcript store, `redis://host:port[/db]` (with `transcript_store = "redis"`).
+    pub transcript_redis_url: Option<String>,
+    /// Prepended to every transcript key.
+    pub transcript_redis_prefix: Option<String>,
+    /// Deadline of one transcript operation on Redis.
+    pub transcript_redis_timeout_ms: Option<u64>,
 }
 
 /// `[model]`
@@ -345,6 +353,8 @@ pub struct Config {
     pub transcript_commit_linger: Duration,
     /// Sessions idle for longer are deleted (`data.inactivity_ttl_days`).
     pub inactivity_ttl: Duration,
+    /// Where transcripts are kept.
+    pub transcript_store: TranscriptStoreConfig,
     /// Simulated model pacing.
     pub model: SimulatedConfig,
     /// Embedded enrichment latency.
@@ -401,6 +411,78 @@ fn addr(field: &'static str, v: Option<String>, default: &str) -> Result<SocketA
             format!("`{s}` is not a socket address like 127.0.0.1:8080"),
         )
     })
+}
+
+/// Where transcripts are kept (`[data] transcript_store`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TranscriptStoreConfig {
+    /// `{data.dir}/transcripts.redb`.
+    #[default]
+    Embedded,
+    /// A Redis server shared by the fleet.
+    Redis {
+        /// `redis://host:port[/db]`.
+        url: String,
+        /// Key prefix.
+        key_prefix: String,
+        /// Deadline of one operation.
+        timeout: Duration,
+    },
+}
+
+fn transcript_store(d: &RawData) -> Result<TranscriptStoreConfig, ConfigError> {
+    match d.transcript_store.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            if d.transcript_redis_url.is_some() {
+                return Err(invalid(
+                    "data.transcript_redis_url",
+                    "is set but data.transcript_store is not \"redis\"".to_string(),
+                ));
+            }
+            Ok(TranscriptStoreConfig::Embedded)
+        }
+        "redis" => {
+            let url = d.transcript_redis_url.clone().ok_or_else(|| {
+                invalid(
+                    "data.transcript_redis_url",
+                    "is required with data.transcript_store = \"redis\", e.g. redis://127.0.0.1:6379".to_string(),
+                )
+            })?;
+            if !url.starts_with("redis://") {
+                return Err(invalid(
+                    "data.transcript_redis_url",
+                    format!("`{url}` must start with redis:// (no TLS in this build)"),
+                ));
+            }
+            let key_prefix = d
+                .transcript_redis_prefix
+                .clone()
+                .unwrap_or_else(|| "mangaassist:transcripts:".to_owned());
+            if key_prefix.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+                return Err(invalid(
+                    "data.transcript_redis_prefix",
+                    format!(
+                        "`{key_prefix}` must not contain *, ?, [, ], {{, }} or \\ (they have meanings in key patterns and hash tags)"
+                    ),
+                ));
+            }
+            Ok(TranscriptStoreConfig::Redis {
+                url,
+                key_prefix,
+                timeout: Duration::from_millis(ranged(
+                    "data.transcript_redis_timeout_ms",
+                    d.transcript_redis_timeout_ms,
+                    500,
+                    1,
+                    60_000,
+                )?),
+            })
+        }
+        other => Err(invalid(
+            "data.transcript_store",
+            format!("`{other}` is not a store; expected \"embedded\" or \"redis\""),
+        )),
+    }
 }
 
 fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
@@ -783,6 +865,7 @@ impl RawConfig {
             ));
         }
 
+        let transcript_store = transcript_store(&self.data)?;
         Ok(Config {
             listen,
             tcp_listen,
@@ -799,6 +882,7 @@ impl RawConfig {
                 0,
                 1_000,
             )?),
+            transcript_store,
             inactivity_ttl: Duration::from_secs(
                 ranged(
                     "data.inactivity_ttl_days",
@@ -1173,6 +1257,60 @@ mod tests {
             (
                 "[cache]\nredis_url = \"localhost:6379\"\n",
                 "cache.redis_url",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_transcript_store_is_embedded_unless_redis_is_configured() {
+        assert_eq!(
+            parse("").unwrap().transcript_store,
+            TranscriptStoreConfig::Embedded
+        );
+        assert_eq!(
+            parse("").unwrap().inactivity_ttl,
+            Duration::from_secs(90 * 86_400)
+        );
+        let c = parse(
+            "[data]\ntranscript_store = \"redis\"\ntranscript_redis_url = \"redis://127.0.0.1:6379\"\ninactivity_ttl_days = 7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.transcript_store,
+            TranscriptStoreConfig::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                key_prefix: "mangaassist:transcripts:".into(),
+                timeout: Duration::from_millis(500),
+            }
+        );
+        assert_eq!(c.inactivity_ttl, Duration::from_secs(7 * 86_400));
+        for (text, field) in [
+            (
+                "[data]\ntranscript_store = \"s3\"\n",
+                "data.transcript_store",
+            ),
+            (
+                "[data]\ntranscript_store = \"redis\"\n",
+                "data.transcript_redis_url",
+            ),
+            (
+                "[data]\ntranscript_redis_url = \"redis://x:1\"\n",
+                "data.transcript_redis_url",
+            ),
+            (
+                "[data]\ntranscript_store = \"redis\"\ntranscript_redis_url = \"x:1\"\n",
+                "data.transcript_redis_url",
+            ),
+            (
+                "[data]\ntranscript_store = \"redis\"\ntranscript_redis_url = \"redis://x:1\"\ntranscript_redis_prefix = \"a*\"\n",
+                "data.transcript_redis_prefix",
+            ),
+            (
+                "[data]\ninactivity_ttl_days = 0\n",
+                "data.inactivity_ttl_days",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

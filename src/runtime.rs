@@ -51,7 +51,10 @@ use crate::backends::embedded_store::EmbeddedTranscriptStore;
 use crate::backends::http_catalog::HttpCatalog;
 use crate::backends::models::ModelFactory;
 use crate::backends::opensearch::OpenSearchRetriever;
-use crate::config::{Config, EnrichmentSourceConfig, RetrievalBackendConfig};
+use crate::backends::redis_store::{RedisStoreSettings, RedisTranscriptStore};
+use crate::config::{
+    Config, EnrichmentSourceConfig, RetrievalBackendConfig, TranscriptStoreConfig,
+};
 use crate::front::{FrontLimits, FrontState, http, tcp};
 use crate::ingest::tantivy_store::{DEFAULT_ALIAS_POLL, LiveRetriever};
 use crate::policy::router::{ModelRouter, PolicySource, RoutedClassifier, RoutedModel};
@@ -195,14 +198,38 @@ impl Runtime {
                     None,
                 ),
             };
-        let store_path = config.data_dir.join("transcripts.redb");
-        let transcripts: Arc<dyn TranscriptStore> = Arc::new(
-            EmbeddedTranscriptStore::open_with_linger(&store_path, config.transcript_commit_linger)
+        let transcripts: Arc<dyn TranscriptStore> = match &config.transcript_store {
+            TranscriptStoreConfig::Embedded => {
+                let store_path = config.data_dir.join("transcripts.redb");
+                Arc::new(
+                    EmbeddedTranscriptStore::open_with_linger(
+                        &store_path,
+                        config.transcript_commit_linger,
+                    )
+                    .map_err(|e| StartError::Store {
+                        path: store_path.clone(),
+                        message: e.to_string(),
+                    })?,
+                )
+            }
+            TranscriptStoreConfig::Redis {
+                url,
+                key_prefix,
+                timeout,
+            } => Arc::new(
+                RedisTranscriptStore::connect(RedisStoreSettings {
+                    url: url.clone(),
+                    key_prefix: key_prefix.clone(),
+                    timeout: *timeout,
+                    ttl: config.inactivity_ttl,
+                })
+                .await
                 .map_err(|e| StartError::Store {
-                    path: store_path.clone(),
+                    path: url.into(),
                     message: e.to_string(),
                 })?,
-        );
+            ),
+        };
         let embedded = EmbeddedEnrichment::new(&catalog, config.enrichment_latency);
         let source: Arc<dyn EnrichmentSource> = match &config.enrichment_source {
             EnrichmentSourceConfig::Embedded => Arc::new(embedded),

@@ -5,8 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use common::*;
+use redis_server::RedisServer;
 
 use mangaassist::backends::embedded_store::EmbeddedTranscriptStore;
 use mangaassist::erasure::audit_path;
@@ -225,4 +228,84 @@ fn the_cli_erases_a_stopped_server_s_data_directory() {
     let out = run(&["erase", "--user", "dave", "--data-dir", "/nonexistent-dir"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no transcript store"));
+}
+
+/// The operator erasure on the Redis transcript store: nothing of the user is left in Redis (no
+/// key, no value), the TTL is on every key, and another user's keys are untouched.
+#[tokio::test]
+async fn an_erased_user_leaves_no_key_in_redis() {
+    use fred::interfaces::{KeysInterface, ListInterface};
+    use futures_util::TryStreamExt;
+    use mangaassist::config::TranscriptStoreConfig;
+
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let server = start_with(move |c| {
+        c.transcript_store = TranscriptStoreConfig::Redis {
+            url,
+            key_prefix: "t:".to_owned(),
+            timeout: std::time::Duration::from_secs(2),
+        };
+    })
+    .await;
+    let (mut a, sa) = open(&server, "alice", None).await;
+    assert_streamed(&run_turn(&mut a, SECRET).await);
+    assert_streamed(&run_turn(&mut a, "thanks").await);
+    close(a).await;
+    let (mut b, sb) = open(&server, "bob", None).await;
+    assert_streamed(&run_turn(&mut b, "is Chainsaw Man in stock?").await);
+
+    let raw = redis.client().await;
+    let keys = |raw: fred::clients::Client| async move {
+        let mut keys: Vec<String> = raw
+            .scan_buffered("*", Some(100), None)
+            .map_ok(|k| k.as_str().unwrap_or_default().to_owned())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    };
+    let before = keys(raw.clone()).await;
+    assert_eq!(
+        before,
+        [
+            "t:{alice}:sessions".to_string(),
+            format!("t:{{alice}}:turns:{sa}"),
+            "t:{bob}:sessions".to_string(),
+            format!("t:{{bob}}:turns:{sb}"),
+        ]
+    );
+    // The inactivity TTL (90 days by default) is on every key.
+    for key in &before {
+        let ttl: i64 = raw.ttl(key).await.unwrap();
+        assert!(ttl > 89 * 86_400 && ttl <= 90 * 86_400, "{key}: {ttl}");
+    }
+
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report["transcripts"],
+        json!({"sessions": 1, "turns": 2}),
+        "{report}"
+    );
+
+    let after = keys(raw.clone()).await;
+    assert_eq!(
+        after,
+        [
+            "t:{bob}:sessions".to_string(),
+            format!("t:{{bob}}:turns:{sb}")
+        ],
+        "nothing of alice is left"
+    );
+    let values: Vec<String> = raw
+        .lrange(format!("t:{{bob}}:turns:{sb}"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(values.len(), 1);
+    assert!(!values[0].contains("Zorblaxia"));
+    assert!(transcript_of(&server, &user("alice"), &sa).await.is_empty());
+    assert_streamed(&run_turn(&mut b, "thanks!").await);
 }

@@ -5,12 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use common::*;
+use redis_server::RedisServer;
 
+use fred::interfaces::ListInterface;
+use mangaassist::config::{Config, TranscriptStoreConfig};
 use mangaassist::runtime::{BUILTIN_CATALOG, Runtime};
-use mangaassist_protocols::ServerFrame;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
+use mangaassist_protocols::{ServerFrame, SessionId};
 use serde_json::json;
 
 /// Turn 3 of the scripted conversation.
@@ -78,16 +83,48 @@ fn recommended(r: &TurnResult) -> Vec<Series> {
         .collect()
 }
 
-async fn restart(server: Server) -> Server {
+/// Points the runtime's transcripts at a Redis server.
+fn on_redis(url: String) -> impl Fn(&mut Config) + Clone {
+    move |c: &mut Config| {
+        c.transcript_store = TranscriptStoreConfig::Redis {
+            url: url.clone(),
+            key_prefix: "test:transcripts:".to_owned(),
+            timeout: std::time::Duration::from_secs(2),
+        };
+    }
+}
+
+async fn restart(server: Server, configure: &impl Fn(&mut Config)) -> Server {
     let Server { runtime, _dir } = server;
     runtime.shutdown().await;
-    let runtime = Runtime::start(test_config(_dir.path())).await.unwrap();
+    let mut config = test_config(_dir.path());
+    configure(&mut config);
+    let runtime = Runtime::start(config).await.unwrap();
     Server { runtime, _dir }
 }
 
 #[tokio::test]
 async fn a_preference_from_turn_3_shapes_turn_58_across_a_restart() {
-    let mut server = start().await;
+    sixty_turns(|_| {}).await;
+}
+
+/// The same conversation with transcripts on a real Redis (its own `redis-server`).
+#[tokio::test]
+async fn the_same_sixty_turns_on_the_redis_transcript_store() {
+    let redis = RedisServer::start().await;
+    let session = sixty_turns(on_redis(redis.url())).await;
+    // The turns are in Redis, under the user's tag: proof the run used it.
+    let turns: u64 = redis
+        .client()
+        .await
+        .llen(format!("test:transcripts:{{anonymous}}:turns:{session}"))
+        .await
+        .unwrap();
+    assert_eq!(turns, 60);
+}
+
+async fn sixty_turns(configure: impl Fn(&mut Config) + Clone) -> SessionId {
+    let mut server = start_with(configure.clone()).await;
     let mut c = Client::ws(&server).await;
     let session = c.hello().await;
     let mut asked = None;
@@ -98,7 +135,7 @@ async fn a_preference_from_turn_3_shapes_turn_58_across_a_restart() {
             if let Client::Ws(mut ws) = c {
                 let _ = ws.close(None).await;
             }
-            server = restart(server).await;
+            server = restart(server, &configure).await;
             c = Client::ws(&server).await;
             c.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
                 .await;
@@ -153,6 +190,7 @@ async fn a_preference_from_turn_3_shapes_turn_58_across_a_restart() {
     assert!(metric(&m, "turns_dropped_total") > 0.0, "{m}");
     assert_eq!(metric(&m, "compression_event_ratio"), 1.0, "{m}");
     assert_eq!(metric(&m, "context_budget_alarm"), 0.0, "{m}");
+    session
 }
 
 /// The negative control: the same question from a customer who stated nothing gets long series

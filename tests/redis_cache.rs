@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,115 +23,11 @@ use mangaassist_actors::metrics_sink::{MetricsHandle, StandaloneSink};
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
 use mangaassist_protocols::turn::{Enrichment, EnrichmentField, FieldSet};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
-// ---------------------------------------------------------------------------------------------
-// A redis-server of our own.
-
-const NOT_INSTALLED: &str = "redis-server is not on PATH. Run scripts/test.sh, which installs it \
-     (apt-get install -y redis-server) before running the tests.";
-
-/// A `redis-server` child on `port`; killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> Self {
-        Self::start_on(free_port()).await
-    }
-
-    async fn start_on(port: u16) -> Self {
-        Self::start_with(port, &[]).await
-    }
-
-    async fn start_with(port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => panic!("{NOT_INSTALLED}"),
-                _ => panic!("cannot start redis-server: {e}. {NOT_INSTALLED}"),
-            });
-        let server = Self {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ping(port).await {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not answer PING within 10 s"
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: the connection drops at once, as when a Redis host dies.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP / SIGCONT: connections stay open but nothing answers, as with a hung Redis.
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let status = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid} failed");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // A stopped process must be continued to die promptly on some kernels.
-            let _ = self.child.as_ref().map(|c| {
-                Command::new("kill")
-                    .args(["-CONT", &c.id().to_string()])
-                    .status()
-            });
-        }
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Whether something on `port` answers `PING` with `+PONG` within 200 ms.
-async fn ping(port: u16) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        stream.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 7];
-        stream.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"+PONG\r\n")
-    };
-    matches!(
-        timeout(Duration::from_millis(200), attempt).await,
-        Ok(Some(true))
-    )
-}
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::{NOT_INSTALLED, RedisServer, free_port, ping};
 
 /// A plain fred client connected to `server` (for checking what the cache wrote).
 async fn raw_client(server: &RedisServer) -> Client {

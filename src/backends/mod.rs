@@ -25,5 +25,6 @@ pub mod observed;
 pub mod openai;
 pub mod opensearch;
 pub mod query_words;
+pub mod redis_store;
 pub mod simulated;
 pub mod tantivy;

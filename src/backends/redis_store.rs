@@ -1,0 +1,186 @@
+//! The Redis transcript store: the [`TranscriptStore`] for a fleet of servers sharing Redis.
+//!
+//! Keys are namespaced by user, with the user id as a hash tag, so one user's keys live on one
+//! Redis Cluster slot and can be found (and erased) together:
+//!
+//! ```text
+//! {prefix}{alice}:sessions          SET of alice's session ids
+//! {prefix}{alice}:turns:{session}   LIST of the session's turns, JSON, in append order
+//! ```
+//!
+//! User ids cannot contain `{` or `}`, so `{alice}` never matches another user's keys. Every
+//! append refreshes the expiry of both keys to the inactivity TTL: Redis itself deletes a session
+//! idle for longer, so [`TranscriptStore::expire_inactive`] has nothing to do here. Erasing a
+//! user deletes the keys the set names and then every key matching `{prefix}{user}:*` (SCAN),
+//! so nothing of the user is left even if the set missed one.
+//!
+//! Durability is Redis's: an append returns once Redis acknowledged the write, and survives a
+//! crash of Redis as far as its persistence does (`appendonly yes` with `appendfsync everysec`
+//! loses at most a second).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface, ListInterface, SetsInterface};
+use fred::types::Builder;
+use fred::types::config::Config as RedisConfig;
+use futures_util::TryStreamExt;
+use mangaassist_protocols::ids::{SessionId, UserId};
+use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
+use mangaassist_protocols::turn::TurnRecord;
+
+/// Where the store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStoreSettings {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prepended to every key.
+    pub key_prefix: String,
+    /// Deadline of one operation.
+    pub timeout: Duration,
+    /// Sessions idle longer than this expire.
+    pub ttl: Duration,
+}
+
+/// The Redis transcript store; see the module docs.
+pub struct RedisTranscriptStore {
+    client: Client,
+    settings: RedisStoreSettings,
+}
+
+impl std::fmt::Debug for RedisTranscriptStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTranscriptStore")
+            .field("url", &self.settings.url)
+            .field("prefix", &self.settings.key_prefix)
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+impl RedisTranscriptStore {
+    /// Connects (waiting up to the timeout for the first connection: a transcript store that is
+    /// not there is a start-up error, unlike a cache).
+    pub async fn connect(settings: RedisStoreSettings) -> Result<Self, StoreError> {
+        let config = RedisConfig::from_url(&settings.url).map_err(backend)?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = settings.timeout)
+            .build()
+            .map_err(backend)?;
+        client.init().await.map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot connect to the transcript store {}: {e}",
+                settings.url
+            ))
+        })?;
+        Ok(Self { client, settings })
+    }
+
+    /// Closes the connection.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    fn user_tag(&self, user: &UserId) -> String {
+        format!("{}{{{}}}", self.settings.key_prefix, user.as_str())
+    }
+
+    fn sessions_key(&self, user: &UserId) -> String {
+        format!("{}:sessions", self.user_tag(user))
+    }
+
+    fn turns_key(&self, user: &UserId, session: &str) -> String {
+        format!("{}:turns:{session}", self.user_tag(user))
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.settings.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+#[async_trait]
+impl TranscriptStore for RedisTranscriptStore {
+    async fn append(&self, record: TurnRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_string(&record).map_err(backend)?;
+        let user = &record.user_id;
+        let turns = self.turns_key(user, record.session_id.as_str());
+        let sessions = self.sessions_key(user);
+        let ttl = self.ttl_secs();
+        let _: i64 = self.client.rpush(&turns, bytes).await.map_err(backend)?;
+        let _: i64 = self
+            .client
+            .sadd(&sessions, record.session_id.as_str())
+            .await
+            .map_err(backend)?;
+        let _: bool = self
+            .client
+            .expire(&turns, ttl, None)
+            .await
+            .map_err(backend)?;
+        let _: bool = self
+            .client
+            .expire(&sessions, ttl, None)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn load_session(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Vec<TurnRecord>, StoreError> {
+        let items: Vec<String> = self
+            .client
+            .lrange(self.turns_key(user, session.as_str()), 0, -1)
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let record: TurnRecord = serde_json::from_str(&item).map_err(backend)?;
+            if record.user_id == *user {
+                out.push(record);
+            }
+        }
+        out.sort_by_key(|r| r.index);
+        out.dedup_by_key(|r| r.index);
+        Ok(out)
+    }
+
+    async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError> {
+        let mut erased = Erased::default();
+        let sessions: Vec<String> = self
+            .client
+            .smembers(self.sessions_key(user))
+            .await
+            .map_err(backend)?;
+        for session in &sessions {
+            let key = self.turns_key(user, session);
+            let turns: u64 = self.client.llen(&key).await.map_err(backend)?;
+            let deleted: u64 = self.client.del(&key).await.map_err(backend)?;
+            erased.sessions += deleted;
+            erased.turns += turns;
+        }
+        // Whatever else carries the user's tag (a key the set missed).
+        let pattern = format!("{}:*", self.user_tag(user));
+        let stray: Vec<fred::types::Key> = self
+            .client
+            .scan_buffered(pattern, Some(100), None)
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        for key in stray {
+            let _: u64 = self.client.del(key).await.map_err(backend)?;
+        }
+        Ok(erased)
+    }
+
+    async fn expire_inactive(&self, _idle: Duration) -> Result<Erased, StoreError> {
+        // Redis expires idle sessions itself (every append sets the keys' TTL).
+        Ok(Erased::default())
+    }
+}
