@@ -273,6 +273,13 @@ impl Runtime {
         let retriever_slot = WorkerSlot::empty();
         let enricher_slot = WorkerSlot::empty();
         let generator_slot = WorkerSlot::empty();
+        // The answer model as the policy routes it: the generator streams from it, turns ask it
+        // for exact token counts.
+        let answer_model: Arc<dyn mangaassist_protocols::ports::ModelBackend> =
+            Arc::new(RoutedModel {
+                router: router.clone(),
+                task: TaskType::AnswerSynthesis,
+            });
         let children = vec![
             ChildSpec::new(
                 ActorKind::MetricsSink,
@@ -323,10 +330,7 @@ impl Runtime {
                 Restart::Permanent,
                 GeneratorActor::default,
                 WorkerArgs {
-                    service: Arc::new(Generate(Arc::new(RoutedModel {
-                        router: router.clone(),
-                        task: TaskType::AnswerSynthesis,
-                    }))),
+                    service: Arc::new(Generate(answer_model.clone())),
                     chaos: chaos.clone(),
                 },
                 generator_slot.clone(),
@@ -367,6 +371,7 @@ impl Runtime {
             generator: generator_slot,
             metrics,
             transcripts,
+            token_counter: answer_model,
             chaos: chaos.clone(),
             settings: Arc::new(config.turn.clone()),
         };

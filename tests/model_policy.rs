@@ -524,44 +524,8 @@ model = "local"
 model = "sonnet"
 "#;
     std::fs::write(&policy, policy_text(&mock.url, tasks)).unwrap();
-    let (http_port, tcp_port) = (free_port(), free_port());
-    let config = dir.path().join("mangaassist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n",
-            dir.path().join("var"),
-            policy
-        ),
-    )
-    .unwrap();
-    let mut server = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("AWS_ACCESS_KEY_ID", "AKID")
-            .env("AWS_SECRET_ACCESS_KEY", "SECRET")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (server, http_port) = serve(dir.path(), &policy, "").await;
     let base = format!("http://127.0.0.1:{http_port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
-        assert!(Instant::now() < deadline, "serve not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
     let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
     let (_, model) = client.welcome().await;
     assert_eq!(
@@ -625,6 +589,98 @@ model = "sonnet"
 }
 
 /// A child process killed when dropped, so a failed assertion does not leave a server behind.
+/// `mangaassist serve` (the real binary) on free ports with `policy`, `extra` config lines, and
+/// AWS credentials and region from the environment; returns once `/readyz` answers 200.
+async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> (Killed, u16) {
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n{extra}",
+            dir.join("var"),
+            policy
+        ),
+    )
+    .unwrap();
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "AKID")
+            .env("AWS_SECRET_ACCESS_KEY", "SECRET")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "serve not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, http_port)
+}
+
+/// A long conversation in Japanese: the estimate (3.5 characters a token) fits the budget, the
+/// model's exact count (a token a character here) does not. The turn asks `CountTokens`, sees
+/// the overshoot, and assembles again until the exact count fits: every request the model gets
+/// is within the budget by its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_fits_the_model_s_exact_count_not_just_the_estimate() {
+    use bedrock_mock::text_chars;
+    use common::{Client, assert_streamed, run_turn};
+
+    const BUDGET: u32 = 1600;
+    let mock = MockBedrock::answering(|_| {
+        Reply::Stream(answer(
+            &["はい", "、", "ございます", "。", "ほか", "にも"],
+            10,
+            6,
+        ))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
+    std::fs::write(&policy, policy_text(&mock.url, tasks)).unwrap();
+    let (_server, http_port) = serve(
+        dir.path(),
+        &policy,
+        &format!("[turn]\ncontext_max_input_tokens = {BUDGET}\n"),
+    )
+    .await;
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    client.welcome().await;
+    let long = "フリーレンの単行本は何巻まで出ていますか。在庫と値段も教えてください。".repeat(6);
+    for i in 0..6 {
+        assert_streamed(&run_turn(&mut client, &format!("{i}: {long}")).await);
+    }
+    let counts = mock.token_counts();
+    assert!(
+        counts.iter().any(|n| *n > BUDGET),
+        "the control: some first assembly was over the budget by the exact count: {counts:?}"
+    );
+    for (i, r) in mock.received().iter().enumerate() {
+        let n = text_chars(&r.body);
+        assert!(
+            n <= BUDGET,
+            "request {i} sent {n} tokens over a {BUDGET} budget"
+        );
+    }
+    assert_eq!(mock.received().len(), 6);
+}
+
 struct Killed(std::process::Child);
 
 impl Drop for Killed {
@@ -632,4 +688,55 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Exact token counts: the router asks the model a call of the task would go to, here Bedrock's
+/// `CountTokens` through the real SDK (the mock counts a token per character), and the backend
+/// caches the answer by the request's text; a simulated model has no exact count.
+#[tokio::test]
+async fn exact_token_counts_come_from_bedrock_count_tokens_and_are_cached() {
+    let mock = MockBedrock::start(vec![Reply::Stream(answer(&["ok"], 1, 1))]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "haiku"
+"#;
+    let h = fixed(&policy_text(&mock.url, tasks)).await;
+    let req = request(None);
+    let chars = (req.system.chars().count() + req.messages[0].content.chars().count()) as u32;
+    let n = h
+        .router
+        .count_tokens(TaskType::AnswerSynthesis, &req)
+        .await
+        .unwrap();
+    assert_eq!(n, Some(chars));
+    // The same text again: from the cache, no second call.
+    let again = h.router.count_tokens(TaskType::AnswerSynthesis, &req).await;
+    assert_eq!(again.unwrap(), Some(chars));
+    assert_eq!(mock.token_counts(), [chars]);
+    // Another text is counted.
+    let mut other = request(None);
+    other.messages[0].content.push_str(" please");
+    let n = h
+        .router
+        .count_tokens(TaskType::AnswerSynthesis, &other)
+        .await;
+    assert_eq!(n.unwrap(), Some(chars + 7));
+    assert_eq!(mock.calls(), 0, "counting opens no stream");
+
+    // The control: a task served by the simulated model has no exact count.
+    let simulated = fixed(&policy_text(
+        &mock.url,
+        "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"simulated\"\n",
+    ))
+    .await;
+    assert_eq!(
+        simulated
+            .router
+            .count_tokens(TaskType::AnswerSynthesis, &req)
+            .await
+            .unwrap(),
+        None
+    );
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
-use mangaassist_protocols::ports::{EnrichmentError, RetrievalError, TranscriptStore};
+use mangaassist_protocols::ports::{
+    EnrichmentError, ModelBackend, RetrievalError, TranscriptStore,
+};
 use mangaassist_protocols::turn::{
     ContextItem, Enrichment, EnrichmentField, FieldPlan, FieldSet, Intent, ProductCard,
     RetrievalMode, RetrievedDoc, TurnRecord, Usage,
@@ -161,6 +163,9 @@ pub struct Pipeline {
     pub metrics: MetricsHandle,
     /// Durable transcript.
     pub transcripts: Arc<dyn TranscriptStore>,
+    /// The answer model as the policy routes it, asked for exact prompt-token counts
+    /// ([`ModelBackend::count_tokens`]) when the estimate might be too low.
+    pub token_counter: Arc<dyn ModelBackend>,
     /// Mailbox chaos.
     pub chaos: Arc<Chaos>,
     /// Limits.
@@ -394,8 +399,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         summary: &ctx.memory.summary,
         preferences: &ctx.memory.preferences,
     };
-    let (mut request, report) =
-        context::assemble(intent, &ctx.text, view, items.clone(), s.context);
+    let (request, report, exact) = fit(ctx, intent, view, &items).await;
     if report.compressed() {
         tracing::info!(
             session = %ctx.session_id,
@@ -407,18 +411,18 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             items_trimmed = report.items_trimmed,
             request_chars_cut = report.request_chars_cut,
             tokens = report.estimated_tokens,
+            exact_tokens = exact,
             budget = report.budget_tokens,
             "context compressed"
         );
     }
     p.metrics.emit(MetricEvent::ContextAssembled {
-        tokens: report.estimated_tokens,
+        tokens: exact.unwrap_or(report.estimated_tokens),
         budget: report.budget_tokens,
         dropped: u32::try_from(report.history_dropped).unwrap_or(u32::MAX),
         summarized: u32::try_from(report.history_summarized).unwrap_or(u32::MAX),
         compressed: report.compressed(),
     });
-    request.session = Some(ctx.session_id.clone());
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::Assemble,
         us: micros(t_asm.elapsed()),
@@ -654,6 +658,80 @@ pub fn cites_any(answer: &str, items: &[ContextItem]) -> bool {
         let short = title.split(':').next().unwrap_or(&title).trim();
         answer.contains(title.as_str()) || (short.len() >= 3 && answer.contains(short))
     })
+}
+
+/// The estimate (3.5 characters per token) is low by at most this factor (text at one character
+/// per token, such as Japanese); an exact count is asked for only when that could overflow.
+const ESTIMATE_WORST_CASE: u64 = 4;
+/// How long the exact count may take before the estimate is used instead.
+const COUNT_DEADLINE: Duration = Duration::from_millis(300);
+/// Assemblies tried against the exact count before the last one is sent as it is.
+const FIT_ATTEMPTS: usize = 3;
+
+/// Assembles the request and, when the estimate might be too low for the model, checks it with
+/// the model's exact count (Bedrock `CountTokens`), assembling again with a budget shrunk by the
+/// overshoot until it fits. Returns the request, its report, and the exact count when there was
+/// one. An unavailable count is logged and the estimate stands.
+async fn fit(
+    ctx: &TurnCtx,
+    intent: Intent,
+    view: context::TranscriptView<'_>,
+    items: &[ContextItem],
+) -> (
+    mangaassist_protocols::turn::ModelRequest,
+    context::AssemblyReport,
+    Option<u32>,
+) {
+    let p = &ctx.pipeline;
+    let mut budget = p.settings.context;
+    let max = budget.max_input_tokens;
+    let (mut request, mut report) =
+        context::assemble(intent, &ctx.text, view, items.to_vec(), budget);
+    request.session = Some(ctx.session_id.clone());
+    if u64::from(report.estimated_tokens) * ESTIMATE_WORST_CASE <= u64::from(max) {
+        return (request, report, None);
+    }
+    let mut exact = None;
+    for attempt in 1..=FIT_ATTEMPTS {
+        let counted =
+            tokio::time::timeout(COUNT_DEADLINE, p.token_counter.count_tokens(&request)).await;
+        let n = match counted {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::info!(session = %ctx.session_id, error = %e, "exact token count unavailable; using the estimate");
+                break;
+            }
+            Err(_) => {
+                tracing::info!(session = %ctx.session_id, deadline_ms = COUNT_DEADLINE.as_millis() as u64, "exact token count too slow; using the estimate");
+                break;
+            }
+        };
+        exact = Some(n);
+        if n <= max || attempt == FIT_ATTEMPTS {
+            if n > max {
+                tracing::warn!(session = %ctx.session_id, exact = n, budget = max, "still over the budget after reassembly; sending the smallest assembly");
+            }
+            break;
+        }
+        // In estimate terms the request may take what the exact count leaves room for: its
+        // estimate scaled by budget / exact, less 5%. Assemble again within that.
+        let scaled =
+            u64::from(report.estimated_tokens) * u64::from(max) * 95 / (u64::from(n) * 100);
+        budget.max_input_tokens = u32::try_from(scaled).unwrap_or(u32::MAX).max(1);
+        tracing::info!(
+            session = %ctx.session_id,
+            exact = n,
+            estimated = report.estimated_tokens,
+            budget = max,
+            reassembled_within = budget.max_input_tokens,
+            "exact count over the budget; context reassembled"
+        );
+        (request, report) = context::assemble(intent, &ctx.text, view, items.to_vec(), budget);
+        request.session = Some(ctx.session_id.clone());
+        report.budget_tokens = max;
+    }
+    (request, report, exact)
 }
 
 /// With hard preferences, the search asks for this many times the retrieval limit...

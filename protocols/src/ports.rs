@@ -45,12 +45,23 @@ impl ModelError {
 /// A boxed model stream.
 pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, ModelError>> + Send>>;
 
+/// An exact prompt-token count, or `None` when the provider cannot give one.
+pub type TokenCount<'a> =
+    Pin<Box<dyn std::future::Future<Output = Result<Option<u32>, ModelError>> + Send + 'a>>;
+
 /// A streaming chat model.
 pub trait ModelBackend: Send + Sync + 'static {
     /// Who answers: shown to clients in `welcome`.
     fn info(&self) -> ModelInfo;
     /// Opens a stream for one answer. Dropping the stream stops generation.
     fn stream(&self, request: ModelRequest) -> ModelStream;
+    /// The exact prompt tokens of `request` as this model counts them, when the provider can
+    /// say (Bedrock `CountTokens`); `None` by default, and the caller keeps its estimate.
+    /// Decorators must pass it through.
+    fn count_tokens<'a>(&'a self, request: &'a ModelRequest) -> TokenCount<'a> {
+        let _ = request;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Why classification failed.

@@ -69,6 +69,8 @@
 //! [`ModelStream`] drops both, which closes the HTTP/1 connection or resets the HTTP/2 stream at
 //! once: Bedrock stops generating and no connection with an unread body goes back to the pool.
 
+use std::sync::Arc;
+
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region, StalledStreamProtectionConfig};
@@ -83,7 +85,7 @@ use aws_sdk_bedrockruntime::types::{
 };
 use futures_util::stream;
 use mangaassist_protocols::frame::ModelInfo;
-use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
+use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream, TokenCount};
 use mangaassist_protocols::turn::{ChatMessage, ModelRequest, Role, Usage};
 use tokio::time::{Instant, timeout_at};
 
@@ -133,7 +135,12 @@ pub struct BedrockBackend {
     client: Client,
     /// Model id, deadlines, retries and inference parameters.
     settings: BedrockSettings,
+    /// `CountTokens` answers by a hash of the counted text (system prompt and messages).
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
 }
+
+/// Token counts kept per backend; the cache is emptied when it reaches this.
+const COUNT_CACHE_ENTRIES: usize = 4_096;
 
 impl BedrockBackend {
     /// A backend with region and credentials from the standard AWS chain (environment, profile,
@@ -169,7 +176,63 @@ impl BedrockBackend {
         Self {
             client: Client::from_conf(builder.build()),
             settings,
+            counts: Arc::default(),
         }
+    }
+
+    /// `CountTokens` for the Converse form of `request`, cached by a hash of its text.
+    async fn count(&self, request: &ModelRequest) -> Result<Option<u32>, ModelError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        request.system.hash(&mut h);
+        for m in &request.messages {
+            (m.role as u8).hash(&mut h);
+            m.content.hash(&mut h);
+        }
+        let key = h.finish();
+        let cached = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        if let Some(n) = cached {
+            return Ok(Some(n));
+        }
+        let mut input = aws_sdk_bedrockruntime::types::ConverseTokensRequest::builder();
+        if !request.system.is_empty() {
+            input = input.system(SystemContentBlock::Text(request.system.clone()));
+        }
+        for (role, text) in conversation(&request.messages) {
+            let message = Message::builder()
+                .role(role)
+                .content(ContentBlock::Text(text))
+                .build()
+                .map_err(|e| ModelError::Stream(format!("cannot build a Bedrock message: {e}")))?;
+            input = input.messages(message);
+        }
+        let call = self
+            .client
+            .count_tokens()
+            .model_id(self.settings.model_id.clone())
+            .input(aws_sdk_bedrockruntime::types::CountTokensInput::Converse(
+                input.build(),
+            ))
+            .send();
+        let out = tokio::time::timeout(self.settings.deadlines.first_token, call)
+            .await
+            .map_err(|_| ModelError::Timeout("CountTokens did not answer in time".into()))?
+            .map_err(|e| ModelError::Stream(format!("CountTokens: {}", DisplayErrorContext(&e))))?;
+        let n = u32::try_from(out.input_tokens()).unwrap_or(0);
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.len() >= COUNT_CACHE_ENTRIES {
+            counts.clear();
+        }
+        counts.insert(key, n);
+        Ok(Some(n))
     }
 
     /// The settings this backend runs with.
@@ -216,6 +279,10 @@ impl ModelBackend for BedrockBackend {
             model_id: self.settings.model_id.clone(),
             simulated: false,
         }
+    }
+
+    fn count_tokens<'a>(&'a self, request: &'a ModelRequest) -> TokenCount<'a> {
+        Box::pin(self.count(request))
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {

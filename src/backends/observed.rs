@@ -17,7 +17,7 @@ use futures_util::Stream;
 use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::{MetricEvent, ModelOutcome, TaskType};
-use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream};
+use mangaassist_protocols::ports::{ModelBackend, ModelError, ModelEvent, ModelStream, TokenCount};
 use mangaassist_protocols::turn::ModelRequest;
 
 /// Price per million tokens, in US dollars.
@@ -80,6 +80,10 @@ impl<S: CallSink> Tallied<S> {
 impl<S: CallSink> ModelBackend for Tallied<S> {
     fn info(&self) -> ModelInfo {
         self.inner.info()
+    }
+
+    fn count_tokens<'a>(&'a self, request: &'a ModelRequest) -> TokenCount<'a> {
+        self.inner.count_tokens(request)
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {

@@ -38,7 +38,7 @@ use mangaassist_protocols::SessionId;
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::{MetricEvent, ModelOutcome, ShadowVerdict};
 use mangaassist_protocols::ports::{
-    ClassifyError, IntentClassifier, ModelBackend, ModelError, ModelEvent, ModelStream,
+    ClassifyError, IntentClassifier, ModelBackend, ModelError, ModelEvent, ModelStream, TokenCount,
 };
 use mangaassist_protocols::turn::{Classification, ModelRequest};
 use tokio::sync::{Semaphore, oneshot};
@@ -428,6 +428,22 @@ impl ModelRouter {
         Box::pin(RoutedStream(State::Opening(Box::pin(opened))))
     }
 
+    /// The exact prompt tokens of `request` on the model a call of `task` would go to now
+    /// (the primary, or the canary for the request's session); `None` when that model's provider
+    /// cannot count.
+    pub async fn count_tokens(
+        &self,
+        task: TaskType,
+        request: &ModelRequest,
+    ) -> Result<Option<u32>, ModelError> {
+        let active = self.active();
+        let route = self.route(&active, task, request.session.as_ref());
+        match self.text_model(task, &route.model).await {
+            Ok(backend) => backend.count_tokens(request).await,
+            Err(e) => Err(build_error(e)),
+        }
+    }
+
     /// One classification: see the module docs.
     async fn classify(
         self: &Arc<Self>,
@@ -632,6 +648,10 @@ pub struct RoutedModel {
 impl ModelBackend for RoutedModel {
     fn info(&self) -> ModelInfo {
         self.router.info(self.task)
+    }
+
+    fn count_tokens<'a>(&'a self, request: &'a ModelRequest) -> TokenCount<'a> {
+        Box::pin(self.router.count_tokens(self.task, request))
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {

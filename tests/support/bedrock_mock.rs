@@ -184,6 +184,39 @@ pub fn last_user_text(body: &Value) -> String {
         .to_owned()
 }
 
+/// Characters of every `text` in a request body: the mock's tokenizer counts one token per
+/// character, as a real one roughly does for Japanese (the estimate assumes 3.5 characters).
+#[allow(
+    dead_code,
+    reason = "used by the count-tokens route and the tests that check it"
+)]
+pub fn text_chars(body: &Value) -> u32 {
+    match body {
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("text", Value::String(t)) => t.chars().count() as u32,
+                _ => text_chars(v),
+            })
+            .sum(),
+        Value::Array(a) => a.iter().map(text_chars).sum(),
+        _ => 0,
+    }
+}
+
+/// `POST /model/{modelId}/count-tokens`: `{"inputTokens": N}`, N from [`text_chars`] of the
+/// Converse input.
+async fn count_tokens(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let n = text_chars(&body["input"]["converse"]);
+    shared.counts.lock().unwrap().push(n);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({ "inputTokens": n }).to_string()))
+        .unwrap()
+}
+
 /// What the server task shares with the handle.
 struct Shared {
     /// Replies in order; the last repeats. Unused when `responder` is set.
@@ -194,6 +227,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     /// Told the request index whenever a streamed body is dropped.
     dropped: mpsc::UnboundedSender<usize>,
+    /// The answer of every `CountTokens` call, in order.
+    counts: Mutex<Vec<u32>>,
 }
 
 /// A running mock; the server stops when it is dropped.
@@ -231,9 +266,11 @@ impl MockBedrock {
             responder,
             received: Mutex::new(Vec::new()),
             dropped: tx,
+            counts: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/model/{model_id}/converse-stream", post(converse_stream))
+            .route("/model/{model_id}/count-tokens", post(count_tokens))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -246,6 +283,12 @@ impl MockBedrock {
             dropped: tokio::sync::Mutex::new(rx),
             task,
         }
+    }
+
+    /// What every `CountTokens` call answered, in order.
+    #[allow(dead_code, reason = "only the test files that count tokens use it")]
+    pub fn token_counts(&self) -> Vec<u32> {
+        self.shared.counts.lock().unwrap().clone()
     }
 
     /// The requests received so far.
