@@ -740,3 +740,63 @@ model = "haiku"
         None
     );
 }
+
+/// A model's context window from the policy (`context_tokens`) caps the configured budget: with
+/// a 2,600-token window (1,576 for the prompt once 1,024 are kept for the answer) and the
+/// default 8,000-token budget, every request the model gets fits the window by its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_s_context_window_caps_the_budget() {
+    use bedrock_mock::text_chars;
+    use common::{Client, assert_streamed, run_turn};
+
+    let mock = MockBedrock::answering(|_| {
+        Reply::Stream(answer(
+            &["はい", "、", "ございます", "。", "ほか", "にも"],
+            10,
+            6,
+        ))
+    })
+    .await;
+    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
+    let text = policy_text(&mock.url, tasks).replacen(
+        "[models.haiku]\n",
+        "[models.haiku]\ncontext_tokens = 2600\n",
+        1,
+    );
+    // The router reports the window's prompt budget; a model without one has none.
+    let h = fixed(&text).await;
+    assert_eq!(
+        h.router.input_token_limit(TaskType::AnswerSynthesis, None),
+        Some(2600 - 1024)
+    );
+    assert_eq!(
+        h.router.input_token_limit(TaskType::SlotExtraction, None),
+        None
+    );
+    // A window too small to hold the answer's reserve is refused by name.
+    let bad = text.replacen("context_tokens = 2600", "context_tokens = 1000", 1);
+    let err = file::parse_str(&bad, "test").unwrap_err().to_string();
+    assert!(err.contains("models.haiku.context_tokens"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, &text).unwrap();
+    let (_server, http_port) = serve(dir.path(), &policy, "").await;
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    client.welcome().await;
+    let long = "フリーレンの単行本は何巻まで出ていますか。在庫と値段も教えてください。".repeat(6);
+    for i in 0..6 {
+        assert_streamed(&run_turn(&mut client, &format!("{i}: {long}")).await);
+    }
+    let sizes: Vec<u32> = mock
+        .received()
+        .iter()
+        .map(|r| text_chars(&r.body))
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= 1576), "{sizes:?}");
+    assert!(
+        mock.token_counts().iter().any(|n| *n > 1576),
+        "the control: the first assemblies were over the window: {:?}",
+        mock.token_counts()
+    );
+}

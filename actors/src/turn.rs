@@ -684,6 +684,10 @@ async fn fit(
 ) {
     let p = &ctx.pipeline;
     let mut budget = p.settings.context;
+    // The model's own window, when the policy gives it, caps the configured budget.
+    if let Some(limit) = p.token_counter.input_token_limit(Some(&ctx.session_id)) {
+        budget.max_input_tokens = budget.max_input_tokens.min(limit);
+    }
     let max = budget.max_input_tokens;
     let (mut request, mut report) =
         context::assemble(intent, &ctx.text, view, items.to_vec(), budget);

@@ -62,6 +62,12 @@ pub trait ModelBackend: Send + Sync + 'static {
         let _ = request;
         Box::pin(async { Ok(None) })
     }
+    /// The most prompt tokens a call for `session` may send, from the model's context window,
+    /// when known; the caller's own budget applies either way. Decorators must pass it through.
+    fn input_token_limit(&self, session: Option<&SessionId>) -> Option<u32> {
+        let _ = session;
+        None
+    }
 }
 
 /// Why classification failed.

@@ -86,6 +86,10 @@ impl<S: CallSink> ModelBackend for Tallied<S> {
         self.inner.count_tokens(request)
     }
 
+    fn input_token_limit(&self, session: Option<&mangaassist_protocols::SessionId>) -> Option<u32> {
+        self.inner.input_token_limit(session)
+    }
+
     fn stream(&self, request: ModelRequest) -> ModelStream {
         let input_estimate = u64::from(request.estimated_input_tokens);
         Box::pin(Tallying {

@@ -344,6 +344,7 @@ impl Candidates {
             tier: family_default(id).map_or(Tier::Cheap, |(_, tier)| tier),
             price,
             serving,
+            context_tokens: None,
         })
     }
 

@@ -130,6 +130,9 @@ pub struct RawModel {
     pub region: Option<String>,
     /// `openai`: the environment variable holding the API key, sent as a bearer token.
     pub api_key_env: Option<String>,
+    /// The model's context window in tokens; the prompt budget of its calls is at most this
+    /// less 1,024 tokens kept for the answer.
+    pub context_tokens: Option<u32>,
 }
 
 /// `[tasks.<task>]`
@@ -381,6 +384,15 @@ impl RawPolicy {
             let Some(serving) = serving(&mut errs, &field, &ctx, backend, m) else {
                 continue;
             };
+            if let Some(c) = m.context_tokens
+                && !(2_048..=10_000_000).contains(&c)
+            {
+                errs.push(
+                    format!("{field}.context_tokens"),
+                    format!("{ctx}: {c} is outside 2048..=10000000 (the window must hold the 1024 tokens kept for the answer and a prompt)"),
+                );
+                continue;
+            }
             let name: Arc<str> = Arc::from(name.as_str());
             models.insert(
                 name.clone(),
@@ -391,6 +403,7 @@ impl RawPolicy {
                     tier,
                     price,
                     serving,
+                    context_tokens: m.context_tokens,
                 },
             );
         }

@@ -139,7 +139,13 @@ pub struct ModelRef {
     pub price: Price,
     /// Where a remote model is served.
     pub serving: Serving,
+    /// The model's context window in tokens (`context_tokens`), when the policy gives it: the
+    /// input budget is then at most this less [`OUTPUT_RESERVE_TOKENS`].
+    pub context_tokens: Option<u32>,
 }
+
+/// Tokens of a model's context window kept for its answer.
+pub const OUTPUT_RESERVE_TOKENS: u32 = 1_024;
 
 /// Where a remote model is served (all `None` for in-process models).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]

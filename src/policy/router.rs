@@ -428,6 +428,18 @@ impl ModelRouter {
         Box::pin(RoutedStream(State::Opening(Box::pin(opened))))
     }
 
+    /// The prompt budget of the model a call of `task` for `session` would go to now: its
+    /// context window less the tokens kept for the answer; `None` when the policy does not give
+    /// the window.
+    pub fn input_token_limit(&self, task: TaskType, session: Option<&SessionId>) -> Option<u32> {
+        let active = self.active();
+        let route = self.route(&active, task, session);
+        route
+            .model
+            .context_tokens
+            .map(|c| c.saturating_sub(crate::policy::OUTPUT_RESERVE_TOKENS))
+    }
+
     /// The exact prompt tokens of `request` on the model a call of `task` would go to now
     /// (the primary, or the canary for the request's session); `None` when that model's provider
     /// cannot count.
@@ -652,6 +664,10 @@ impl ModelBackend for RoutedModel {
 
     fn count_tokens<'a>(&'a self, request: &'a ModelRequest) -> TokenCount<'a> {
         Box::pin(self.router.count_tokens(self.task, request))
+    }
+
+    fn input_token_limit(&self, session: Option<&SessionId>) -> Option<u32> {
+        self.router.input_token_limit(self.task, session)
     }
 
     fn stream(&self, request: ModelRequest) -> ModelStream {
