@@ -632,6 +632,37 @@ async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> 
     (server, http_port)
 }
 
+/// Answers every Bedrock call with a short Japanese reply.
+async fn japanese_mock() -> MockBedrock {
+    MockBedrock::answering(|_| {
+        Reply::Stream(answer(
+            &["はい", "、", "ございます", "。", "ほか", "にも"],
+            10,
+            6,
+        ))
+    })
+    .await
+}
+
+/// Serves `policy` with `extra` config and has a six-turn conversation of long Japanese
+/// messages (about 230 characters each: 66 tokens by the estimate, 230 by the mock's count).
+async fn japanese_conversation(policy: &str, extra: &str) {
+    use common::{Client, assert_streamed, run_turn};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let (_server, http_port) = serve(dir.path(), &file, extra).await;
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    client.welcome().await;
+    let long = "フリーレンの単行本は何巻まで出ていますか。在庫と値段も教えてください。".repeat(6);
+    for i in 0..6 {
+        assert_streamed(&run_turn(&mut client, &format!("{i}: {long}")).await);
+    }
+}
+
+/// The answer model is the mock's haiku.
+const HAIKU_ANSWERS: &str = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
+
 /// A long conversation in Japanese: the estimate (3.5 characters a token) fits the budget, the
 /// model's exact count (a token a character here) does not. The turn asks `CountTokens`, sees
 /// the overshoot, and assembles again until the exact count fits: every request the model gets
@@ -639,33 +670,14 @@ async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_fits_the_model_s_exact_count_not_just_the_estimate() {
     use bedrock_mock::text_chars;
-    use common::{Client, assert_streamed, run_turn};
 
     const BUDGET: u32 = 1600;
-    let mock = MockBedrock::answering(|_| {
-        Reply::Stream(answer(
-            &["はい", "、", "ございます", "。", "ほか", "にも"],
-            10,
-            6,
-        ))
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
-    std::fs::write(&policy, policy_text(&mock.url, tasks)).unwrap();
-    let (_server, http_port) = serve(
-        dir.path(),
-        &policy,
+    let mock = japanese_mock().await;
+    japanese_conversation(
+        &policy_text(&mock.url, HAIKU_ANSWERS),
         &format!("[turn]\ncontext_max_input_tokens = {BUDGET}\n"),
     )
     .await;
-    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
-    client.welcome().await;
-    let long = "フリーレンの単行本は何巻まで出ていますか。在庫と値段も教えてください。".repeat(6);
-    for i in 0..6 {
-        assert_streamed(&run_turn(&mut client, &format!("{i}: {long}")).await);
-    }
     let counts = mock.token_counts();
     assert!(
         counts.iter().any(|n| *n > BUDGET),
@@ -747,18 +759,9 @@ model = "haiku"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_s_context_window_caps_the_budget() {
     use bedrock_mock::text_chars;
-    use common::{Client, assert_streamed, run_turn};
 
-    let mock = MockBedrock::answering(|_| {
-        Reply::Stream(answer(
-            &["はい", "、", "ございます", "。", "ほか", "にも"],
-            10,
-            6,
-        ))
-    })
-    .await;
-    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
-    let text = policy_text(&mock.url, tasks).replacen(
+    let mock = japanese_mock().await;
+    let text = policy_text(&mock.url, HAIKU_ANSWERS).replacen(
         "[models.haiku]\n",
         "[models.haiku]\ncontext_tokens = 2600\n",
         1,
@@ -778,16 +781,7 @@ async fn the_model_s_context_window_caps_the_budget() {
     let err = file::parse_str(&bad, "test").unwrap_err().to_string();
     assert!(err.contains("models.haiku.context_tokens"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, &text).unwrap();
-    let (_server, http_port) = serve(dir.path(), &policy, "").await;
-    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
-    client.welcome().await;
-    let long = "フリーレンの単行本は何巻まで出ていますか。在庫と値段も教えてください。".repeat(6);
-    for i in 0..6 {
-        assert_streamed(&run_turn(&mut client, &format!("{i}: {long}")).await);
-    }
+    japanese_conversation(&text, "").await;
     let sizes: Vec<u32> = mock
         .received()
         .iter()

@@ -102,15 +102,7 @@ impl MetricsFile {
     /// Records build progress (`version` is the shadow's index name); writes at most once a
     /// second.
     pub fn progress(&mut self, version: String, p: &Progress) -> std::io::Result<()> {
-        self.version = version;
-        (self.done, self.total, self.added) = (p.done, p.total, p.added);
-        let due = self
-            .last_write
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
-        if due {
-            self.write(JobState::Building)?;
-        }
-        Ok(())
+        self.record(version, p, JobState::Building)
     }
 
     /// Records a change feed's progress (`done`/`total` in changes) and what it did so far;
@@ -122,13 +114,18 @@ impl MetricsFile {
         counts: ChangeCounts,
     ) -> std::io::Result<()> {
         self.changes = Some(counts);
+        self.record(version, p, JobState::Applying)
+    }
+
+    /// Takes `p` and writes the file in `state` if the last write is a second old.
+    fn record(&mut self, version: String, p: &Progress, state: JobState) -> std::io::Result<()> {
         self.version = version;
         (self.done, self.total, self.added) = (p.done, p.total, p.added);
         let due = self
             .last_write
             .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
         if due {
-            self.write(JobState::Applying)?;
+            self.write(state)?;
         }
         Ok(())
     }
