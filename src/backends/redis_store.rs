@@ -24,11 +24,14 @@ use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface, ListInterface, SetsInterface};
 use fred::types::Builder;
-use fred::types::config::Config as RedisConfig;
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use futures_util::TryStreamExt;
 use mangaassist_protocols::ids::{SessionId, UserId};
 use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
+
+/// Delay between two attempts to reconnect, in milliseconds; attempts never stop.
+const RECONNECT_DELAY_MS: u32 = 100;
 
 /// Where the store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +70,14 @@ impl RedisTranscriptStore {
     /// not there is a start-up error, unlike a cache).
     pub async fn connect(settings: RedisStoreSettings) -> Result<Self, StoreError> {
         let config = RedisConfig::from_url(&settings.url).map_err(backend)?;
+        // Reconnect forever (a Redis restart must not leave the store dead); a command issued
+        // while reconnecting waits at most the operation timeout, then fails the turn's write.
         let client = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS))
+            .with_connection_config(|c| {
+                c.connection_timeout = settings.timeout;
+                c.max_command_attempts = 1;
+            })
             .with_performance_config(|p| p.default_command_timeout = settings.timeout)
             .build()
             .map_err(backend)?;
