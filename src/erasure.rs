@@ -82,6 +82,8 @@ pub fn audit_path(data_dir: &Path) -> PathBuf {
 pub struct OpenSessions<'a> {
     /// Every open session.
     pub registry: &'a Arc<SessionRegistry>,
+    /// Where turns in flight learn that their user was erased.
+    pub erasures: &'a mangaassist_actors::turn::Erasures,
     /// A connection the caller ends itself, after answering on it (the `erase_user` frame's
     /// own); it still counts as ended.
     pub spare: Option<&'a Outbound>,
@@ -98,6 +100,11 @@ pub async fn erase_user(
 ) -> Result<ErasureReport, ErasureError> {
     if *user == UserId::anonymous() {
         return Err(ErasureError::Anonymous);
+    }
+    // A turn of theirs still running (its session is being ended) must not record itself after
+    // the delete.
+    if let Some(open) = &open {
+        open.erasures.mark(user);
     }
     // End the sessions first, so no turn of theirs is appended after the delete.
     let mut sessions_ended = 0;

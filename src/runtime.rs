@@ -371,6 +371,7 @@ impl Runtime {
             generator: generator_slot,
             metrics,
             transcripts,
+            erasures: Arc::default(),
             token_counter: answer_model,
             chaos: chaos.clone(),
             settings: Arc::new(config.turn.clone()),

@@ -309,3 +309,58 @@ async fn an_erased_user_leaves_no_key_in_redis() {
     assert!(transcript_of(&server, &user("alice"), &sa).await.is_empty());
     assert_streamed(&run_turn(&mut b, "thanks!").await);
 }
+
+/// A turn streaming while its user is erased is not recorded when it ends (its session is
+/// ended mid-answer, which would otherwise record the cut turn). The control: a turn cut by a
+/// plain `cancel` is recorded, so the check can fail.
+#[tokio::test]
+async fn a_turn_in_flight_during_an_erasure_is_not_recorded_afterwards() {
+    let server = start_with(|c| c.model.token_pacing = std::time::Duration::from_millis(50)).await;
+    let (mut a, sa) = open(&server, "alice", None).await;
+    let (mut b, sb) = open(&server, "bob", None).await;
+    for (c, id) in [(&mut a, "ta"), (&mut b, "tb")] {
+        c.send(json!({"type": "user_message", "turn_id": id, "text": "recommend a long fantasy series"}))
+            .await;
+        loop {
+            if let ServerFrame::Token { .. } = c.next().await {
+                break;
+            }
+        }
+    }
+    // bob cancels; alice is erased, both mid-answer.
+    b.send(json!({"type": "cancel", "turn_id": "tb"})).await;
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        match a.next().await {
+            ServerFrame::Error(e) if e.code == ErrorCode::SessionEnded => break,
+            ServerFrame::Token { .. } | ServerFrame::Done { .. } | ServerFrame::Error(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    loop {
+        if let ServerFrame::Done { .. } = b.next().await {
+            break;
+        }
+    }
+    // Wait until alice's session is released (its last turn has had every chance to record).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server
+        .runtime
+        .registry
+        .connections_of(&user("alice"))
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's session never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        transcript_of(&server, &user("alice"), &sa).await.is_empty(),
+        "the cut turn of an erased user was recorded"
+    );
+    let bob = transcript_of(&server, &user("bob"), &sb).await;
+    assert_eq!(bob.len(), 1, "the control: a cancelled turn is recorded");
+}

@@ -163,6 +163,9 @@ pub struct Pipeline {
     pub metrics: MetricsHandle,
     /// Durable transcript.
     pub transcripts: Arc<dyn TranscriptStore>,
+    /// Users erased while this process runs: a turn of theirs that started before the erasure
+    /// is not recorded when it ends after it.
+    pub erasures: Arc<Erasures>,
     /// The answer model as the policy routes it, asked for exact prompt-token counts
     /// ([`ModelBackend::count_tokens`]) when the estimate might be too low.
     pub token_counter: Arc<dyn ModelBackend>,
@@ -170,6 +173,39 @@ pub struct Pipeline {
     pub chaos: Arc<Chaos>,
     /// Limits.
     pub settings: Arc<TurnSettings>,
+}
+
+/// When users were erased (unix ms), so that a turn in flight during an erasure is not
+/// recorded afterwards. Entries older than [`Erasures::KEEP_MS`] are forgotten: no turn runs
+/// that long.
+#[derive(Debug, Default)]
+pub struct Erasures {
+    at: std::sync::Mutex<HashMap<UserId, u64>>,
+}
+
+impl Erasures {
+    /// How long an erasure is remembered (one hour).
+    pub const KEEP_MS: u64 = 3_600_000;
+
+    /// Records that `user` is being erased now.
+    pub fn mark(&self, user: &UserId) {
+        let now = unix_ms();
+        let mut at = self
+            .at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        at.retain(|_, t| now.saturating_sub(*t) < Self::KEEP_MS);
+        at.insert(user.clone(), now);
+    }
+
+    /// Whether `user` was erased at or after `since_ms`.
+    pub fn erased_since(&self, user: &UserId, since_ms: u64) -> bool {
+        self.at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(user)
+            .is_some_and(|t| *t >= since_ms)
+    }
 }
 
 /// Cancellation of one turn; `failed` marks that the session itself died under it.
@@ -608,6 +644,12 @@ fn record_of(
 /// Writes the record durably, timing it; the error says why it was not written.
 async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
     let p = &ctx.pipeline;
+    if p.erasures
+        .erased_since(&record.user_id, record.started_at_ms)
+    {
+        tracing::info!(session = %ctx.session_id, turn = %ctx.turn_id, "turn not recorded: its user was erased while it ran");
+        return Ok(());
+    }
     let t0 = Instant::now();
     let saved = tokio::time::timeout(
         p.settings.transcript_timeout,

@@ -117,6 +117,7 @@ async fn erase(State(state): State<FrontState>, body: Bytes) -> Response {
     };
     let open = crate::erasure::OpenSessions {
         registry: &state.registry,
+        erasures: &state.pipeline.erasures,
         spare: None,
     };
     match crate::erasure::erase_user(

@@ -278,6 +278,7 @@ impl Connection {
         }
         let open = crate::erasure::OpenSessions {
             registry: &self.state.registry,
+            erasures: &self.state.pipeline.erasures,
             spare: Some(&self.outbound),
         };
         let erased = crate::erasure::erase_user(
