@@ -372,6 +372,9 @@ impl Runtime {
             metrics,
             transcripts,
             erasures: Arc::default(),
+            preference_model: Arc::new(crate::backends::llm_preferences::RoutedPreferences(
+                router.clone(),
+            )),
             token_counter: answer_model,
             chaos: chaos.clone(),
             settings: Arc::new(config.turn.clone()),

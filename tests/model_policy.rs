@@ -794,3 +794,92 @@ async fn the_model_s_context_window_caps_the_budget() {
         mock.token_counts()
     );
 }
+
+/// The `preference_extraction` task on a model (the mock's haiku): a message the local rules
+/// cannot read ("spooky stories give me nightmares") is read by the model beside the turn, and
+/// the next recommendation leaves horror out. The control: another session of the same server,
+/// without that message, gets Junji Ito's horror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_reads_preferences_the_rules_cannot() {
+    use common::{Client, assert_streamed, run_turn};
+    use mangaassist_actors::memory::extract_preferences;
+
+    const SPOOKY: &str = "Spooky stories give me nightmares, keep them away from me.";
+    assert!(
+        extract_preferences(SPOOKY).is_empty(),
+        "the local rules must miss it for this test to mean anything"
+    );
+    let mock = MockBedrock::answering(|text| {
+        let json = if text.contains("Spooky") {
+            r#"{"dislikes_genres": ["horror"]}"#
+        } else {
+            "{}"
+        };
+        Reply::Stream(answer(&[json], 40, 8))
+    })
+    .await;
+    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"simulated\"\n";
+    let text = policy_text(&mock.url, tasks).replace(
+        "[tasks.preference_extraction]\nmodel = \"local\"",
+        "[tasks.preference_extraction]\nmodel = \"haiku\"",
+    );
+    assert!(text.contains("model = \"haiku\"\n"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (_server, http_port) = serve(dir.path(), &file, "").await;
+    let addr = format!("127.0.0.1:{http_port}");
+    let horror_ids = |r: &common::TurnResult| -> Vec<String> {
+        let catalog =
+            mangaassist_protocols::catalog::parse_jsonl(mangaassist::runtime::BUILTIN_CATALOG)
+                .unwrap();
+        r.cards()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| {
+                catalog
+                    .iter()
+                    .any(|s| s.id == c.series_id && s.genres.iter().any(|g| g == "horror"))
+            })
+            .map(|c| c.series_id)
+            .collect()
+    };
+
+    let mut client = Client::ws_at(addr.parse().unwrap()).await;
+    client.welcome().await;
+    assert_streamed(&run_turn(&mut client, SPOOKY).await);
+    // The model's reading arrives beside the turn: wait for its call to finish.
+    let base = format!("http://{addr}");
+    let series = format!(
+        "model_invocations_total{{task_type=\"preference_extraction\",model_id=\"{MODEL_ID}\",outcome=\"ok\"}} 1"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines().any(|l| l == series) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no extraction call:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = run_turn(&mut client, "recommend manga by Junji Ito").await;
+    assert_streamed(&r);
+    assert!(!r.cards().unwrap_or_default().is_empty(), "{}", r.answer());
+    assert!(
+        horror_ids(&r).is_empty(),
+        "horror recommended: {:?}",
+        horror_ids(&r)
+    );
+
+    // The control: a session that said nothing gets Ito's horror.
+    let mut other = Client::ws_at(addr.parse().unwrap()).await;
+    other.welcome().await;
+    let r = run_turn(&mut other, "recommend manga by Junji Ito").await;
+    assert!(!horror_ids(&r).is_empty(), "{:?}", r.cards());
+}

@@ -28,6 +28,31 @@ use tokio_util::task::TaskTracker;
 use crate::memory::{self, SessionMemory};
 use crate::outbound::Outbound;
 use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
+use mangaassist_protocols::memory::PreferenceUpdate;
+
+/// Asks the `preference_extraction` model (when the policy routes the task to one) to read
+/// `text`; its answer comes back as [`SessionMsg::PreferencesRefined`]. Nothing waits for it: a
+/// failure or a slow model leaves the local extraction in place. The task is not the session's
+/// (closing a session must not wait for a model): it ends by itself within the extractor's
+/// deadline, and its answer is dropped if the session is gone by then.
+fn refine_preferences(args: &SessionArgs, myself: &ActorRef<SessionMsg>, text: &str, index: u32) {
+    let model = args.pipeline.preference_model.clone();
+    let (me, session, text) = (myself.clone(), args.session_id.clone(), text.to_owned());
+    tokio::spawn(async move {
+        match model.extract(&session, &text).await {
+            Ok(Some(update)) if !update.is_empty() => {
+                let _ = me.send_message(SessionMsg::PreferencesRefined { index, update });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(
+                session = %session,
+                turn = index,
+                error = %e,
+                "preference extraction by model failed; the local extraction stands"
+            ),
+        }
+    });
+}
 
 /// Most turns a session keeps in memory for context assembly; older ones stay in the store.
 pub const HISTORY_IN_MEMORY: usize = 32;
@@ -68,6 +93,14 @@ pub enum SessionMsg {
         turn_id: TurnId,
         /// Its transcript record, when it completed.
         record: Option<TurnRecord>,
+    },
+    /// The preference-extraction model's reading of the message of turn `index` (it runs beside
+    /// the turn; the local extraction was applied when the message arrived).
+    PreferencesRefined {
+        /// The turn whose message it read.
+        index: u32,
+        /// What it found.
+        update: PreferenceUpdate,
     },
     /// The connection closed: cancel what runs, let it record itself, release the session for
     /// other connections, answer, and stop.
@@ -201,6 +234,7 @@ impl Actor for SessionActor {
                 let control = TurnControl::default();
                 // What the message states is remembered before the turn runs, so its own answer
                 // already respects it (and a failed turn does not lose it).
+                refine_preferences(&state.args, &myself, &message.text, state.next_index);
                 let mut memory = (*state.memory).clone();
                 if memory.note(&message.text, state.next_index) {
                     tracing::info!(
@@ -250,6 +284,19 @@ impl Actor for SessionActor {
                             message: format!("turn `{turn_id}` is not streaming"),
                         }));
                     }
+                }
+            }
+            SessionMsg::PreferencesRefined { index, update } => {
+                let mut memory = (*state.memory).clone();
+                memory.preferences.apply(&update, index);
+                if memory != *state.memory {
+                    tracing::info!(
+                        session = %state.args.session_id,
+                        turn = index,
+                        preferences = ?memory.preferences,
+                        "preferences refined by the preference_extraction model"
+                    );
+                    state.memory = Arc::new(memory);
                 }
             }
             SessionMsg::TurnEnded { turn_id, record } => {

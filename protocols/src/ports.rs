@@ -70,6 +70,19 @@ pub trait ModelBackend: Send + Sync + 'static {
     }
 }
 
+/// Extracts stated preferences from a message with a model (the policy's
+/// `preference_extraction` task), refining the local rule-based extraction.
+#[async_trait]
+pub trait PreferenceExtractor: Send + Sync + 'static {
+    /// The preferences `text` states, as the model reads them; `None` when the task is served
+    /// locally (the caller's rule-based extraction is the whole answer).
+    async fn extract(
+        &self,
+        session: &SessionId,
+        text: &str,
+    ) -> Result<Option<crate::memory::PreferenceUpdate>, ModelError>;
+}
+
 /// Why classification failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassifyError {

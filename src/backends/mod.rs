@@ -17,6 +17,7 @@ pub mod embedded_store;
 pub mod http_catalog;
 mod http_util;
 pub mod llm_classifier;
+pub mod llm_preferences;
 pub mod local_classifier;
 pub mod model_limits;
 pub mod models;

@@ -428,6 +428,12 @@ impl ModelRouter {
         Box::pin(RoutedStream(State::Opening(Box::pin(opened))))
     }
 
+    /// Whether a call of `task` for `session` would go to a local classifier (no model call).
+    pub fn serves_locally(&self, task: TaskType, session: Option<&SessionId>) -> bool {
+        let active = self.active();
+        self.route(&active, task, session).model.backend == Backend::LocalClassifier
+    }
+
     /// The prompt budget of the model a call of `task` for `session` would go to now: its
     /// context window less the tokens kept for the answer; `None` when the policy does not give
     /// the window.
