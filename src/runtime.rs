@@ -375,6 +375,9 @@ impl Runtime {
             preference_model: Arc::new(crate::backends::llm_preferences::RoutedPreferences(
                 router.clone(),
             )),
+            summary_model: Arc::new(crate::backends::llm_summarizer::RoutedSummarizer(
+                router.clone(),
+            )),
             token_counter: answer_model,
             chaos: chaos.clone(),
             settings: Arc::new(config.turn.clone()),

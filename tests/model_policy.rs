@@ -883,3 +883,61 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     let r = run_turn(&mut other, "recommend manga by Junji Ito").await;
     assert!(!horror_ids(&r).is_empty(), "{:?}", r.cards());
 }
+
+/// The `summarization` task on a model: when turn 1 leaves the session's 32-turn memory, the
+/// mock's haiku summarizes it, and the requests after carry the model's line. The local
+/// summarizer would have dropped that turn (no preference, number or name in it), so the line can
+/// only come from the model, and no request before the eviction has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_summarizes_the_turns_leaving_memory() {
+    use common::{Client, assert_streamed, run_turn};
+
+    const REMEMBERED: &str = "wants no spoilers of endings";
+    let mock = MockBedrock::answering(|text| {
+        if text.starts_with("Turns to summarize") && text.contains("turn 1: customer said") {
+            Reply::Stream(answer(&["turn 1: ", REMEMBERED], 40, 8))
+        } else {
+            Reply::Stream(answer(&["Sure", ", ", "here ", "you ", "go", "."], 20, 6))
+        }
+    })
+    .await;
+    let tasks = "[tasks.intent_classification]\nmodel = \"local\"\n[tasks.answer_synthesis]\nmodel = \"haiku\"\n";
+    let text = policy_text(&mock.url, tasks);
+    assert!(
+        text.contains("[tasks.summarization]\nmodel = \"haiku\""),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (_server, http_port) = serve(dir.path(), &file, "").await;
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    client.welcome().await;
+    assert_streamed(&run_turn(&mut client, "please never spoil endings for me").await);
+    for i in 0..33 {
+        assert_streamed(&run_turn(&mut client, &format!("show me more {i}")).await);
+        if i == 31 {
+            // Turn 1 has just left memory (33 turns done): let the summary arrive.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let answers: Vec<String> = mock
+        .received()
+        .iter()
+        .filter(|r| !bedrock_mock::last_user_text(&r.body).starts_with("Turns to summarize"))
+        .map(|r| r.body["system"].to_string())
+        .collect();
+    assert_eq!(answers.len(), 34);
+    let first_with = answers.iter().position(|s| s.contains(REMEMBERED));
+    assert_eq!(
+        first_with,
+        Some(33),
+        "the model's line appears from the turn after the eviction on, never before"
+    );
+    assert!(
+        mock.received()
+            .iter()
+            .any(|r| bedrock_mock::last_user_text(&r.body).starts_with("Turns to summarize")),
+        "a summarization call was made"
+    );
+}

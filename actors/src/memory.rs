@@ -413,6 +413,26 @@ pub fn fold_into(summary: &mut SessionSummary, turns: &[TurnRecord], max_tokens:
     added
 }
 
+/// Puts `lines` (a model's summary of some turns) in place of the summary's lines for the same
+/// turns, keeps the lines in turn order, then drops the oldest until the block fits
+/// `max_tokens`. Returns how many lines were put in.
+pub fn replace_lines(
+    summary: &mut SessionSummary,
+    lines: Vec<SummaryLine>,
+    max_tokens: u32,
+) -> usize {
+    let n = lines.len();
+    summary
+        .lines
+        .retain(|old| !lines.iter().any(|l| l.turn == old.turn));
+    summary.lines.extend(lines);
+    summary.lines.sort_by_key(|l| l.turn);
+    while !summary.lines.is_empty() && estimate_tokens(&render_summary(summary)) > max_tokens {
+        summary.lines.remove(0);
+    }
+    n
+}
+
 /// The summary block as sent to the model; empty when there is nothing.
 pub fn render_summary(summary: &SessionSummary) -> String {
     if summary.lines.is_empty() {

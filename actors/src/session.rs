@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::memory::{self, SessionMemory};
 use crate::outbound::Outbound;
 use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
-use mangaassist_protocols::memory::PreferenceUpdate;
+use mangaassist_protocols::memory::{PreferenceUpdate, SummaryLine};
 
 /// Asks the `preference_extraction` model (when the policy routes the task to one) to read
 /// `text`; its answer comes back as [`SessionMsg::PreferencesRefined`]. Nothing waits for it: a
@@ -49,6 +49,27 @@ fn refine_preferences(args: &SessionArgs, myself: &ActorRef<SessionMsg>, text: &
                 turn = index,
                 error = %e,
                 "preference extraction by model failed; the local extraction stands"
+            ),
+        }
+    });
+}
+
+/// Asks the `summarization` model (when the policy routes the task to one) for the lines of
+/// `turns`, which just left memory; its answer comes back as [`SessionMsg::SummaryRefined`].
+/// Like [`refine_preferences`], nothing waits for it and a failure keeps the extractive lines.
+fn refine_summary(args: &SessionArgs, myself: &ActorRef<SessionMsg>, turns: Vec<TurnRecord>) {
+    let model = args.pipeline.summary_model.clone();
+    let (me, session) = (myself.clone(), args.session_id.clone());
+    tokio::spawn(async move {
+        match model.summarize(&session, &turns).await {
+            Ok(Some(lines)) if !lines.is_empty() => {
+                let _ = me.send_message(SessionMsg::SummaryRefined { lines });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(
+                session = %session,
+                error = %e,
+                "summarization by model failed; the extractive summary stands"
             ),
         }
     });
@@ -101,6 +122,12 @@ pub enum SessionMsg {
         index: u32,
         /// What it found.
         update: PreferenceUpdate,
+    },
+    /// The summarization model's lines for turns that left memory; they replace the extractive
+    /// lines of the same turns.
+    SummaryRefined {
+        /// The new lines.
+        lines: Vec<SummaryLine>,
     },
     /// The connection closed: cancel what runs, let it record itself, release the session for
     /// other connections, answer, and stop.
@@ -299,6 +326,17 @@ impl Actor for SessionActor {
                     state.memory = Arc::new(memory);
                 }
             }
+            SessionMsg::SummaryRefined { lines } => {
+                let mut memory = (*state.memory).clone();
+                let tokens = state.args.pipeline.settings.context.summary_tokens;
+                let replaced = memory::replace_lines(&mut memory.summary, lines, tokens);
+                tracing::info!(
+                    session = %state.args.session_id,
+                    lines = replaced,
+                    "session summary refined by the summarization model"
+                );
+                state.memory = Arc::new(memory);
+            }
             SessionMsg::TurnEnded { turn_id, record } => {
                 if state.active.as_ref().is_some_and(|a| a.turn_id == turn_id) {
                     state.active = None;
@@ -321,6 +359,7 @@ impl Actor for SessionActor {
                             "older turns folded into the session summary"
                         );
                         state.memory = Arc::new(memory);
+                        refine_summary(&state.args, &myself, history);
                     }
                     state.history = kept.into();
                 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
 use mangaassist_protocols::ports::{
-    EnrichmentError, ModelBackend, PreferenceExtractor, RetrievalError, TranscriptStore,
+    EnrichmentError, ModelBackend, PreferenceExtractor, RetrievalError, Summarizer, TranscriptStore,
 };
 use mangaassist_protocols::turn::{
     ContextItem, Enrichment, EnrichmentField, FieldPlan, FieldSet, Intent, ProductCard,
@@ -166,6 +166,9 @@ pub struct Pipeline {
     /// The `preference_extraction` task as the policy routes it: a model's reading of each
     /// message, run beside the turn to refine the local extraction.
     pub preference_model: Arc<dyn PreferenceExtractor>,
+    /// The `summarization` task as the policy routes it: a model's summary of the turns leaving
+    /// a session's memory, run beside the turns to refine the extractive one.
+    pub summary_model: Arc<dyn Summarizer>,
     /// Users erased while this process runs: a turn of theirs that started before the erasure
     /// is not recorded when it ends after it.
     pub erasures: Arc<Erasures>,

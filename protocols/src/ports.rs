@@ -83,6 +83,19 @@ pub trait PreferenceExtractor: Send + Sync + 'static {
     ) -> Result<Option<crate::memory::PreferenceUpdate>, ModelError>;
 }
 
+/// Summarizes turns leaving a session's memory with a model (the policy's `summarization`
+/// task), refining the local extractive summary.
+#[async_trait]
+pub trait Summarizer: Send + Sync + 'static {
+    /// One line per turn worth remembering; `None` when the task is served locally (the
+    /// caller's extractive summary is the whole answer).
+    async fn summarize(
+        &self,
+        session: &SessionId,
+        turns: &[TurnRecord],
+    ) -> Result<Option<Vec<crate::memory::SummaryLine>>, ModelError>;
+}
+
 /// Why classification failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassifyError {

@@ -112,6 +112,42 @@ pub fn parse_answer(text: &str) -> Result<PreferenceUpdate, String> {
 /// Most time the model gets for one extraction.
 const EXTRACTION_DEADLINE: Duration = Duration::from_secs(5);
 
+/// One text call of `task` through the router: `system`, then `user`; the whole answer, within
+/// [`EXTRACTION_DEADLINE`]. Shared by the model-served memory tasks.
+pub(crate) async fn ask(
+    router: &Arc<ModelRouter>,
+    task: TaskType,
+    session: &SessionId,
+    system: String,
+    user: String,
+) -> Result<String, ModelError> {
+    let request = ModelRequest {
+        intent: Intent::Other,
+        estimated_input_tokens: estimate_tokens(&system) + estimate_tokens(&user),
+        system,
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: user,
+        }],
+        context: Vec::new(),
+        constraints: Vec::new(),
+        session: Some(session.clone()),
+    };
+    let collect = async {
+        let mut stream = router.stream(task, request);
+        let mut answer = String::new();
+        while let Some(ev) = stream.next().await {
+            if let ModelEvent::Token(t) = ev? {
+                answer.push_str(&t);
+            }
+        }
+        Ok::<_, ModelError>(answer)
+    };
+    tokio::time::timeout(EXTRACTION_DEADLINE, collect)
+        .await
+        .map_err(|_| ModelError::Timeout(format!("{task} took too long")))?
+}
+
 /// [`PreferenceExtractor`] through the policy router.
 pub struct RoutedPreferences(pub Arc<ModelRouter>);
 
@@ -126,32 +162,7 @@ impl PreferenceExtractor for RoutedPreferences {
         if self.0.serves_locally(task, Some(session)) {
             return Ok(None);
         }
-        let system = instructions();
-        let request = ModelRequest {
-            intent: Intent::Other,
-            estimated_input_tokens: estimate_tokens(&system) + estimate_tokens(text),
-            system,
-            messages: vec![ChatMessage {
-                role: Role::User,
-                content: text.to_owned(),
-            }],
-            context: Vec::new(),
-            constraints: Vec::new(),
-            session: Some(session.clone()),
-        };
-        let collect = async {
-            let mut stream = self.0.stream(task, request);
-            let mut answer = String::new();
-            while let Some(ev) = stream.next().await {
-                if let ModelEvent::Token(t) = ev? {
-                    answer.push_str(&t);
-                }
-            }
-            Ok::<_, ModelError>(answer)
-        };
-        let answer = tokio::time::timeout(EXTRACTION_DEADLINE, collect)
-            .await
-            .map_err(|_| ModelError::Timeout("preference extraction took too long".into()))??;
+        let answer = ask(&self.0, task, session, instructions(), text.to_owned()).await?;
         parse_answer(&answer)
             .map(Some)
             .map_err(|e| ModelError::Stream(format!("unusable preference answer: {e}")))

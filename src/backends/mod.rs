@@ -18,6 +18,7 @@ pub mod http_catalog;
 mod http_util;
 pub mod llm_classifier;
 pub mod llm_preferences;
+pub mod llm_summarizer;
 pub mod local_classifier;
 pub mod model_limits;
 pub mod models;

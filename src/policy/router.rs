@@ -428,10 +428,15 @@ impl ModelRouter {
         Box::pin(RoutedStream(State::Opening(Box::pin(opened))))
     }
 
-    /// Whether a call of `task` for `session` would go to a local classifier (no model call).
+    /// Whether a call of `task` for `session` would go to an in-process model that cannot do
+    /// the task's work: a local classifier, or the simulated model (a stand-in for answers, it
+    /// cannot read or summarize). The caller's local implementation serves then.
     pub fn serves_locally(&self, task: TaskType, session: Option<&SessionId>) -> bool {
         let active = self.active();
-        self.route(&active, task, session).model.backend == Backend::LocalClassifier
+        matches!(
+            self.route(&active, task, session).model.backend,
+            Backend::LocalClassifier | Backend::Simulated
+        )
     }
 
     /// The prompt budget of the model a call of `task` for `session` would go to now: its
