@@ -37,7 +37,7 @@ use mangaassist_actors::worker::WorkerArgs;
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::frame::ModelInfo;
 use mangaassist_protocols::metrics::{ActorKind, TaskType};
-use mangaassist_protocols::ports::{EnrichmentSource, Retriever, TranscriptStore};
+use mangaassist_protocols::ports::{EnrichmentSource, ProfileStore, Retriever, TranscriptStore};
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -198,38 +198,44 @@ impl Runtime {
                     None,
                 ),
             };
-        let transcripts: Arc<dyn TranscriptStore> = match &config.transcript_store {
-            TranscriptStoreConfig::Embedded => {
-                let store_path = config.data_dir.join("transcripts.redb");
-                Arc::new(
-                    EmbeddedTranscriptStore::open_with_linger(
-                        &store_path,
-                        config.transcript_commit_linger,
-                    )
-                    .map_err(|e| StartError::Store {
-                        path: store_path.clone(),
-                        message: e.to_string(),
-                    })?,
-                )
-            }
-            TranscriptStoreConfig::Redis {
-                url,
-                key_prefix,
-                timeout,
-            } => Arc::new(
-                RedisTranscriptStore::connect(RedisStoreSettings {
-                    url: url.clone(),
-                    key_prefix: key_prefix.clone(),
-                    timeout: *timeout,
-                    ttl: config.inactivity_ttl,
-                })
-                .await
-                .map_err(|e| StartError::Store {
-                    path: url.into(),
-                    message: e.to_string(),
-                })?,
-            ),
-        };
+        // One store object serves transcripts and profiles (erased and expired together).
+        let (transcripts, profiles): (Arc<dyn TranscriptStore>, Arc<dyn ProfileStore>) =
+            match &config.transcript_store {
+                TranscriptStoreConfig::Embedded => {
+                    let store_path = config.data_dir.join("transcripts.redb");
+                    let store = Arc::new(
+                        EmbeddedTranscriptStore::open_with_linger(
+                            &store_path,
+                            config.transcript_commit_linger,
+                        )
+                        .map_err(|e| StartError::Store {
+                            path: store_path.clone(),
+                            message: e.to_string(),
+                        })?,
+                    );
+                    (store.clone(), store)
+                }
+                TranscriptStoreConfig::Redis {
+                    url,
+                    key_prefix,
+                    timeout,
+                } => {
+                    let store = Arc::new(
+                        RedisTranscriptStore::connect(RedisStoreSettings {
+                            url: url.clone(),
+                            key_prefix: key_prefix.clone(),
+                            timeout: *timeout,
+                            ttl: config.inactivity_ttl,
+                        })
+                        .await
+                        .map_err(|e| StartError::Store {
+                            path: url.into(),
+                            message: e.to_string(),
+                        })?,
+                    );
+                    (store.clone(), store)
+                }
+            };
         let embedded = EmbeddedEnrichment::new(&catalog, config.enrichment_latency);
         let source: Arc<dyn EnrichmentSource> = match &config.enrichment_source {
             EnrichmentSourceConfig::Embedded => Arc::new(embedded),
@@ -371,6 +377,7 @@ impl Runtime {
             generator: generator_slot,
             metrics,
             transcripts,
+            profiles,
             erasures: Arc::default(),
             preference_model: Arc::new(crate::backends::llm_preferences::RoutedPreferences(
                 router.clone(),

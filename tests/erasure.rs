@@ -71,7 +71,7 @@ async fn an_operator_erases_a_user_and_nothing_of_them_remains() {
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report["transcripts"],
-        json!({"sessions": 2, "turns": 3}),
+        json!({"sessions": 2, "turns": 3, "profiles": 1}),
         "{report}"
     );
     assert_eq!(report["sessions_ended"], 1, "{report}");
@@ -197,7 +197,10 @@ fn the_cli_erases_a_stopped_server_s_data_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(report["transcripts"], json!({"sessions": 1, "turns": 1}));
+    assert_eq!(
+        report["transcripts"],
+        json!({"sessions": 1, "turns": 1, "profiles": 0})
+    );
     assert_eq!(report["requested_by"], "cli");
     rt.block_on(async {
         let store = EmbeddedTranscriptStore::open(&path).unwrap();
@@ -287,7 +290,7 @@ async fn an_erased_user_leaves_no_key_in_redis() {
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report["transcripts"],
-        json!({"sessions": 1, "turns": 2}),
+        json!({"sessions": 1, "turns": 2, "profiles": 0}),
         "{report}"
     );
 

@@ -827,7 +827,7 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, &text).unwrap();
-    let (_server, http_port) = serve(dir.path(), &file, "").await;
+    let (server, http_port) = serve(dir.path(), &file, "").await;
     let addr = format!("127.0.0.1:{http_port}");
     let horror_ids = |r: &common::TurnResult| -> Vec<String> {
         let catalog =
@@ -846,7 +846,7 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     };
 
     let mut client = Client::ws_at(addr.parse().unwrap()).await;
-    client.welcome().await;
+    let (session, _) = client.welcome().await;
     assert_streamed(&run_turn(&mut client, SPOOKY).await);
     // The model's reading arrives beside the turn: wait for its call to finish.
     let base = format!("http://{addr}");
@@ -882,6 +882,28 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     other.welcome().await;
     let r = run_turn(&mut other, "recommend manga by Junji Ito").await;
     assert!(!horror_ids(&r).is_empty(), "{:?}", r.cards());
+
+    // Across a restart the model's reading stays: the session's profile holds it (rebuilt from
+    // the transcript with the local rules alone, the dislike would be gone).
+    drop((client, other, server));
+    let (_server, http_port) = serve(dir.path(), &file, "").await;
+    let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    client
+        .send(serde_json::json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+        .await;
+    match client.next().await {
+        mangaassist_protocols::ServerFrame::Welcome { resumed_turns, .. } => {
+            assert_eq!(resumed_turns, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = run_turn(&mut client, "recommend manga by Junji Ito").await;
+    assert_streamed(&r);
+    assert!(
+        horror_ids(&r).is_empty(),
+        "after the restart: {:?}",
+        horror_ids(&r)
+    );
 }
 
 /// The `summarization` task on a model: when turn 1 leaves the session's 32-turn memory, the

@@ -84,3 +84,47 @@ async fn the_store_survives_a_redis_restart() {
     assert_eq!(got.iter().map(|r| r.index).collect::<Vec<_>>(), [2]);
     store.quit().await;
 }
+
+#[tokio::test]
+async fn profiles_are_kept_per_user_expire_and_are_erased() {
+    use fred::interfaces::KeysInterface;
+    use mangaassist_protocols::ports::{Profile, ProfileStore};
+
+    let redis = RedisServer::start().await;
+    let store = RedisTranscriptStore::connect(settings(&redis))
+        .await
+        .unwrap();
+    let (alice, bob) = (
+        UserId::parse("alice").unwrap(),
+        UserId::parse("bob").unwrap(),
+    );
+    let s = SessionId::parse("s3").unwrap();
+    let mut profile = Profile::default();
+    profile.summary.turns_covered = 4;
+    store.save_profile(&alice, &s, &profile).await.unwrap();
+    store
+        .save_profile(&bob, &s, &Profile::default())
+        .await
+        .unwrap();
+    assert_eq!(store.load_profile(&alice, &s).await.unwrap(), Some(profile));
+    assert_eq!(
+        store.load_profile(&bob, &s).await.unwrap(),
+        Some(Profile::default())
+    );
+    let ttl: i64 = redis
+        .client()
+        .await
+        .ttl("rt:{alice}:profile:s3")
+        .await
+        .unwrap();
+    assert!(ttl > 3500 && ttl <= 3600, "{ttl}");
+
+    let erased = store.erase_user(&alice).await.unwrap();
+    assert_eq!(erased.profiles, 1, "{erased:?}");
+    assert_eq!(store.load_profile(&alice, &s).await.unwrap(), None);
+    assert_eq!(
+        store.load_profile(&bob, &s).await.unwrap(),
+        Some(Profile::default())
+    );
+    store.quit().await;
+}

@@ -30,6 +30,41 @@ use crate::outbound::Outbound;
 use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
 use mangaassist_protocols::memory::{PreferenceUpdate, SummaryLine};
 
+impl SessionState {
+    /// Replaces the memory and hands it to the profile saver.
+    fn set_memory(&mut self, memory: SessionMemory) {
+        self.memory = Arc::new(memory);
+        let _ = self.memory_tx.send(self.memory.clone());
+    }
+}
+
+/// Starts the session's profile saver: every new memory sent on the returned channel is saved,
+/// newest first wins (a memory replaced while an older one is being saved is saved next, the
+/// ones in between are skipped), off the session's mailbox. It ends when the session is gone,
+/// after saving the last memory it was given.
+fn save_profiles(
+    args: &SessionArgs,
+    first: Arc<SessionMemory>,
+) -> tokio::sync::watch::Sender<Arc<SessionMemory>> {
+    let (tx, mut rx) = tokio::sync::watch::channel(first);
+    rx.mark_unchanged();
+    let store = args.pipeline.profiles.clone();
+    let (user, session) = (args.user_id.clone(), args.session_id.clone());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let m = rx.borrow_and_update().clone();
+            let profile = mangaassist_protocols::ports::Profile {
+                preferences: m.preferences.clone(),
+                summary: m.summary.clone(),
+            };
+            if let Err(e) = store.save_profile(&user, &session, &profile).await {
+                tracing::warn!(session = %session, error = %e, "session profile not saved");
+            }
+        }
+    });
+    tx
+}
+
 /// Asks the `preference_extraction` model (when the policy routes the task to one) to read
 /// `text`; its answer comes back as [`SessionMsg::PreferencesRefined`]. Nothing waits for it: a
 /// failure or a slow model leaves the local extraction in place. The task is not the session's
@@ -172,6 +207,8 @@ pub struct SessionState {
     /// Preferences and the summary of turns older than `history`; replaced, never mutated in
     /// place, so a running turn keeps the copy it started with.
     memory: Arc<SessionMemory>,
+    /// The session's profile saver: the newest memory, saved in the background.
+    memory_tx: tokio::sync::watch::Sender<Arc<SessionMemory>>,
     /// Index the next turn takes.
     next_index: u32,
     /// The streaming turn, if any: at most one per session.
@@ -210,18 +247,34 @@ impl Actor for SessionActor {
         let next_index = u32::try_from(all.len()).unwrap_or(u32::MAX);
         let keep = all.len().saturating_sub(HISTORY_IN_MEMORY);
         let summary_tokens = args.pipeline.settings.context.summary_tokens;
-        let memory = SessionMemory::rebuild(&all, HISTORY_IN_MEMORY, summary_tokens);
+        // The saved profile when there is one (it holds what a model read too); else the memory
+        // is rebuilt from the transcript with the local rules.
+        let saved = args
+            .pipeline
+            .profiles
+            .load_profile(&args.user_id, &args.session_id)
+            .await?;
+        let memory = match saved {
+            Some(p) => SessionMemory {
+                preferences: p.preferences,
+                summary: p.summary,
+            },
+            None => SessionMemory::rebuild(&all, HISTORY_IN_MEMORY, summary_tokens),
+        };
         if !all.is_empty() {
             tracing::info!(
                 session = %args.session_id,
                 turns = all.len(),
                 preferences = !memory.preferences.is_empty(),
                 summary_lines = memory.summary.lines.len(),
-                "session memory rebuilt from its transcript"
+                "session memory restored"
             );
         }
+        let memory = Arc::new(memory);
+        let memory_tx = save_profiles(&args, memory.clone());
         Ok(SessionState {
-            memory: Arc::new(memory),
+            memory,
+            memory_tx,
             args,
             history: all[keep..].to_vec().into(),
             next_index,
@@ -270,7 +323,7 @@ impl Actor for SessionActor {
                         preferences = ?memory.preferences,
                         "preferences updated"
                     );
-                    state.memory = Arc::new(memory);
+                    state.set_memory(memory);
                 }
                 let ctx = TurnCtx {
                     pipeline: state.args.pipeline.clone(),
@@ -323,7 +376,7 @@ impl Actor for SessionActor {
                         preferences = ?memory.preferences,
                         "preferences refined by the preference_extraction model"
                     );
-                    state.memory = Arc::new(memory);
+                    state.set_memory(memory);
                 }
             }
             SessionMsg::SummaryRefined { lines } => {
@@ -335,7 +388,7 @@ impl Actor for SessionActor {
                     lines = replaced,
                     "session summary refined by the summarization model"
                 );
-                state.memory = Arc::new(memory);
+                state.set_memory(memory);
             }
             SessionMsg::TurnEnded { turn_id, record } => {
                 if state.active.as_ref().is_some_and(|a| a.turn_id == turn_id) {
@@ -358,7 +411,7 @@ impl Actor for SessionActor {
                             summary_lines = memory.summary.lines.len(),
                             "older turns folded into the session summary"
                         );
-                        state.memory = Arc::new(memory);
+                        state.set_memory(memory);
                         refine_summary(&state.args, &myself, history);
                     }
                     state.history = kept.into();

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
 use mangaassist_protocols::ports::{
-    EnrichmentError, ModelBackend, PreferenceExtractor, RetrievalError, Summarizer, TranscriptStore,
+    EnrichmentError, ModelBackend, PreferenceExtractor, ProfileStore, RetrievalError, Summarizer,
+    TranscriptStore,
 };
 use mangaassist_protocols::turn::{
     ContextItem, Enrichment, EnrichmentField, FieldPlan, FieldSet, Intent, ProductCard,
@@ -163,6 +164,8 @@ pub struct Pipeline {
     pub metrics: MetricsHandle,
     /// Durable transcript.
     pub transcripts: Arc<dyn TranscriptStore>,
+    /// Session profiles (preferences, summary), kept beside the transcripts.
+    pub profiles: Arc<dyn ProfileStore>,
     /// The `preference_extraction` task as the policy routes it: a model's reading of each
     /// message, run beside the turn to refine the local extraction.
     pub preference_model: Arc<dyn PreferenceExtractor>,

@@ -189,6 +189,37 @@ pub struct Erased {
     pub sessions: u64,
     /// Turn records removed.
     pub turns: u64,
+    /// Session profiles (preferences and summary) removed.
+    pub profiles: u64,
+}
+
+/// What a session remembers beyond its transcript, kept so that a restart finds it as it was
+/// (a model's reading of preferences and summary lines cannot be rebuilt from the transcript
+/// without calling the model again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    /// Stated preferences.
+    pub preferences: crate::memory::Preferences,
+    /// The rolling summary of turns older than the session's memory.
+    pub summary: crate::memory::SessionSummary,
+}
+
+/// Session profiles, namespaced by user like the transcripts (and erased and expired with them).
+#[async_trait]
+pub trait ProfileStore: Send + Sync + 'static {
+    /// The session's profile, if it has one and it is `user`'s.
+    async fn load_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Option<Profile>, StoreError>;
+    /// Replaces the session's profile (marks the session active).
+    async fn save_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        profile: &Profile,
+    ) -> Result<(), StoreError>;
 }
 
 /// Durable, append-only record of finished turns, namespaced by user: a user's turns can be

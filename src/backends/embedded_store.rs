@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mangaassist_protocols::ids::{SessionId, UserId};
-use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
+use mangaassist_protocols::ports::{Erased, Profile, ProfileStore, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -44,6 +44,8 @@ const TRANSCRIPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("t
 const SESSIONS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("sessions");
 /// (user id, session id): the user's sessions, for erasure.
 const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
+/// Session id -> JSON of its [`Profile`] (the owner is in `sessions`).
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 
 /// Most appends committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -103,6 +105,13 @@ enum Job {
         before_ms: u64,
         reply: oneshot::Sender<Result<Erased, StoreError>>,
     },
+    /// Replace a session's profile.
+    SaveProfile {
+        session: String,
+        user: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Durable transcript store on a redb file with a group-committing writer thread.
@@ -150,7 +159,26 @@ fn write_batch(db: &Database, batch: &[Append]) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// Deletes whole sessions (their turns, owner row and user index entry) in one durable
+/// Writes one profile, and its session's owner, activity and index entry, durably.
+fn write_profile(
+    db: &Database,
+    session: &str,
+    user: &str,
+    bytes: &[u8],
+) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        txn.open_table(PROFILES)?.insert(session, bytes)?;
+        txn.open_table(SESSIONS)?
+            .insert(session, (user, unix_ms()))?;
+        txn.open_table(USER_SESSIONS)?.insert((user, session), ())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Deletes whole sessions (their turns, profile, owner row and user index entry) in one durable
 /// transaction.
 fn delete_sessions(db: &Database, doomed: &[(String, String)]) -> Result<Erased, redb::Error> {
     let mut erased = Erased::default();
@@ -160,7 +188,11 @@ fn delete_sessions(db: &Database, doomed: &[(String, String)]) -> Result<Erased,
         let mut table = txn.open_table(TRANSCRIPTS)?;
         let mut sessions = txn.open_table(SESSIONS)?;
         let mut users = txn.open_table(USER_SESSIONS)?;
+        let mut profiles = txn.open_table(PROFILES)?;
         for (user, session) in doomed {
+            if profiles.remove(session.as_str())?.is_some() {
+                erased.profiles += 1;
+            }
             let mut turns = 0u64;
             table.retain_in(
                 (session.as_str(), 0u32)..=(session.as_str(), u32::MAX),
@@ -259,6 +291,15 @@ fn writer_loop(
                 let _ = reply.send(out);
                 continue;
             }
+            Job::SaveProfile {
+                session,
+                user,
+                bytes,
+                reply,
+            } => {
+                let _ = reply.send(write_profile(&db, &session, &user, &bytes).map_err(backend));
+                continue;
+            }
         };
         let mut batch = vec![first];
         // Group commit: wait up to `linger` for more appends to share this commit's fsync.
@@ -324,6 +365,7 @@ impl EmbeddedTranscriptStore {
             txn.open_table(TRANSCRIPTS)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(USER_SESSIONS)?;
+            txn.open_table(PROFILES)?;
             txn.commit()?;
             Ok(())
         };
@@ -404,6 +446,54 @@ impl Drop for EmbeddedTranscriptStore {
         {
             tracing::error!("transcript writer thread panicked");
         }
+    }
+}
+
+#[async_trait]
+impl ProfileStore for EmbeddedTranscriptStore {
+    async fn load_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Option<Profile>, StoreError> {
+        let db = Arc::clone(&self.db);
+        let (user, session) = (user.clone(), session.clone());
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let owner = txn.open_table(SESSIONS).map_err(backend)?;
+            let mine = owner
+                .get(session.as_str())
+                .map_err(backend)?
+                .is_some_and(|v| v.value().0 == user.as_str());
+            if !mine {
+                return Ok(None);
+            }
+            let profiles = txn.open_table(PROFILES).map_err(backend)?;
+            match profiles.get(session.as_str()).map_err(backend)? {
+                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(backend),
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("profile read task failed: {e}")))?
+    }
+
+    async fn save_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        profile: &Profile,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::SaveProfile {
+            session: session.as_str().to_owned(),
+            user: user.as_str().to_owned(),
+            bytes: serde_json::to_vec(profile).map_err(backend)?,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("transcript writer dropped the profile".into()))?
     }
 }
 
@@ -520,14 +610,35 @@ mod tests {
             assert!(store.load_session(&bob, &a1).await.unwrap().is_empty());
             assert_eq!(store.load_session(&alice, &a1).await.unwrap().len(), 3);
 
+            // Profiles: one beside a session with turns, one of a session without any yet.
+            let a3 = SessionId::parse("a-3").unwrap();
+            let mut profile = Profile::default();
+            profile.summary.turns_covered = 7;
+            store.save_profile(&alice, &a2, &profile).await.unwrap();
+            store.save_profile(&alice, &a3, &profile).await.unwrap();
+            store.save_profile(&bob, &b1, &profile).await.unwrap();
+            assert_eq!(
+                store.load_profile(&alice, &a3).await.unwrap(),
+                Some(profile.clone())
+            );
+            assert_eq!(
+                store.load_profile(&bob, &a3).await.unwrap(),
+                None,
+                "not bob's"
+            );
+
             let erased = store.erase_user(&alice).await.unwrap();
             assert_eq!(
                 erased,
                 Erased {
-                    sessions: 2,
-                    turns: 4
+                    sessions: 3,
+                    turns: 4,
+                    profiles: 2
                 }
             );
+            assert_eq!(store.load_profile(&alice, &a2).await.unwrap(), None);
+            assert_eq!(store.load_profile(&alice, &a3).await.unwrap(), None);
+            assert_eq!(store.load_profile(&bob, &b1).await.unwrap(), Some(profile));
             assert!(store.load_session(&alice, &a1).await.unwrap().is_empty());
             assert!(store.load_session(&alice, &a2).await.unwrap().is_empty());
             // The control: bob's turns are all still there.
@@ -545,6 +656,12 @@ mod tests {
         }
         let sessions = txn.open_table(SESSIONS).unwrap();
         assert_eq!(redb::ReadableTableMetadata::len(&sessions).unwrap(), 1);
+        let profiles = txn.open_table(PROFILES).unwrap();
+        assert_eq!(
+            redb::ReadableTableMetadata::len(&profiles).unwrap(),
+            1,
+            "bob's only"
+        );
         let users = txn.open_table(USER_SESSIONS).unwrap();
         for entry in users.iter().unwrap() {
             assert_eq!(entry.unwrap().0.value().0, "bob");
@@ -580,7 +697,8 @@ mod tests {
             erased,
             Erased {
                 sessions: 1,
-                turns: 2
+                turns: 2,
+                profiles: 0
             }
         );
         let anon = UserId::anonymous();

@@ -6,6 +6,7 @@
 //! ```text
 //! {prefix}{alice}:sessions          SET of alice's session ids
 //! {prefix}{alice}:turns:{session}   LIST of the session's turns, JSON, in append order
+//! {prefix}{alice}:profile:{session} the session's profile (preferences, summary), JSON
 //! ```
 //!
 //! User ids cannot contain `{` or `}`, so `{alice}` never matches another user's keys. Every
@@ -27,7 +28,7 @@ use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use futures_util::TryStreamExt;
 use mangaassist_protocols::ids::{SessionId, UserId};
-use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
+use mangaassist_protocols::ports::{Erased, Profile, ProfileStore, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
 
 /// Delay between two attempts to reconnect, in milliseconds; attempts never stop.
@@ -107,8 +108,62 @@ impl RedisTranscriptStore {
         format!("{}:turns:{session}", self.user_tag(user))
     }
 
+    fn profile_key(&self, user: &UserId, session: &str) -> String {
+        format!("{}:profile:{session}", self.user_tag(user))
+    }
+
     fn ttl_secs(&self) -> i64 {
         i64::try_from(self.settings.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+#[async_trait]
+impl ProfileStore for RedisTranscriptStore {
+    async fn load_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+    ) -> Result<Option<Profile>, StoreError> {
+        let raw: Option<String> = self
+            .client
+            .get(self.profile_key(user, session.as_str()))
+            .await
+            .map_err(backend)?;
+        raw.map(|r| serde_json::from_str(&r).map_err(backend))
+            .transpose()
+    }
+
+    async fn save_profile(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        profile: &Profile,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(profile).map_err(backend)?;
+        let ttl = self.ttl_secs();
+        let _: () = self
+            .client
+            .set(
+                self.profile_key(user, session.as_str()),
+                json,
+                Some(fred::types::Expiration::EX(ttl)),
+                None,
+                false,
+            )
+            .await
+            .map_err(backend)?;
+        let sessions = self.sessions_key(user);
+        let _: i64 = self
+            .client
+            .sadd(&sessions, session.as_str())
+            .await
+            .map_err(backend)?;
+        let _: bool = self
+            .client
+            .expire(&sessions, ttl, None)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 }
 
@@ -174,6 +229,12 @@ impl TranscriptStore for RedisTranscriptStore {
             let deleted: u64 = self.client.del(&key).await.map_err(backend)?;
             erased.sessions += deleted;
             erased.turns += turns;
+            let profiles: u64 = self
+                .client
+                .del(self.profile_key(user, session))
+                .await
+                .map_err(backend)?;
+            erased.profiles += profiles;
         }
         // Whatever else carries the user's tag (a key the set missed).
         let pattern = format!("{}:*", self.user_tag(user));
