@@ -927,7 +927,7 @@ async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
     );
     let server = start().await;
     let mut c = Client::ws(&server).await;
-    c.hello().await;
+    let session = c.hello().await;
     let mode = |r: &TurnResult| match r.frames.first() {
         Some(ServerFrame::TurnStarted { retrieval_mode, .. }) => *retrieval_mode,
         other => panic!("expected turn_started, got {other:?}"),
@@ -954,6 +954,20 @@ async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
 
     let hello = run_turn(&mut c, "thanks, bye").await;
     assert_eq!(mode(&hello), RetrievalMode::Skipped);
+    // The transcript keeps each turn's mode.
+    let modes: Vec<_> = transcript(&server, &session)
+        .await
+        .iter()
+        .map(|t| t.retrieval_mode)
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            Some(RetrievalMode::Fallback),
+            Some(RetrievalMode::Grounded),
+            Some(RetrievalMode::Skipped)
+        ]
+    );
 
     // One `turn` span per turn, each tagged with its mode; a `retrieve` span for the two that
     // searched, with the hits each found.

@@ -554,7 +554,14 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
                 input_tokens: 0,
                 output_tokens: 0,
             });
-            let record = record_of(ctx, intent, answer, usage, FinishReason::Cancelled);
+            let record = record_of(
+                ctx,
+                intent,
+                retrieval_mode,
+                answer,
+                usage,
+                FinishReason::Cancelled,
+            );
             if let Err(e) = save(ctx, &record).await {
                 tracing::warn!(turn = %ctx.turn_id, error = %e, "transcript write failed for a disconnected turn");
             }
@@ -613,7 +620,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
     }
 
     // 6. Transcript, durably, before `done`.
-    let record = record_of(ctx, intent, answer, usage, finish_reason);
+    let record = record_of(ctx, intent, retrieval_mode, answer, usage, finish_reason);
     if let Err(message) = save(ctx, &record).await {
         let mut f = TurnFailure::new(ErrorCode::Internal, message);
         f.seq = Some(seq);
@@ -631,6 +638,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
 fn record_of(
     ctx: &TurnCtx,
     intent: Intent,
+    retrieval_mode: RetrievalMode,
     answer: String,
     usage: Usage,
     finish_reason: FinishReason,
@@ -647,6 +655,7 @@ fn record_of(
         finished_at_ms: unix_ms(),
         usage,
         finish_reason,
+        retrieval_mode: Some(retrieval_mode),
     }
 }
 

@@ -506,6 +506,9 @@ pub struct TurnRecord {
     pub usage: Usage,
     /// How it ended.
     pub finish_reason: FinishReason,
+    /// How it was grounded (absent in records written before the transcript kept it).
+    #[serde(default)]
+    pub retrieval_mode: Option<RetrievalMode>,
 }
 
 /// Fast prompt-token estimate: about 3.5 characters per token, rounded up (errs high).

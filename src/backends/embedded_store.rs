@@ -576,6 +576,7 @@ mod tests {
                 output_tokens: index,
             },
             finish_reason: FinishReason::Stop,
+            retrieval_mode: None,
         }
     }
 

@@ -118,6 +118,7 @@ mod tests {
             finished_at_ms: 0,
             usage: Usage::default(),
             finish_reason: FinishReason::Stop,
+            retrieval_mode: None,
         }
     }
 

@@ -317,5 +317,6 @@ pub fn transcript_record(user: &UserId, session: &SessionId, index: u32) -> Turn
         finished_at_ms: 2,
         usage: mangaassist_protocols::turn::Usage::default(),
         finish_reason: FinishReason::Stop,
+        retrieval_mode: None,
     }
 }
