@@ -112,6 +112,22 @@ impl RedisTranscriptStore {
         format!("{}:profile:{session}", self.user_tag(user))
     }
 
+    /// Lists `session` among `user`'s sessions and restarts the inactivity TTL of that list.
+    async fn touch_session(&self, user: &UserId, session: &str) -> Result<(), StoreError> {
+        let sessions = self.sessions_key(user);
+        let _: i64 = self
+            .client
+            .sadd(&sessions, session)
+            .await
+            .map_err(backend)?;
+        let _: bool = self
+            .client
+            .expire(&sessions, self.ttl_secs(), None)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     fn ttl_secs(&self) -> i64 {
         i64::try_from(self.settings.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
     }
@@ -152,18 +168,7 @@ impl ProfileStore for RedisTranscriptStore {
             )
             .await
             .map_err(backend)?;
-        let sessions = self.sessions_key(user);
-        let _: i64 = self
-            .client
-            .sadd(&sessions, session.as_str())
-            .await
-            .map_err(backend)?;
-        let _: bool = self
-            .client
-            .expire(&sessions, ttl, None)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        self.touch_session(user, session.as_str()).await
     }
 }
 
@@ -173,25 +178,13 @@ impl TranscriptStore for RedisTranscriptStore {
         let bytes = serde_json::to_string(&record).map_err(backend)?;
         let user = &record.user_id;
         let turns = self.turns_key(user, record.session_id.as_str());
-        let sessions = self.sessions_key(user);
-        let ttl = self.ttl_secs();
         let _: i64 = self.client.rpush(&turns, bytes).await.map_err(backend)?;
-        let _: i64 = self
-            .client
-            .sadd(&sessions, record.session_id.as_str())
-            .await
-            .map_err(backend)?;
         let _: bool = self
             .client
-            .expire(&turns, ttl, None)
+            .expire(&turns, self.ttl_secs(), None)
             .await
             .map_err(backend)?;
-        let _: bool = self
-            .client
-            .expire(&sessions, ttl, None)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        self.touch_session(user, record.session_id.as_str()).await
     }
 
     async fn load_session(
