@@ -21,6 +21,9 @@ mkdir -p "$OUT" docs/img
 cargo build --release --workspace
 SERVER=./target/release/mangaassist
 LOAD=./target/release/mangaassist-load
+# Every load session presents this token; the server signs and checks with the same secret.
+export MANGAASSIST_AUTH_SECRET=${MANGAASSIST_AUTH_SECRET:-bench-secret-of-at-least-thirty-two-bytes}
+export MANGAASSIST_TOKEN=$("$SERVER" token --user load --ttl 1d 2>/dev/null)
 
 run() { # NAME MAX_SECS SERVE_ARGS...
   local name=$1 max_secs=$2

@@ -18,6 +18,12 @@ pub enum ChatError {
     /// The server sent something that is not a v1 frame.
     #[error("unexpected frame from server: {0}")]
     Protocol(String),
+    /// The server refused the token.
+    #[error(
+        "unauthorized: {0}\n(pass the server's token with --token or MANGAASSIST_TOKEN, or give chat \
+         the server's --config or MANGAASSIST_AUTH_SECRET so it can mint one)"
+    )]
+    Unauthorized(String),
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
@@ -49,11 +55,13 @@ async fn next_frame(ws: &mut Ws) -> Result<ServerFrame, ChatError> {
 /// Runs the client. With `messages`, sends those and exits; otherwise reads stdin until EOF.
 pub async fn run(
     url: &str,
+    token: &str,
     session: Option<String>,
     messages: Vec<String>,
 ) -> Result<(), ChatError> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    let mut hello = serde_json::json!({"type": "hello", "protocol": PROTOCOL_VERSION});
+    let mut hello =
+        serde_json::json!({"type": "hello", "protocol": PROTOCOL_VERSION, "token": token});
     if let Some(s) = session {
         hello["session_id"] = s.into();
     }
@@ -77,6 +85,9 @@ pub async fn run(
             if resumed_turns > 0 {
                 eprintln!("resumed a session with {resumed_turns} earlier turns");
             }
+        }
+        ServerFrame::Error(e) if e.code == ErrorCode::Unauthorized => {
+            return Err(ChatError::Unauthorized(e.message));
         }
         ServerFrame::Error(e) => {
             return Err(ChatError::Protocol(format!("{:?}: {}", e.code, e.message)));

@@ -95,6 +95,26 @@ pub struct RawConfig {
     /// `[policy]`
     #[serde(default)]
     pub policy: RawPolicySettings,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: how connections prove who they are (docs/protocol.md#authentication).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// The HS256 signing secret, at least 32 bytes. `MANGAASSIST_AUTH_SECRET` wins over it;
+    /// absent both, a development secret is generated under `data.dir`.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for RawAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAuth")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `[policy]`: the model-tier policy (docs/policy.md).
@@ -320,6 +340,8 @@ pub struct RawTurn {
     pub context_preference_tokens: Option<u32>,
     /// Most tokens of the summary of older turns.
     pub context_summary_tokens: Option<u32>,
+    /// Turns a session keeps in memory before folding the oldest into its rolling summary.
+    pub rolling_summary_after_turns: Option<usize>,
 }
 
 /// `[metrics]`
@@ -373,6 +395,9 @@ pub struct Config {
     pub metrics_queue: usize,
     /// The low-retrieval alarm.
     pub low_hits: LowHitsSettings,
+    /// The token signing secret (`[auth] secret` or `MANGAASSIST_AUTH_SECRET`); `None` means
+    /// the development secret under `data_dir`.
+    pub auth_secret: Option<crate::auth::ConfiguredSecret>,
 }
 
 /// Which backend serves catalog searches.
@@ -730,6 +755,13 @@ impl RawConfig {
                 10,
                 600_000,
             )?),
+            rolling_summary_after_turns: ranged(
+                "turn.rolling_summary_after_turns",
+                t.rolling_summary_after_turns,
+                mangaassist_actors::turn::DEFAULT_ROLLING_SUMMARY_AFTER_TURNS,
+                1,
+                10_000,
+            )?,
             context: ContextBudget {
                 max_input_tokens: ranged(
                     "turn.context_max_input_tokens",
@@ -815,6 +847,16 @@ impl RawConfig {
             )?),
         };
         let c = turn.context;
+        if c.max_history_turns > turn.rolling_summary_after_turns {
+            return Err(invalid(
+                "turn.history_turns",
+                format!(
+                    "{} exceeds turn.rolling_summary_after_turns ({}): a session keeps only that \
+                     many turns verbatim",
+                    c.max_history_turns, turn.rolling_summary_after_turns
+                ),
+            ));
+        }
         if u64::from(c.preference_tokens) + u64::from(c.summary_tokens)
             > u64::from(c.max_input_tokens) / 2
         {
@@ -866,6 +908,17 @@ impl RawConfig {
         }
 
         let transcript_store = transcript_store(&self.data)?;
+        let auth_secret = self
+            .auth
+            .secret
+            .map(|s| {
+                crate::auth::Secret::new(s).map(|secret| crate::auth::ConfiguredSecret {
+                    secret,
+                    source: crate::auth::SecretSource::Config,
+                })
+            })
+            .transpose()
+            .map_err(|m| invalid("auth.secret", m))?;
         Ok(Config {
             listen,
             tcp_listen,
@@ -925,6 +978,7 @@ impl RawConfig {
                     50,
                 )?,
             },
+            auth_secret,
         })
     }
 }
@@ -1049,11 +1103,21 @@ fn field_policy(
 
 impl Config {
     /// Loads `path` (or defaults when `None`) and validates it.
+    /// `MANGAASSIST_AUTH_SECRET`, when set, replaces `[auth] secret`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        match path {
-            Some(p) => RawConfig::from_file(p)?.validate(),
-            None => RawConfig::default().validate(),
+        let mut config = match path {
+            Some(p) => RawConfig::from_file(p)?.validate()?,
+            None => RawConfig::default().validate()?,
+        };
+        if let Ok(s) = std::env::var(crate::auth::SECRET_ENV) {
+            let secret = crate::auth::Secret::new(s)
+                .map_err(|m| invalid("MANGAASSIST_AUTH_SECRET (environment)", m))?;
+            config.auth_secret = Some(crate::auth::ConfiguredSecret {
+                secret,
+                source: crate::auth::SecretSource::Env,
+            });
         }
+        Ok(config)
     }
 }
 
@@ -1186,6 +1250,28 @@ mod tests {
                 .idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn the_auth_secret_and_the_memory_window_are_checked() {
+        assert_eq!(parse("").unwrap().auth_secret, None);
+        let e = parse("[auth]\nsecret = \"short\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.secret") && e.contains("32"), "{e}");
+        assert!(!e.contains("short"), "the secret is not echoed: {e}");
+        let c = parse("[auth]\nsecret = \"0123456789abcdef0123456789abcdef\"\n").unwrap();
+        let secret = c.auth_secret.as_ref().unwrap();
+        assert_eq!(secret.source, crate::auth::SecretSource::Config);
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "Debug hides it"
+        );
+        assert_eq!(parse("").unwrap().turn.rolling_summary_after_turns, 50);
+        let e = parse("[turn]\nhistory_turns = 20\nrolling_summary_after_turns = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("turn.history_turns") && e.contains("10"), "{e}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! What is erased, by category:
 //!
 //! - **transcripts**: every turn of every session of the user, in the transcript store;
-//! - **preferences and session summaries**: derived from the transcript and held in the
-//!   session's memory only, so they go with the transcripts and the sessions;
+//! - **preferences and session summaries**: the profile store's records of each session (and
+//!   the session's memory), erased with the transcripts and the sessions;
 //! - **sessions**: every open session of the user is ended (an `error` frame `session_ended`,
 //!   then the connection closes), which drops its in-memory state;
 //! - **caches**: the enrichment cache holds catalog facts keyed by series, never user data, so
@@ -14,7 +14,8 @@
 //!
 //! Every erasure appends one record to `{data.dir}/audit/erasures.jsonl`: when, who asked, whose
 //! data, and how many items per category. It holds no content (no message, no preference).
-//! The `anonymous` user id is shared by every client that sent none, so it cannot be erased.
+//! Over the wire a user can erase only themselves: the user id is the subject of the token the
+//! connection authenticated with.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -56,9 +57,6 @@ pub struct ErasureReport {
 /// Why an erasure was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ErasureError {
-    /// `anonymous` names no one in particular.
-    #[error("the anonymous user is shared by every client without a user id and cannot be erased")]
-    Anonymous,
     /// The transcript store failed; nothing is reported as erased.
     #[error("transcript store: {0}")]
     Store(#[from] StoreError),
@@ -98,9 +96,6 @@ pub async fn erase_user(
     open: Option<OpenSessions<'_>>,
     data_dir: &Path,
 ) -> Result<ErasureReport, ErasureError> {
-    if *user == UserId::anonymous() {
-        return Err(ErasureError::Anonymous);
-    }
     // A turn of theirs still running (its session is being ended) must not record itself after
     // the delete.
     if let Some(open) = &open {

@@ -10,12 +10,14 @@
 //!   for embedding ([`runtime::Runtime::start`]).
 //! - [`front`]: the HTTP listener (`/ws`, `/metrics`, `/healthz`, `/readyz`) and the raw TCP
 //!   listener; both turn bytes into frames, frames into typed session messages.
+//! - [`auth`]: the signed bearer tokens every connection presents in `hello`.
 //! - [`chat`]: the terminal client behind `mangaassist chat`.
 //! - [`eval`]: the intent-classifier evaluation gate behind `mangaassist eval`.
 //! - [`ingest`]: versioned catalog indexes behind an alias, blue/green ingest with validation
 //!   gates, rollback, and the golden retrieval set, behind `mangaassist ingest`.
 //! - [`policy`]: the model-tier policy and the router every model call goes through.
 
+pub mod auth;
 pub mod backends;
 pub mod chat;
 pub mod config;

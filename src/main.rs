@@ -58,10 +58,24 @@ enum Command {
         enrichment_mode: Option<EnrichmentModeArg>,
     },
     /// Chat in the terminal with a running server; each line you type is one message.
+    ///
+    /// The connection authenticates with --token (or MANGAASSIST_TOKEN); without one, chat mints
+    /// a token for --user with the secret the server would use (MANGAASSIST_AUTH_SECRET, the
+    /// config's [auth] secret, or the development secret under its data directory), which works
+    /// for a server on this machine.
     Chat {
         /// WebSocket URL of the server.
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
+        /// The token to present (see `mangaassist token`).
+        #[arg(long, env = "MANGAASSIST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Without --token: the user to mint a token for.
+        #[arg(long, value_name = "ID", default_value = mangaassist::auth::DEV_USER, conflicts_with = "token")]
+        user: String,
+        /// Without --token: the server's config file (for [auth] secret and data.dir).
+        #[arg(long, short, value_name = "FILE", conflicts_with = "token")]
+        config: Option<PathBuf>,
         /// Resume this session id instead of starting a new one.
         #[arg(long)]
         session: Option<String>,
@@ -181,6 +195,26 @@ enum Command {
     /// mangaassist ingest rollback --backend opensearch --url http://127.0.0.1:9200
     #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     Ingest(IngestArgs),
+    /// Mint a token for a user: the credential a client presents in `hello` (docs/protocol.md).
+    ///
+    /// Signs with MANGAASSIST_AUTH_SECRET, else the config's [auth] secret, else the development
+    /// secret under the data directory (created if there is none; a server started on the same
+    /// data directory uses it). Prints the token on stdout. Example:
+    ///
+    /// mangaassist token --user alice --ttl 1h
+    #[command(verbatim_doc_comment)]
+    Token {
+        /// The user id the token names (letters, digits, _ . : -; at most 64 bytes).
+        #[arg(long, value_name = "ID")]
+        user: String,
+        /// How long it is valid: 90s, 15m, 1h, 7d (at most 366d).
+        #[arg(long, value_name = "DURATION", default_value = "1h",
+              value_parser = mangaassist::auth::parse_ttl)]
+        ttl: Duration,
+        /// The server's config file (for [auth] secret and data.dir).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Erase every stored trace of one user (docs/memory.md): their transcripts in every
     /// session, with the preferences and summaries derived from them; on a running server also
     /// their open sessions. Writes a record (no content) to DATA_DIR/audit/erasures.jsonl.
@@ -192,7 +226,7 @@ enum Command {
     /// mangaassist erase --user alice --data-dir var
     #[command(verbatim_doc_comment)]
     Erase {
-        /// The user id to erase (not `anonymous`).
+        /// The user id to erase.
         #[arg(long, value_name = "ID")]
         user: String,
         /// The running server's HTTP address, e.g. http://127.0.0.1:8080.
@@ -437,6 +471,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ""
                 }
             );
+            if let mangaassist::auth::SecretSource::DevFile(path) = runtime.auth.source() {
+                eprintln!(
+                    "auth: development secret {} (set MANGAASSIST_AUTH_SECRET or [auth] secret in production)",
+                    path.display()
+                );
+                let user = mangaassist_protocols::UserId::parse(mangaassist::auth::DEV_USER)?;
+                eprintln!(
+                    "a token for user `{user}`, valid 24h: {}",
+                    runtime.auth.mint(&user, Duration::from_secs(24 * 3_600))
+                );
+            }
             eprintln!("chat with it: cargo run --release -- chat   (Ctrl-C to stop the server)");
             shutdown_signal().await;
             eprintln!("shutting down");
@@ -445,11 +490,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Chat {
             url,
+            token,
+            user,
+            config,
             session,
             messages,
-        } => mangaassist::chat::run(&url, session, messages)
-            .await
-            .with_context(|| format!("chat with {url}")),
+        } => {
+            let token = match token {
+                Some(t) => t,
+                None => authenticator(config.as_deref())?
+                    .mint(&parse_user(&user)?, Duration::from_secs(24 * 3_600)),
+            };
+            mangaassist::chat::run(&url, &token, session, messages)
+                .await
+                .with_context(|| format!("chat with {url}"))
+        }
+        Command::Token { user, ttl, config } => {
+            let user = parse_user(&user)?;
+            let auth = authenticator(config.as_deref())?;
+            println!("{}", auth.mint(&user, ttl));
+            eprintln!(
+                "token for user `{user}`, valid {}s, signed with {}",
+                ttl.as_secs(),
+                describe_source(auth.source())
+            );
+            Ok(())
+        }
         Command::Eval {
             dataset,
             models,
@@ -555,6 +621,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// `mangaassist erase`: through a running server, or on a stopped server's data directory.
+fn parse_user(user: &str) -> anyhow::Result<mangaassist_protocols::UserId> {
+    mangaassist_protocols::UserId::parse(user).map_err(|e| anyhow::anyhow!("--user `{user}`: {e}"))
+}
+
+/// The token authority a server with this config would use.
+fn authenticator(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<mangaassist::auth::Authenticator> {
+    let cfg = Config::load(config)?;
+    Ok(mangaassist::auth::Authenticator::resolve(
+        cfg.auth_secret.as_ref(),
+        &cfg.data_dir,
+    )?)
+}
+
+fn describe_source(source: &mangaassist::auth::SecretSource) -> String {
+    use mangaassist::auth::SecretSource;
+    match source {
+        SecretSource::Config => "the config's [auth] secret".to_owned(),
+        SecretSource::Env => format!("${}", mangaassist::auth::SECRET_ENV),
+        SecretSource::DevFile(p) => format!("the development secret {}", p.display()),
+    }
+}
+
 async fn erase(
     user: String,
     url: Option<String>,

@@ -95,6 +95,9 @@ pub enum StartError {
     /// The retrieval backend could not be set up.
     #[error("retrieval: {0}")]
     Retrieval(String),
+    /// The token signing secret could not be set up.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::SetupError),
     /// The enrichment source or its cache could not be set up.
     #[error("enrichment: {0}")]
     Enrichment(String),
@@ -123,6 +126,8 @@ pub struct Runtime {
     pub model: ModelInfo,
     /// Every model call goes through it.
     pub router: Arc<ModelRouter>,
+    /// Checks the token of every `hello`, and mints them (tests, the start banner).
+    pub auth: Arc<crate::auth::Authenticator>,
     workers: ActorRef<SupervisorMsg>,
     sessions: ActorRef<SupervisorMsg>,
     cache: Arc<TwoTierCache>,
@@ -142,6 +147,10 @@ impl Runtime {
             None => parse_jsonl(BUILTIN_CATALOG).map_err(|e| StartError::Catalog(e.to_string()))?,
         };
         let catalog = Arc::new(catalog);
+        let auth = Arc::new(crate::auth::Authenticator::resolve(
+            config.auth_secret.as_ref(),
+            &config.data_dir,
+        )?);
         // The policy is checked before anything binds: an invalid one stops the start.
         let settings = &config.policy;
         let policy_file = settings.file.clone().or_else(|| {
@@ -450,6 +459,7 @@ impl Runtime {
             tasks: tasks.clone(),
             policy: policy.clone(),
             data_dir: config.data_dir.clone(),
+            auth: auth.clone(),
         };
         let app = http::router(front.clone());
         let stop = shutdown.clone();
@@ -478,6 +488,7 @@ impl Runtime {
             registry,
             model: model_info,
             router,
+            auth,
             workers,
             sessions,
             cache,

@@ -24,11 +24,7 @@ const SECRET: &str = "do you have Frieren? my name is Zorblaxia Quokkaton";
 /// A connection with a session of `user` (or a resumed `session`).
 async fn open(server: &Server, user: &str, session: Option<&SessionId>) -> (Client, SessionId) {
     let mut c = Client::ws(server).await;
-    let mut hello = json!({"type": "hello", "protocol": 1, "user_id": user});
-    if let Some(s) = session {
-        hello["session_id"] = json!(s.as_str());
-    }
-    c.send(hello).await;
+    c.send(common::hello_frame(user, session)).await;
     match c.next().await {
         ServerFrame::Welcome { session_id, .. } => (c, session_id),
         other => panic!("{other:?}"),
@@ -121,10 +117,53 @@ async fn an_operator_erases_a_user_and_nothing_of_them_remains() {
 }
 
 #[tokio::test]
-async fn a_user_erases_themselves_over_the_wire_and_anonymous_cannot() {
+async fn a_user_erases_only_themselves_and_only_with_a_valid_token() {
     let server = start().await;
     let (mut c, s) = open(&server, "carol", None).await;
     assert_streamed(&run_turn(&mut c, SECRET).await);
+    let (mut d, ds) = open(&server, "dave", None).await;
+    assert_streamed(&run_turn(&mut d, "is Chainsaw Man in stock?").await);
+
+    // A token that names carol but is signed with another secret opens nothing, so it can
+    // erase nothing: `unauthorized`, and the connection closes.
+    let other = mangaassist::auth::Authenticator::new(
+        &mangaassist::auth::Secret::new("not-the-server-secret-but-32-bytes-long").unwrap(),
+        mangaassist::auth::SecretSource::Config,
+    );
+    let forged = other.mint(&user("carol"), std::time::Duration::from_secs(3_600));
+    let mut mallory = Client::ws(&server).await;
+    mallory
+        .send(json!({"type": "hello", "protocol": 1, "token": forged}))
+        .await;
+    let e = mallory.expect_error().await;
+    assert_eq!(e.code, ErrorCode::Unauthorized, "{e:?}");
+    mallory.expect_closed().await;
+    assert_eq!(transcript_of(&server, &user("carol"), &s).await.len(), 1);
+
+    // Dave's `erase_user` erases dave, whose token it is, and no one else.
+    d.send(json!({"type": "erase_user"})).await;
+    match d.next().await {
+        ServerFrame::Erased {
+            user_id,
+            sessions,
+            turns,
+            sessions_ended,
+        } => {
+            assert_eq!(user_id.as_str(), "dave");
+            assert_eq!((sessions, turns, sessions_ended), (1, 1, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_ended(&mut d).await;
+    assert!(transcript_of(&server, &user("dave"), &ds).await.is_empty());
+    assert_eq!(
+        transcript_of(&server, &user("carol"), &s).await.len(),
+        1,
+        "carol's data is not dave's to erase"
+    );
+    assert_streamed(&run_turn(&mut c, "and Frieren volume 2?").await);
+
+    // Carol erases herself.
     c.send(json!({"type": "erase_user"})).await;
     match c.next().await {
         ServerFrame::Erased {
@@ -134,39 +173,25 @@ async fn a_user_erases_themselves_over_the_wire_and_anonymous_cannot() {
             sessions_ended,
         } => {
             assert_eq!(user_id.as_str(), "carol");
-            assert_eq!((sessions, turns, sessions_ended), (1, 1, 1));
+            assert_eq!((sessions, turns, sessions_ended), (1, 2, 1));
         }
         other => panic!("{other:?}"),
     }
     assert_ended(&mut c).await;
     assert!(transcript_of(&server, &user("carol"), &s).await.is_empty());
 
-    // The anonymous user is everyone without an id: refused, and the session goes on.
-    let mut anon = Client::ws(&server).await;
-    anon.hello().await;
-    anon.send(json!({"type": "erase_user"})).await;
-    let e = anon.expect_error().await;
-    assert_eq!(e.code, ErrorCode::BadRequest);
-    assert!(e.message.contains("anonymous"), "{}", e.message);
-    assert_streamed(&run_turn(&mut anon, "hi").await);
     // Before hello: hello first.
     let mut early = Client::ws(&server).await;
     early.send(json!({"type": "erase_user"})).await;
     assert_eq!(early.expect_error().await.code, ErrorCode::HelloRequired);
 
-    // The admin route refuses anonymous and malformed bodies, naming what is wrong.
-    let (status, body) = http(
-        &server,
-        "POST",
-        "/admin/erase",
-        r#"{"user_id":"anonymous"}"#,
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("anonymous"), "{body}");
+    // The admin route refuses malformed bodies, naming what is wrong.
     let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user":"x"}"#).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("user_id"), "{body}");
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"a b"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("ASCII letters"), "{body}");
 }
 
 #[test]
@@ -215,7 +240,7 @@ fn the_cli_erases_a_stopped_server_s_data_directory() {
         "the control: erin's turn is in the file"
     );
 
-    // Anonymous and a store that is not there are refused by name.
+    // A user id that is not one, and a store that is not there, are refused by name.
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
             .args(args)
@@ -225,9 +250,9 @@ fn the_cli_erases_a_stopped_server_s_data_directory() {
             .unwrap()
     };
     let d = dir.path().to_str().unwrap();
-    let out = run(&["erase", "--user", "anonymous", "--data-dir", d]);
+    let out = run(&["erase", "--user", "a b", "--data-dir", d]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("anonymous"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
     let out = run(&["erase", "--user", "dave", "--data-dir", "/nonexistent-dir"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no transcript store"));
@@ -270,15 +295,16 @@ async fn an_erased_user_leaves_no_key_in_redis() {
         keys
     };
     let before = keys(raw.clone()).await;
-    assert_eq!(
-        before,
-        [
-            "t:{alice}:sessions".to_string(),
-            format!("t:{{alice}}:turns:{sa}"),
-            "t:{bob}:sessions".to_string(),
-            format!("t:{{bob}}:turns:{sb}"),
-        ]
-    );
+    let mut expected = vec![
+        format!("t:owner:{sa}"),
+        format!("t:owner:{sb}"),
+        "t:{alice}:sessions".to_string(),
+        format!("t:{{alice}}:turns:{sa}"),
+        "t:{bob}:sessions".to_string(),
+        format!("t:{{bob}}:turns:{sb}"),
+    ];
+    expected.sort();
+    assert_eq!(before, expected);
     // The inactivity TTL (90 days by default) is on every key.
     for key in &before {
         let ttl: i64 = raw.ttl(key).await.unwrap();
@@ -295,14 +321,13 @@ async fn an_erased_user_leaves_no_key_in_redis() {
     );
 
     let after = keys(raw.clone()).await;
-    assert_eq!(
-        after,
-        [
-            "t:{bob}:sessions".to_string(),
-            format!("t:{{bob}}:turns:{sb}")
-        ],
-        "nothing of alice is left"
-    );
+    let mut expected = vec![
+        format!("t:owner:{sb}"),
+        "t:{bob}:sessions".to_string(),
+        format!("t:{{bob}}:turns:{sb}"),
+    ];
+    expected.sort();
+    assert_eq!(after, expected, "nothing of alice is left");
     let values: Vec<String> = raw
         .lrange(format!("t:{{bob}}:turns:{sb}"), 0, -1)
         .await

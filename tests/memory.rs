@@ -16,7 +16,6 @@ use mangaassist::config::{Config, TranscriptStoreConfig};
 use mangaassist::runtime::{BUILTIN_CATALOG, Runtime};
 use mangaassist_protocols::catalog::{Series, parse_jsonl};
 use mangaassist_protocols::{ServerFrame, SessionId};
-use serde_json::json;
 
 /// Turn 3 of the scripted conversation.
 const PREFERENCE: &str = "I hate horror manga, and I want series of at most 4 volumes.";
@@ -117,7 +116,7 @@ async fn the_same_sixty_turns_on_the_redis_transcript_store() {
     let turns: u64 = redis
         .client()
         .await
-        .llen(format!("test:transcripts:{{anonymous}}:turns:{session}"))
+        .llen(format!("test:transcripts:{{reader}}:turns:{session}"))
         .await
         .unwrap();
     assert_eq!(turns, 60);
@@ -137,7 +136,7 @@ async fn sixty_turns(configure: impl Fn(&mut Config) + Clone) -> SessionId {
             }
             server = restart(server, &configure).await;
             c = Client::ws(&server).await;
-            c.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+            c.send(common::hello_frame(common::READER, Some(&session)))
                 .await;
             match c.next().await {
                 ServerFrame::Welcome { resumed_turns, .. } => assert_eq!(resumed_turns, 30),

@@ -598,9 +598,11 @@ async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> 
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n{extra}",
+             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n\
+             [auth]\nsecret = {:?}\n{extra}",
             dir.join("var"),
-            policy
+            policy,
+            common::TEST_SECRET
         ),
     )
     .unwrap();
@@ -889,7 +891,7 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     let (_server, http_port) = serve(dir.path(), &file, "").await;
     let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
     client
-        .send(serde_json::json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+        .send(common::hello_frame(common::READER, Some(&session)))
         .await;
     match client.next().await {
         mangaassist_protocols::ServerFrame::Welcome { resumed_turns, .. } => {

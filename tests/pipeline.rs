@@ -12,10 +12,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use mangaassist_actors::chaos::ChaosRule;
 use mangaassist_actors::enricher::EnricherMsg;
-use mangaassist_protocols::ServerFrame;
 use mangaassist_protocols::frame::{ErrorCode, ErrorFrame, FinishReason};
 use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::turn::FieldSet;
+use mangaassist_protocols::{ServerFrame, SessionId, UserId};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -124,6 +124,119 @@ async fn bad_input_gets_error_frames_and_the_websocket_goes_on() {
 async fn bad_input_gets_error_frames_and_the_tcp_connection_goes_on() {
     let server = start().await;
     bad_input_suite(Client::tcp(&server).await).await;
+}
+
+/// Sends `hello` with `token` (none if `None`) and expects `unauthorized` naming `why`, then
+/// the close.
+async fn refused(mut c: Client, token: Option<&str>, why: &str) {
+    let mut hello = json!({"type": "hello", "protocol": 1});
+    if let Some(t) = token {
+        hello["token"] = t.into();
+    }
+    c.send(hello).await;
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::Unauthorized, "{e:?}");
+    assert!(e.message.contains(why), "{why:?} not in {:?}", e.message);
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn hello_without_a_valid_token_is_refused_and_the_connection_closes() {
+    let server = start().await;
+    // A session streaming beside the refusals does not notice them.
+    let mut reader = Client::ws(&server).await;
+    reader.hello().await;
+    let auth = authority();
+    let alice = UserId::parse("alice").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = auth.mint_at(&alice, now - 7_200, now - 3_600);
+    let foreign = mangaassist::auth::Authenticator::new(
+        &mangaassist::auth::Secret::new("some-other-deployment-secret-32-bytes").unwrap(),
+        mangaassist::auth::SecretSource::Config,
+    )
+    .mint(&alice, Duration::from_secs(3_600));
+    // The claims of a valid token for alice under bob's signature: a forgery.
+    let bob = auth.mint(&UserId::parse("bob").unwrap(), Duration::from_secs(3_600));
+    let alice_claims = auth
+        .mint(&alice, Duration::from_secs(3_600))
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let mut parts: Vec<&str> = bob.split('.').collect();
+    parts[1] = &alice_claims;
+    let swapped = parts.join(".");
+    let cases: [(Option<&str>, &str); 5] = [
+        (None, "hello needs a `token`"),
+        (Some(&expired), "expired"),
+        (Some(&foreign), "signature does not verify"),
+        (Some(&swapped), "signature does not verify"),
+        (Some("not.a.jwt"), "not a valid HS256 JWT"),
+    ];
+    for (token, why) in cases {
+        refused(Client::ws(&server).await, token, why).await;
+        refused(Client::tcp(&server).await, token, why).await;
+    }
+    assert_streamed(&run_turn(&mut reader, "any romance manga?").await);
+    let m = metrics_text(&server).await;
+    assert!(
+        m.lines()
+            .any(|l| l == "stream_disconnect_total{reason=\"unauthorized\"} 10"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l == "errors_total{code=\"unauthorized\"} 10"),
+        "{m}"
+    );
+}
+
+/// `hello` resuming `session` as `user`, retried while the last connection still holds it.
+async fn resume_as(server: &Server, user: &str, session: &SessionId) -> (Client, ServerFrame) {
+    loop {
+        let mut c = Client::ws(server).await;
+        c.send(hello_frame(user, Some(session))).await;
+        match c.next().await {
+            ServerFrame::Error(e) if e.code == ErrorCode::SessionInUse => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return (c, other),
+        }
+    }
+}
+
+async fn a_session_belongs_to_its_user(server: Server) {
+    let mut a = Client::ws(&server).await;
+    let session = a.hello().await;
+    assert_streamed(&run_turn(&mut a, "any romance manga?").await);
+    drop(a);
+    // Another user cannot resume it, read it, or write into it; their connection goes on.
+    let (mut b, answer) = resume_as(&server, "bob", &session).await;
+    match answer {
+        ServerFrame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden, "{e:?}");
+            assert!(e.message.contains("another user"), "{}", e.message);
+        }
+        other => panic!("bob opened the reader's session: {other:?}"),
+    }
+    b.send(hello_frame("bob", None)).await;
+    assert!(matches!(b.next().await, ServerFrame::Welcome { .. }));
+    assert_streamed(&run_turn(&mut b, "hi").await);
+    // The control: the reader resumes it with their turn.
+    drop(b);
+    match resume_as(&server, READER, &session).await.1 {
+        ServerFrame::Welcome { resumed_turns, .. } => assert_eq!(resumed_turns, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(transcript(&server, &session).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_its_user_on_the_embedded_store() {
+    a_session_belongs_to_its_user(start().await).await;
 }
 
 #[tokio::test]
@@ -238,7 +351,7 @@ async fn the_transcript_holds_the_turn_once_done_is_sent_and_a_session_resumes()
         while let Some(Ok(_)) = ws.next().await {}
     }
     let mut c2 = Client::ws(&server).await;
-    c2.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+    c2.send(common::hello_frame(common::READER, Some(&session)))
         .await;
     let resumed = match c2.next().await {
         ServerFrame::Welcome { resumed_turns, .. } => Some((c2, resumed_turns)),
@@ -255,7 +368,7 @@ async fn a_session_cannot_be_driven_from_two_connections() {
     let mut a = Client::ws(&server).await;
     let session = a.hello().await;
     let mut b = Client::tcp(&server).await;
-    b.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+    b.send(common::hello_frame(common::READER, Some(&session)))
         .await;
     assert_eq!(b.expect_error().await.code, ErrorCode::SessionInUse);
     // b can still open its own.
@@ -453,9 +566,14 @@ async fn a_panicking_retriever_or_enricher_degrades_the_turn_and_is_restarted() 
 async fn the_chat_client_talks_to_the_server() {
     let server = start().await;
     let url = format!("ws://{}/ws", server.runtime.http_addr);
-    mangaassist::chat::run(&url, None, vec!["hi".into(), "any romance manga?".into()])
-        .await
-        .unwrap();
+    mangaassist::chat::run(
+        &url,
+        &token(READER),
+        None,
+        vec!["hi".into(), "any romance manga?".into()],
+    )
+    .await
+    .unwrap();
     let m = metrics_text(&server).await;
     assert_eq!(
         metric(&m, "turns_total{intent=\"other\",outcome=\"completed\"}"),
@@ -652,7 +770,7 @@ async fn a_disconnect_mid_stream_stops_the_model_and_records_the_partial_turn() 
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut rest).await;
     }
     let mut c2 = Client::tcp(&server).await;
-    c2.send(json!({"type": "hello", "protocol": 1, "session_id": session.as_str()}))
+    c2.send(common::hello_frame(common::READER, Some(&session)))
         .await;
     match c2.next().await {
         ServerFrame::Welcome { resumed_turns, .. } => assert_eq!(resumed_turns, 1),
@@ -750,7 +868,7 @@ async fn flood(server: &Server, reads: bool) -> tokio::task::JoinHandle<()> {
     let stream = socket.connect(server.runtime.tcp_addr).await.unwrap();
     let (r, mut w) = stream.into_split();
     let mut r = tokio::io::BufReader::new(r);
-    w.write_all(b"{\"type\":\"hello\",\"protocol\":1}\n")
+    w.write_all(format!("{}\n", hello_frame(READER, None)).as_bytes())
         .await
         .unwrap();
     let mut welcome = String::new();

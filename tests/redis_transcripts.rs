@@ -46,6 +46,13 @@ async fn turns_load_in_order_for_their_own_user_only() {
     assert_eq!(got.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2]);
     // Bob asking for the same session id sees nothing of alice's.
     assert!(store.load_session(&bob, &s).await.unwrap().is_empty());
+    // The session is alice's, by id alone (the front refuses it to bob); an unknown one is
+    // no one's, and erasing alice forgets whose it was.
+    assert_eq!(store.session_owner(&s).await.unwrap(), Some(alice.clone()));
+    let unknown = SessionId::parse("s-unknown").unwrap();
+    assert_eq!(store.session_owner(&unknown).await.unwrap(), None);
+    store.erase_user(&alice).await.unwrap();
+    assert_eq!(store.session_owner(&s).await.unwrap(), None);
     store.quit().await;
 }
 

@@ -430,7 +430,7 @@ mod tests {
     fn turn_text(i: u32, user: &str, answer_chars: usize) -> TurnRecord {
         TurnRecord {
             session_id: SessionId::parse("s").unwrap(),
-            user_id: UserId::anonymous(),
+            user_id: UserId::parse("reader").unwrap(),
             turn_id: TurnId::parse(&format!("t{i}")).unwrap(),
             index: i,
             user_text: user.into(),

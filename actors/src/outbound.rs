@@ -54,6 +54,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// The session's user was erased.
     UserErased,
+    /// `hello` was refused for its token.
+    Unauthorized,
 }
 
 /// The queue is gone: the connection closed.

@@ -110,9 +110,6 @@ fn refine_summary(args: &SessionArgs, myself: &ActorRef<SessionMsg>, turns: Vec<
     });
 }
 
-/// Most turns a session keeps in memory for context assembly; older ones stay in the store.
-pub const HISTORY_IN_MEMORY: usize = 32;
-
 /// A refused message: becomes an `error` frame on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -245,7 +242,8 @@ impl Actor for SessionActor {
             .load_session(&args.user_id, &args.session_id)
             .await?;
         let next_index = u32::try_from(all.len()).unwrap_or(u32::MAX);
-        let keep = all.len().saturating_sub(HISTORY_IN_MEMORY);
+        let in_memory = args.pipeline.settings.rolling_summary_after_turns;
+        let keep = all.len().saturating_sub(in_memory);
         let summary_tokens = args.pipeline.settings.context.summary_tokens;
         // The saved profile when there is one (it holds what a model read too); else the memory
         // is rebuilt from the transcript with the local rules.
@@ -259,7 +257,7 @@ impl Actor for SessionActor {
                 preferences: p.preferences,
                 summary: p.summary,
             },
-            None => SessionMemory::rebuild(&all, HISTORY_IN_MEMORY, summary_tokens),
+            None => SessionMemory::rebuild(&all, in_memory, summary_tokens),
         };
         if !all.is_empty() {
             tracing::info!(
@@ -397,7 +395,8 @@ impl Actor for SessionActor {
                 if let Some(record) = record {
                     let mut history: Vec<TurnRecord> = state.history.to_vec();
                     history.push(record);
-                    let keep = history.len().saturating_sub(HISTORY_IN_MEMORY);
+                    let in_memory = state.args.pipeline.settings.rolling_summary_after_turns;
+                    let keep = history.len().saturating_sub(in_memory);
                     let kept = history.split_off(keep);
                     if !history.is_empty() {
                         // Turns leaving memory go into the rolling summary.

@@ -47,6 +47,9 @@ use crate::outbound::{Mark, Outbound};
 use crate::retriever::RetrieverMsg;
 use crate::supervisor::{CallError, WorkerSlot};
 
+/// Default of [`TurnSettings::rolling_summary_after_turns`].
+pub const DEFAULT_ROLLING_SUMMARY_AFTER_TURNS: usize = 50;
+
 /// Per-turn limits, from config.
 #[derive(Debug, Clone)]
 pub struct TurnSettings {
@@ -64,6 +67,9 @@ pub struct TurnSettings {
     pub transcript_timeout: Duration,
     /// Context budget.
     pub context: ContextBudget,
+    /// Most turns a session keeps in memory, verbatim, for context assembly; beyond it the
+    /// oldest are folded into the session's rolling summary (they stay in the store).
+    pub rolling_summary_after_turns: usize,
     /// Silence before the first token after which a `keepalive` frame is sent.
     pub keepalive: Duration,
     /// Where mandatory enrichment happens.
@@ -140,6 +146,7 @@ impl Default for TurnSettings {
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
             context: ContextBudget::default(),
+            rolling_summary_after_turns: DEFAULT_ROLLING_SUMMARY_AFTER_TURNS,
             keepalive: Duration::from_secs(10),
             enrichment_mode: EnrichmentMode::Preflight,
             fields: FieldPolicy::default(),

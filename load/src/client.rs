@@ -45,6 +45,9 @@ enum Outgoing<'a> {
     Hello {
         /// [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The credential (`--token`); the server refuses a `hello` without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
     },
     /// Starts a turn.
     UserMessage {
@@ -376,14 +379,14 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `url`, says `hello` and waits for `welcome`, all within `limit`.
-    pub async fn open(url: &str, limit: Duration) -> Result<Self, OpenError> {
+    pub async fn open(url: &str, token: Option<&str>, limit: Duration) -> Result<Self, OpenError> {
         let start = Instant::now();
-        timeout(limit, Self::handshake(url, start))
+        timeout(limit, Self::handshake(url, token, start))
             .await
             .map_err(|_| OpenError::Timeout(limit))?
     }
 
-    async fn handshake(url: &str, start: Instant) -> Result<Self, OpenError> {
+    async fn handshake(url: &str, token: Option<&str>, start: Instant) -> Result<Self, OpenError> {
         // Nagle off: a user_message must leave now, or TTFT measures the kernel, not the server.
         // tungstenite zero-fills its whole read buffer on every read: the 128 KiB default made
         // memset the client's top cost. Frames here are a few hundred bytes.
@@ -392,6 +395,7 @@ impl Connection {
         ws.send(
             Outgoing::Hello {
                 protocol: PROTOCOL_VERSION,
+                token,
             }
             .to_message(),
         )
@@ -561,7 +565,11 @@ mod tests {
 
     #[test]
     fn outgoing_frames_match_the_protocol() {
-        let hello = serde_json::to_string(&Outgoing::Hello { protocol: 1 }).unwrap();
+        let hello = serde_json::to_string(&Outgoing::Hello {
+            protocol: 1,
+            token: None,
+        })
+        .unwrap();
         assert_eq!(hello, r#"{"type":"hello","protocol":1}"#);
         let msg = serde_json::to_string(&Outgoing::UserMessage {
             turn_id: "t3",

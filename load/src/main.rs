@@ -102,6 +102,11 @@ struct Target {
     #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
 
+    /// The token every session presents in `hello`; mint one with
+    /// `mangaassist token --user load --ttl 1d`.
+    #[arg(long, env = "MANGAASSIST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     /// Prometheus metrics URL exposing process_resident_memory_bytes
     /// [default: same host:port as --url, path /metrics].
     #[arg(long, value_name = "URL")]
@@ -259,6 +264,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let nofile = raise_nofile(args.sessions);
     let cfg = RunConfig {
         url: args.target.url.clone(),
+        token: args.target.token.clone(),
         sessions: args.sessions,
         turns: args.turns,
         ramp: args.ramp_secs,
@@ -285,6 +291,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
     let nofile = raise_nofile(args.sessions);
     let cfg = IdleConfig {
         url: args.target.url.clone(),
+        token: args.target.token.clone(),
         sessions: args.sessions,
         ramp: args.ramp_secs,
         connect_timeout: args.target.connect_timeout_secs,

@@ -606,6 +606,7 @@ mod tests {
     fn write_run(dir: &Path, name: &str, gaps_ms: &[u64]) -> PathBuf {
         let cfg = RunConfig {
             url: "ws://127.0.0.1:8080/ws".into(),
+            token: None,
             sessions: 1,
             turns: 1,
             ramp: Duration::ZERO,

@@ -920,6 +920,7 @@ mod tests {
     fn sample_run() -> (RunConfig, RunOutcome) {
         let cfg = RunConfig {
             url: "ws://127.0.0.1:8080/ws".into(),
+            token: None,
             sessions: 2,
             turns: 1,
             ramp: Duration::from_secs(2),

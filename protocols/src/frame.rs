@@ -30,8 +30,8 @@ pub enum ClientFrame {
     },
     /// Asks for a `pong`.
     Ping,
-    /// Erases every stored trace of the session's user (not allowed for `anonymous`): answered
-    /// with `erased`, after which the user's sessions, this one included, are ended.
+    /// Erases every stored trace of the session's user (the subject of its `hello` token):
+    /// answered with `erased`, after which the user's sessions, this one included, are ended.
     EraseUser,
 }
 
@@ -43,9 +43,34 @@ pub struct Hello {
     /// A session to resume; absent for a new one.
     #[serde(default)]
     pub session_id: Option<SessionId>,
-    /// Who the user is; absent means `anonymous`.
+    /// Who the user is, signed by the server's secret: the connection's only credential.
+    /// Absent is refused with `unauthorized` (not a bad request), so the client learns why.
     #[serde(default)]
-    pub user_id: Option<UserId>,
+    pub token: Option<BearerToken>,
+}
+
+/// A bearer token as the client sent it. Its `Debug` never shows it, so a logged frame cannot
+/// leak a credential.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Wraps a token (a client building its `hello`).
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerToken(<{} bytes>)", self.0.len())
+    }
 }
 
 /// The `user_message` frame.
@@ -98,11 +123,16 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The session's user was erased (by themselves or an operator); the connection closes.
     SessionEnded,
+    /// `hello` carried no token, or one that is forged, expired or malformed; the connection
+    /// closes.
+    Unauthorized,
+    /// `hello` named a session that belongs to another user; the connection stays open.
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive metric labels.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::TooLarge,
@@ -119,6 +149,8 @@ impl ErrorCode {
         ErrorCode::ServerShutdown,
         ErrorCode::IdleTimeout,
         ErrorCode::SessionEnded,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 
     /// The wire (and metric label) spelling.
@@ -140,6 +172,8 @@ impl ErrorCode {
             ErrorCode::ServerShutdown => "server_shutdown",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SessionEnded => "session_ended",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -426,8 +460,17 @@ mod tests {
             Ok(ClientFrame::Hello(Hello {
                 protocol: 1,
                 session_id: None,
-                user_id: None
+                token: None
             }))
+        );
+        let Ok(ClientFrame::Hello(h)) = dec(r#"{"type":"hello","protocol":1,"token":"abc.def"}"#)
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(h.token.as_ref().map(BearerToken::expose), Some("abc.def"));
+        assert!(
+            !format!("{h:?}").contains("abc.def"),
+            "a logged hello shows no token: {h:?}"
         );
         let Ok(ClientFrame::UserMessage(m)) =
             dec(r#"{"type":"user_message","turn_id":"t1","text":"hi"}"#)

@@ -92,7 +92,7 @@ id_type!(
     TurnId
 );
 id_type!(
-    /// The person behind a session; `anonymous` when the client gives none.
+    /// The person behind a session: the subject of the token its connection authenticated with.
     UserId
 );
 
@@ -100,13 +100,6 @@ impl SessionId {
     /// A fresh random session id.
     pub fn new_random() -> Self {
         Self(Arc::from(uuid::Uuid::new_v4().to_string()))
-    }
-}
-
-impl UserId {
-    /// The user of a connection that named none.
-    pub fn anonymous() -> Self {
-        Self(Arc::from("anonymous"))
     }
 }
 

@@ -165,17 +165,20 @@ pub enum DisconnectReason {
     Error,
     /// The user's data was erased; their sessions end.
     UserErased,
+    /// `hello` was refused for its token.
+    Unauthorized,
 }
 
 impl DisconnectReason {
     /// Every reason.
-    pub const ALL: [DisconnectReason; 6] = [
+    pub const ALL: [DisconnectReason; 7] = [
         DisconnectReason::ClientClosed,
         DisconnectReason::IdleTimeout,
         DisconnectReason::SlowConsumer,
         DisconnectReason::ServerShutdown,
         DisconnectReason::Error,
         DisconnectReason::UserErased,
+        DisconnectReason::Unauthorized,
     ];
 
     /// The label spelling.
@@ -187,6 +190,7 @@ impl DisconnectReason {
             DisconnectReason::ServerShutdown => "server_shutdown",
             DisconnectReason::Error => "error",
             DisconnectReason::UserErased => "user_erased",
+            DisconnectReason::Unauthorized => "unauthorized",
         }
     }
 }

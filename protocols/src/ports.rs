@@ -237,6 +237,9 @@ pub trait TranscriptStore: Send + Sync + 'static {
     ) -> Result<Vec<TurnRecord>, StoreError>;
     /// Deletes every turn of `user`, in every session.
     async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError>;
+    /// Whose session this is: the user of its stored turns and profile, if it has any. A
+    /// session belongs to one user; the front refuses to open it for another.
+    async fn session_owner(&self, session: &SessionId) -> Result<Option<UserId>, StoreError>;
     /// Deletes every session with no turn appended for `idle` (the inactivity TTL). A store
     /// with native expiry (Redis) may expire on its own and return zeros.
     async fn expire_inactive(&self, idle: std::time::Duration) -> Result<Erased, StoreError>;

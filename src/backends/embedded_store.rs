@@ -528,6 +528,21 @@ impl TranscriptStore for EmbeddedTranscriptStore {
             .map_err(|e| StoreError::Backend(format!("transcript read task failed: {e}")))?
     }
 
+    async fn session_owner(&self, session: &SessionId) -> Result<Option<UserId>, StoreError> {
+        let db = Arc::clone(&self.db);
+        let session = session.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            let Some(row) = sessions.get(session.as_str()).map_err(backend)? else {
+                return Ok(None);
+            };
+            UserId::parse(row.value().0).map(Some).map_err(backend)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("owner read task failed: {e}")))?
+    }
+
     async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Erase {
@@ -563,7 +578,7 @@ mod tests {
     fn record(session: &SessionId, index: u32) -> TurnRecord {
         TurnRecord {
             session_id: session.clone(),
-            user_id: UserId::anonymous(),
+            user_id: UserId::parse("reader").unwrap(),
             turn_id: TurnId::parse(&format!("t-{index}")).unwrap(),
             index,
             user_text: format!("question {index}"),
@@ -702,7 +717,7 @@ mod tests {
                 profiles: 0
             }
         );
-        let anon = UserId::anonymous();
+        let anon = UserId::parse("reader").unwrap();
         assert!(store.load_session(&anon, &old).await.unwrap().is_empty());
         assert_eq!(store.load_session(&anon, &new).await.unwrap().len(), 1);
     }
@@ -721,7 +736,7 @@ mod tests {
             }
             store.append(record(&other, 0)).await.unwrap();
             let got = store
-                .load_session(&UserId::anonymous(), &session)
+                .load_session(&UserId::parse("reader").unwrap(), &session)
                 .await
                 .unwrap();
             assert_eq!(got, (0..3).map(|i| record(&session, i)).collect::<Vec<_>>());
@@ -729,14 +744,14 @@ mod tests {
         }
         let store = EmbeddedTranscriptStore::open(&path).unwrap();
         let got = store
-            .load_session(&UserId::anonymous(), &session)
+            .load_session(&UserId::parse("reader").unwrap(), &session)
             .await
             .unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[2], record(&session, 2));
         assert_eq!(
             store
-                .load_session(&UserId::anonymous(), &other)
+                .load_session(&UserId::parse("reader").unwrap(), &other)
                 .await
                 .unwrap()
                 .len(),
@@ -745,7 +760,7 @@ mod tests {
         let empty = SessionId::parse("s").unwrap();
         assert!(
             store
-                .load_session(&UserId::anonymous(), &empty)
+                .load_session(&UserId::parse("reader").unwrap(), &empty)
                 .await
                 .unwrap()
                 .is_empty()
@@ -772,7 +787,7 @@ mod tests {
         }
         for session in &sessions {
             let got = store
-                .load_session(&UserId::anonymous(), session)
+                .load_session(&UserId::parse("reader").unwrap(), session)
                 .await
                 .unwrap();
             let indexes: Vec<u32> = got.iter().map(|r| r.index).collect();
@@ -807,7 +822,7 @@ mod tests {
         assert_eq!(store.commits(), 1);
         assert_eq!(
             store
-                .load_session(&UserId::anonymous(), &session)
+                .load_session(&UserId::parse("reader").unwrap(), &session)
                 .await
                 .unwrap()
                 .len(),

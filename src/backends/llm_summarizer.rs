@@ -108,7 +108,7 @@ mod tests {
     fn turn(i: u32, text: &str) -> TurnRecord {
         TurnRecord {
             session_id: SessionId::parse("s").unwrap(),
-            user_id: UserId::anonymous(),
+            user_id: UserId::parse("reader").unwrap(),
             turn_id: TurnId::parse(&format!("t{i}")).unwrap(),
             index: i,
             user_text: text.into(),

@@ -7,13 +7,15 @@
 //! {prefix}{alice}:sessions          SET of alice's session ids
 //! {prefix}{alice}:turns:{session}   LIST of the session's turns, JSON, in append order
 //! {prefix}{alice}:profile:{session} the session's profile (preferences, summary), JSON
+//! {prefix}owner:{session}           the session's owner (`alice`), looked up by session id alone
 //! ```
 //!
-//! User ids cannot contain `{` or `}`, so `{alice}` never matches another user's keys. Every
-//! append refreshes the expiry of both keys to the inactivity TTL: Redis itself deletes a session
-//! idle for longer, so [`TranscriptStore::expire_inactive`] has nothing to do here. Erasing a
-//! user deletes the keys the set names and then every key matching `{prefix}{user}:*` (SCAN),
-//! so nothing of the user is left even if the set missed one.
+//! User ids cannot contain `{` or `}`, so `{alice}` never matches another user's keys (nor an
+//! owner key). Every append refreshes the expiry of the keys to the inactivity TTL: Redis itself
+//! deletes a session idle for longer, so [`TranscriptStore::expire_inactive`] has nothing to do
+//! here. Erasing a user deletes the keys the set names (with each session's owner key) and then
+//! every key matching `{prefix}{user}:*` (SCAN), so nothing of the user is left even if the set
+//! missed one.
 //!
 //! Durability is Redis's: an append returns once Redis acknowledged the write, and survives a
 //! crash of Redis as far as its persistence does (`appendonly yes` with `appendfsync everysec`
@@ -112,8 +114,26 @@ impl RedisTranscriptStore {
         format!("{}:profile:{session}", self.user_tag(user))
     }
 
-    /// Lists `session` among `user`'s sessions and restarts the inactivity TTL of that list.
+    /// The session's owner, outside any user's tag: a lookup by session id alone. Erasure deletes
+    /// it with the session (the user's session list names every one).
+    fn owner_key(&self, session: &str) -> String {
+        format!("{}owner:{session}", self.settings.key_prefix)
+    }
+
+    /// Lists `session` among `user`'s sessions, records its owner, and restarts the inactivity
+    /// TTL of both.
     async fn touch_session(&self, user: &UserId, session: &str) -> Result<(), StoreError> {
+        let _: () = self
+            .client
+            .set(
+                self.owner_key(session),
+                user.as_str(),
+                Some(fred::types::Expiration::EX(self.ttl_secs())),
+                None,
+                false,
+            )
+            .await
+            .map_err(backend)?;
         let sessions = self.sessions_key(user);
         let _: i64 = self
             .client
@@ -209,6 +229,17 @@ impl TranscriptStore for RedisTranscriptStore {
         Ok(out)
     }
 
+    async fn session_owner(&self, session: &SessionId) -> Result<Option<UserId>, StoreError> {
+        let owner: Option<String> = self
+            .client
+            .get(self.owner_key(session.as_str()))
+            .await
+            .map_err(backend)?;
+        owner
+            .map(|o| UserId::parse(&o).map_err(backend))
+            .transpose()
+    }
+
     async fn erase_user(&self, user: &UserId) -> Result<Erased, StoreError> {
         let mut erased = Erased::default();
         let sessions: Vec<String> = self
@@ -228,6 +259,13 @@ impl TranscriptStore for RedisTranscriptStore {
                 .await
                 .map_err(backend)?;
             erased.profiles += profiles;
+            // The owner key, unless the session id has since been another user's (it cannot be
+            // reopened by another while this one's turns exist, but the key may have expired).
+            let owner = self.owner_key(session);
+            let named: Option<String> = self.client.get(&owner).await.map_err(backend)?;
+            if named.as_deref() == Some(user.as_str()) {
+                let _: u64 = self.client.del(&owner).await.map_err(backend)?;
+            }
         }
         // Whatever else carries the user's tag (a key the set missed).
         let pattern = format!("{}:*", self.user_tag(user));

@@ -133,10 +133,6 @@ async fn erase(State(state): State<FrontState>, body: Bytes) -> Response {
             StatusCode::OK,
             serde_json::to_value(&report).unwrap_or_default(),
         ),
-        Err(e @ crate::erasure::ErasureError::Anonymous) => json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": e.to_string()}),
-        ),
         Err(e) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
             serde_json::json!({"error": e.to_string()}),

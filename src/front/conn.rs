@@ -162,8 +162,46 @@ impl Connection {
                 )
                 .await;
         }
+        let verified = match &hello.token {
+            Some(token) => self.state.auth.verify(token.expose()),
+            None => Err(crate::auth::AuthError::Missing),
+        };
+        let user = match verified {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::info!(transport = ?self.transport, reason = %e, "hello refused");
+                self.send_error(None, ErrorCode::Unauthorized, e.to_string())
+                    .await;
+                self.outbound.close(CloseReason::Unauthorized);
+                return;
+            }
+        };
+        if let Some(session) = &hello.session_id {
+            match self.state.pipeline.transcripts.session_owner(session).await {
+                Ok(Some(owner)) if owner != user => {
+                    tracing::warn!(%session, %user, "hello refused: the session is another user's");
+                    return self
+                        .send_error(
+                            None,
+                            ErrorCode::Forbidden,
+                            format!("session `{session}` belongs to another user"),
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "could not look up the session's owner");
+                    return self
+                        .send_error(
+                            None,
+                            ErrorCode::Unavailable,
+                            "could not check whose session this is; try again",
+                        )
+                        .await;
+                }
+            }
+        }
         let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
-        let user = hello.user_id.unwrap_or_else(UserId::anonymous);
         let Some(lease) = self
             .state
             .registry
@@ -267,15 +305,6 @@ impl Connection {
                 .await;
         };
         let user = session.user.clone();
-        if user == UserId::anonymous() {
-            return self
-                .send_error(
-                    None,
-                    ErrorCode::BadRequest,
-                    "erase_user needs a session opened with a user_id; `anonymous` is shared and cannot be erased",
-                )
-                .await;
-        }
         let open = crate::erasure::OpenSessions {
             registry: &self.state.registry,
             erasures: &self.state.pipeline.erasures,
@@ -369,6 +398,7 @@ impl Connection {
             Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,
             Some(CloseReason::IdleTimeout) => DisconnectReason::IdleTimeout,
             Some(CloseReason::UserErased) => DisconnectReason::UserErased,
+            Some(CloseReason::Unauthorized) => DisconnectReason::Unauthorized,
             None => seen,
         };
         let metrics = &self.state.pipeline.metrics;
@@ -380,9 +410,12 @@ impl Connection {
     }
 }
 
-/// Why the server ended a connection, as an error frame (sent best-effort before closing).
-pub fn close_frame(reason: CloseReason) -> ServerFrame {
-    match reason {
+/// Why the server ended a connection, as an error frame (sent best-effort before closing);
+/// `None` when the frame that says why is already queued (`unauthorized` names what was wrong
+/// with the token).
+pub fn close_frame(reason: CloseReason) -> Option<ServerFrame> {
+    Some(match reason {
+        CloseReason::Unauthorized => return None,
         CloseReason::SlowConsumer => ServerFrame::error(
             None,
             None,
@@ -407,7 +440,7 @@ pub fn close_frame(reason: CloseReason) -> ServerFrame {
             ErrorCode::SessionEnded,
             "this user's data was erased; the session has ended",
         ),
-    }
+    })
 }
 
 /// Times frames as they are written: TTFT from `turn_started`'s clock to the first token frame,
@@ -501,9 +534,12 @@ where
             f = rx.recv() => f,
             () = outbound.closing().cancelled() => {
                 // An erased user's connection first gets what was queued before the close (the
-                // `erased` answer); every other close reason drops it (a slow client would not
-                // read it, a shutdown does not wait).
-                if outbound.close_reason() == Some(CloseReason::UserErased) {
+                // `erased` answer), a refused one its `unauthorized` error; every other close
+                // reason drops it (a slow client would not read it, a shutdown does not wait).
+                if matches!(
+                    outbound.close_reason(),
+                    Some(CloseReason::UserErased | CloseReason::Unauthorized)
+                ) {
                     while let Ok(f) = rx.try_recv() {
                         sink.feed(f.text).await.map_err(|_| ())?;
                     }

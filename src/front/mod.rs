@@ -60,4 +60,6 @@ pub struct FrontState {
     pub policy: Option<Arc<crate::policy::PolicyStore>>,
     /// The data directory (erasure audit log).
     pub data_dir: std::path::PathBuf,
+    /// Checks the token in every `hello`.
+    pub auth: Arc<crate::auth::Authenticator>,
 }

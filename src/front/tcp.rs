@@ -65,7 +65,9 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
         };
         if let Some(reason) = outbound.close_reason() {
             let bye = async {
-                let _ = sink.feed(close_frame(reason).encode()).await;
+                if let Some(frame) = close_frame(reason) {
+                    let _ = sink.feed(frame.encode()).await;
+                }
                 let _ = sink.flush().await;
                 let _ = sink.0.shutdown().await;
             };

@@ -55,12 +55,15 @@ async fn run(socket: WebSocket, state: FrontState) {
         if let Some(reason) = outbound.close_reason() {
             // Best effort: a client that stopped reading may never take these.
             let bye = async {
-                let _ = sink.feed(close_frame(reason).encode()).await;
+                if let Some(frame) = close_frame(reason) {
+                    let _ = sink.feed(frame.encode()).await;
+                }
                 let (code, reason_text) = match reason {
                     CloseReason::SlowConsumer => (1008, "slow_consumer"),
                     CloseReason::ServerShutdown => (1001, "server_shutdown"),
                     CloseReason::IdleTimeout => (1000, "idle_timeout"),
                     CloseReason::UserErased => (1000, "session_ended"),
+                    CloseReason::Unauthorized => (1008, "unauthorized"),
                 };
                 let _ = sink
                     .0

@@ -20,6 +20,34 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The signing secret of every test server.
+pub const TEST_SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+
+/// The user [`Client::hello`] authenticates as.
+pub const READER: &str = "reader";
+
+/// The token authority of every test server (and of binaries given `[auth] secret = TEST_SECRET`).
+pub fn authority() -> mangaassist::auth::Authenticator {
+    mangaassist::auth::Authenticator::new(
+        &mangaassist::auth::Secret::new(TEST_SECRET).unwrap(),
+        mangaassist::auth::SecretSource::Config,
+    )
+}
+
+/// A token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    authority().mint(&UserId::parse(user).unwrap(), Duration::from_secs(3_600))
+}
+
+/// A `hello` for `user`, resuming `session` if given.
+pub fn hello_frame(user: &str, session: Option<&SessionId>) -> serde_json::Value {
+    let mut hello = json!({"type": "hello", "protocol": 1, "token": token(user)});
+    if let Some(s) = session {
+        hello["session_id"] = s.as_str().into();
+    }
+    hello
+}
+
 pub struct Server {
     pub runtime: Runtime,
     pub _dir: tempfile::TempDir,
@@ -30,6 +58,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         tcp_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
+        auth_secret: Some(mangaassist::auth::ConfiguredSecret {
+            secret: mangaassist::auth::Secret::new(TEST_SECRET).unwrap(),
+            source: mangaassist::auth::SecretSource::Config,
+        }),
         ..Config::default()
     };
     c.model.first_token_delay = Duration::from_millis(20);
@@ -47,9 +79,9 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     Server { runtime, _dir: dir }
 }
 
-/// The turns of an anonymous user's session.
+/// The turns of a [`READER`]'s session.
 pub async fn transcript(server: &Server, session: &SessionId) -> Vec<TurnRecord> {
-    transcript_of(server, &UserId::anonymous(), session).await
+    transcript_of(server, &UserId::parse(READER).unwrap(), session).await
 }
 
 /// The turns of `user`'s session.
@@ -146,8 +178,9 @@ impl Client {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
     }
 
+    /// `hello` as [`READER`]; the `welcome`'s session.
     pub async fn hello(&mut self) -> SessionId {
-        self.send(json!({"type": "hello", "protocol": 1})).await;
+        self.send(hello_frame(READER, None)).await;
         match self.next().await {
             ServerFrame::Welcome {
                 session_id, model, ..
@@ -161,13 +194,35 @@ impl Client {
 
     /// `hello`, then the `welcome`'s session and model, whatever the model.
     pub async fn welcome(&mut self) -> (SessionId, mangaassist_protocols::frame::ModelInfo) {
-        self.send(json!({"type": "hello", "protocol": 1})).await;
+        self.send(hello_frame(READER, None)).await;
         match self.next().await {
             ServerFrame::Welcome {
                 session_id, model, ..
             } => (session_id, model),
             other => panic!("expected welcome, got {other:?}"),
         }
+    }
+
+    /// Waits for the server to end the connection; panics on a frame or if it stays open.
+    pub async fn expect_closed(&mut self) {
+        let ended = tokio::time::timeout(FRAME_TIMEOUT, async {
+            match self {
+                Client::Ws(ws) => loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) => panic!("expected the close, got {t}"),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => continue,
+                    }
+                },
+                Client::Tcp { reader, .. } => {
+                    let mut line = String::new();
+                    let n = reader.read_line(&mut line).await.unwrap_or(0);
+                    assert_eq!(n, 0, "expected the close, got {line}");
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection stayed open");
     }
 
     pub async fn expect_error(&mut self) -> ErrorFrame {

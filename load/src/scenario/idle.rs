@@ -28,6 +28,8 @@ const OPEN_SLACK: Duration = Duration::from_secs(5);
 pub struct IdleConfig {
     /// `ws://host:port/path` of the server.
     pub url: String,
+    /// The token every session presents in `hello`.
+    pub token: Option<String>,
     /// Idle sessions to open.
     pub sessions: u64,
     /// Session starts are spread evenly over this.
@@ -105,6 +107,7 @@ pub async fn execute(cfg: &IdleConfig, rss: &RssSource) -> Result<IdleOutcome, S
         sleep_until(ramp_at(start, cfg.ramp, index, cfg.sessions)).await;
         tasks.spawn(idle_session(
             cfg.url.clone(),
+            cfg.token.clone(),
             cfg.connect_timeout,
             Arc::clone(&recorder),
             cancel.clone(),
@@ -150,13 +153,14 @@ pub async fn execute(cfg: &IdleConfig, rss: &RssSource) -> Result<IdleOutcome, S
 /// One idle session: open, report on `opened`, hold until `cancel`, close.
 async fn idle_session(
     url: String,
+    token: Option<String>,
     connect_timeout: Duration,
     rec: Arc<Recorder>,
     cancel: CancellationToken,
     opened: mpsc::Sender<()>,
 ) {
     let progress = &rec.progress;
-    let mut conn = match Connection::open(&url, connect_timeout).await {
+    let mut conn = match Connection::open(&url, token.as_deref(), connect_timeout).await {
         Ok(conn) => conn,
         Err(e) => {
             rec.with(|s| e.record_into(s));
@@ -190,6 +194,7 @@ mod tests {
         let server = TestServer::start(Script::Silent).await;
         let cfg = IdleConfig {
             url: server.url(),
+            token: None,
             sessions: 20,
             ramp: Duration::from_millis(20),
             connect_timeout: Duration::from_secs(2),

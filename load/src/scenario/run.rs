@@ -27,6 +27,8 @@ use crate::stats::{Progress, Recorder, RunStats, StatsError};
 pub struct RunConfig {
     /// `ws://host:port/path` of the server.
     pub url: String,
+    /// The token every session presents in `hello`.
+    pub token: Option<String>,
     /// Concurrent sessions, one connection each.
     pub sessions: u64,
     /// Turns each session sends, one after another.
@@ -144,7 +146,7 @@ async fn session(index: u64, cfg: Arc<RunConfig>, rec: Arc<Recorder>, cancel: Ca
     let progress = &rec.progress;
     let opened = tokio::select! {
         () = cancel.cancelled() => return,
-        opened = Connection::open(&cfg.url, cfg.connect_timeout) => opened,
+        opened = Connection::open(&cfg.url, cfg.token.as_deref(), cfg.connect_timeout) => opened,
     };
     let mut conn = match opened {
         Ok(conn) => conn,
@@ -198,6 +200,7 @@ mod tests {
     fn config(url: String, sessions: u64, turns: u64) -> RunConfig {
         RunConfig {
             url,
+            token: None,
             sessions,
             turns,
             ramp: Duration::from_millis(20),
