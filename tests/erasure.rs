@@ -14,7 +14,7 @@ use redis_server::RedisServer;
 use mangaassist::backends::embedded_store::EmbeddedTranscriptStore;
 use mangaassist::erasure::audit_path;
 use mangaassist_protocols::frame::ErrorCode;
-use mangaassist_protocols::ports::TranscriptStore;
+use mangaassist_protocols::ports::{ProfileStore, TranscriptStore};
 use mangaassist_protocols::{ServerFrame, SessionId, UserId};
 use serde_json::json;
 
@@ -62,12 +62,28 @@ async fn an_operator_erases_a_user_and_nothing_of_them_remains() {
     let (mut b, sb) = open(&server, "bob", None).await;
     assert_streamed(&run_turn(&mut b, "is Chainsaw Man in stock?").await);
 
+    // Her dislike is kept as hers, for her next sessions, by the profile saver beside the
+    // session: wait until it is stored.
+    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+    while server
+        .runtime
+        .pipeline
+        .profiles
+        .load_user_preferences(&user("alice"))
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#).await;
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report["transcripts"],
-        json!({"sessions": 2, "turns": 3, "profiles": 1}),
+        json!({"sessions": 2, "turns": 3, "profiles": 1, "user_preferences": 1}),
         "{report}"
     );
     assert_eq!(report["sessions_ended"], 1, "{report}");
@@ -110,6 +126,7 @@ async fn an_operator_erases_a_user_and_nothing_of_them_remains() {
     let store = EmbeddedTranscriptStore::open(&dir.join("transcripts.redb")).unwrap();
     assert!(store.load_session(&alice, &s1).await.unwrap().is_empty());
     assert!(store.load_session(&alice, &s2).await.unwrap().is_empty());
+    assert_eq!(store.load_user_preferences(&alice).await.unwrap(), None);
     assert_eq!(
         store.load_session(&user("bob"), &sb).await.unwrap().len(),
         2
@@ -224,7 +241,7 @@ fn the_cli_erases_a_stopped_server_s_data_directory() {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
         report["transcripts"],
-        json!({"sessions": 1, "turns": 1, "profiles": 0})
+        json!({"sessions": 1, "turns": 1, "profiles": 0, "user_preferences": 0})
     );
     assert_eq!(report["requested_by"], "cli");
     rt.block_on(async {
@@ -316,7 +333,7 @@ async fn an_erased_user_leaves_no_key_in_redis() {
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report["transcripts"],
-        json!({"sessions": 1, "turns": 2, "profiles": 0}),
+        json!({"sessions": 1, "turns": 2, "profiles": 0, "user_preferences": 0}),
         "{report}"
     );
 

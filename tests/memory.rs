@@ -211,3 +211,77 @@ async fn without_the_preference_the_same_question_gets_long_series() {
             .collect::<Vec<_>>()
     );
 }
+
+/// What a customer said in one session shapes their next one: a new session of the same user
+/// starts with their preferences (a different user's does not, the control), and erasing the
+/// user forgets them.
+async fn preferences_carry_into_the_next_session(configure: impl Fn(&mut Config) + Clone) {
+    let server = start_with(configure).await;
+    let alice = mangaassist_protocols::UserId::parse("alice").unwrap();
+    let open = |user: &'static str| {
+        let server = &server;
+        async move {
+            let mut c = Client::ws(server).await;
+            c.send(hello_frame(user, None)).await;
+            assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+            c
+        }
+    };
+    let mut first = open("alice").await;
+    assert_streamed(&run_turn(&mut first, PREFERENCE).await);
+    // The profile saver runs beside the session: wait until the user's preferences are stored.
+    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let stored = server
+            .runtime
+            .pipeline
+            .profiles
+            .load_user_preferences(&alice)
+            .await
+            .unwrap();
+        if stored.is_some_and(|p| p.max_volumes.is_some_and(|n| n.value == 4)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(first);
+
+    let mut second = open("alice").await;
+    let r = run_turn(&mut second, ASK).await;
+    assert_streamed(&r);
+    for s in recommended(&r) {
+        assert!(
+            acceptable(&s),
+            "alice's new session recommended {} ({} volumes, {:?})",
+            s.title,
+            s.volumes,
+            s.genres
+        );
+    }
+    // The control: bob said nothing, and gets long series.
+    let mut bob = open("bob").await;
+    let r = run_turn(&mut bob, ASK).await;
+    assert!(recommended(&r).iter().any(|s| !acceptable(s)));
+
+    // Erased, alice starts from nothing again.
+    drop(second);
+    let (status, body) = http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["transcripts"]["user_preferences"], 1, "{report}");
+    let mut third = open("alice").await;
+    let r = run_turn(&mut third, ASK).await;
+    assert!(recommended(&r).iter().any(|s| !acceptable(s)));
+}
+
+#[tokio::test]
+async fn preferences_carry_into_the_next_session_on_the_embedded_store() {
+    preferences_carry_into_the_next_session(|_| {}).await;
+}
+
+#[tokio::test]
+async fn preferences_carry_into_the_next_session_on_the_redis_store() {
+    let redis = RedisServer::start().await;
+    preferences_carry_into_the_next_session(on_redis(redis.url())).await;
+}

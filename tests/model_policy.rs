@@ -879,9 +879,13 @@ async fn a_model_reads_preferences_the_rules_cannot() {
         horror_ids(&r)
     );
 
-    // The control: a session that said nothing gets Ito's horror.
+    // The control: another customer, who said nothing, gets Ito's horror.
     let mut other = Client::ws_at(addr.parse().unwrap()).await;
-    other.welcome().await;
+    other.send(common::hello_frame("bob", None)).await;
+    assert!(matches!(
+        other.next().await,
+        mangaassist_protocols::ServerFrame::Welcome { .. }
+    ));
     let r = run_turn(&mut other, "recommend manga by Junji Ito").await;
     assert!(!horror_ids(&r).is_empty(), "{:?}", r.cards());
 
@@ -908,10 +912,11 @@ async fn a_model_reads_preferences_the_rules_cannot() {
     );
 }
 
-/// The `summarization` task on a model: when turn 1 leaves the session's 32-turn memory, the
-/// mock's haiku summarizes it, and the requests after carry the model's line. The local
-/// summarizer would have dropped that turn (no preference, number or name in it), so the line can
-/// only come from the model, and no request before the eviction has it.
+/// The `summarization` task on a model: when turn 1 leaves the session's memory (32 turns here,
+/// `turn.rolling_summary_after_turns`), the mock's haiku summarizes it, and the requests after
+/// carry the model's line. The local summarizer would have dropped that turn (no preference,
+/// number or name in it), so the line can only come from the model, and no request before the
+/// eviction has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_summarizes_the_turns_leaving_memory() {
     use common::{Client, assert_streamed, run_turn};
@@ -934,7 +939,8 @@ async fn a_model_summarizes_the_turns_leaving_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, &text).unwrap();
-    let (_server, http_port) = serve(dir.path(), &file, "").await;
+    let memory = "[turn]\nrolling_summary_after_turns = 32\n";
+    let (_server, http_port) = serve(dir.path(), &file, memory).await;
     let mut client = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
     client.welcome().await;
     assert_streamed(&run_turn(&mut client, "please never spoil endings for me").await);

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::memory::{self, SessionMemory};
 use crate::outbound::Outbound;
 use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
-use mangaassist_protocols::memory::{PreferenceUpdate, SummaryLine};
+use mangaassist_protocols::memory::{PreferenceUpdate, Preferences, SummaryLine};
 
 impl SessionState {
     /// Replaces the memory and hands it to the profile saver.
@@ -40,18 +40,25 @@ impl SessionState {
 
 /// Starts the session's profile saver: every new memory sent on the returned channel is saved,
 /// newest first wins (a memory replaced while an older one is being saved is saved next, the
-/// ones in between are skipped), off the session's mailbox. It ends when the session is gone,
-/// after saving the last memory it was given.
+/// ones in between are skipped), off the session's mailbox. Changed preferences are also saved
+/// as the user's, for their next new session. It ends when the session is gone, after saving
+/// the last memory it was given, and saves nothing once its user has been erased.
 fn save_profiles(
     args: &SessionArgs,
     first: Arc<SessionMemory>,
 ) -> tokio::sync::watch::Sender<Arc<SessionMemory>> {
+    let mut saved_preferences = first.preferences.clone();
     let (tx, mut rx) = tokio::sync::watch::channel(first);
     rx.mark_unchanged();
     let store = args.pipeline.profiles.clone();
+    let erasures = args.pipeline.erasures.clone();
     let (user, session) = (args.user_id.clone(), args.session_id.clone());
+    let started_ms = crate::turn::unix_ms();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
+            if erasures.erased_since(&user, started_ms) {
+                return;
+            }
             let m = rx.borrow_and_update().clone();
             let profile = mangaassist_protocols::ports::Profile {
                 preferences: m.preferences.clone(),
@@ -60,9 +67,48 @@ fn save_profiles(
             if let Err(e) = store.save_profile(&user, &session, &profile).await {
                 tracing::warn!(session = %session, error = %e, "session profile not saved");
             }
+            if m.preferences != saved_preferences {
+                match store.save_user_preferences(&user, &m.preferences).await {
+                    Ok(()) => saved_preferences = m.preferences.clone(),
+                    Err(e) => {
+                        tracing::warn!(session = %session, error = %e, "user preferences not saved");
+                    }
+                }
+            }
         }
     });
     tx
+}
+
+/// What a session with no turn and no profile of its own starts with: the preferences its user
+/// stated in earlier sessions. A store failure is logged and the session starts empty.
+async fn carried_over(args: &SessionArgs) -> SessionMemory {
+    let preferences = match args
+        .pipeline
+        .profiles
+        .load_user_preferences(&args.user_id)
+        .await
+    {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(
+                session = %args.session_id,
+                error = %e,
+                "the user's preferences could not be loaded; the session starts without them"
+            );
+            Preferences::default()
+        }
+    };
+    if !preferences.is_empty() {
+        tracing::info!(
+            session = %args.session_id,
+            "preferences carried over from the user's earlier sessions"
+        );
+    }
+    SessionMemory {
+        preferences,
+        summary: Default::default(),
+    }
 }
 
 /// Asks the `preference_extraction` model (when the policy routes the task to one) to read
@@ -246,7 +292,8 @@ impl Actor for SessionActor {
         let keep = all.len().saturating_sub(in_memory);
         let summary_tokens = args.pipeline.settings.context.summary_tokens;
         // The saved profile when there is one (it holds what a model read too); else the memory
-        // is rebuilt from the transcript with the local rules.
+        // is rebuilt from the transcript with the local rules; a new session starts with what
+        // its user said in earlier ones.
         let saved = args
             .pipeline
             .profiles
@@ -257,6 +304,7 @@ impl Actor for SessionActor {
                 preferences: p.preferences,
                 summary: p.summary,
             },
+            None if all.is_empty() => carried_over(&args).await,
             None => SessionMemory::rebuild(&all, in_memory, summary_tokens),
         };
         if !all.is_empty() {

@@ -191,6 +191,9 @@ pub struct Erased {
     pub turns: u64,
     /// Session profiles (preferences and summary) removed.
     pub profiles: u64,
+    /// The user-level preferences removed (0 or 1 per user).
+    #[serde(default)]
+    pub user_preferences: u64,
 }
 
 /// What a session remembers beyond its transcript, kept so that a restart finds it as it was
@@ -204,9 +207,23 @@ pub struct Profile {
     pub summary: crate::memory::SessionSummary,
 }
 
-/// Session profiles, namespaced by user like the transcripts (and erased and expired with them).
+/// Session profiles, namespaced by user like the transcripts (and erased and expired with them),
+/// and each user's preferences across sessions.
 #[async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
+    /// The user's preferences as the session that last changed them left them: what a new
+    /// session of theirs starts with.
+    async fn load_user_preferences(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<crate::memory::Preferences>, StoreError>;
+    /// Replaces the user's preferences (erased with the user, and expired after the inactivity
+    /// TTL without a change).
+    async fn save_user_preferences(
+        &self,
+        user: &UserId,
+        preferences: &crate::memory::Preferences,
+    ) -> Result<(), StoreError>;
     /// The session's profile, if it has one and it is `user`'s.
     async fn load_profile(
         &self,

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mangaassist_protocols::ids::{SessionId, UserId};
+use mangaassist_protocols::memory::Preferences;
 use mangaassist_protocols::ports::{Erased, Profile, ProfileStore, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -46,6 +47,9 @@ const SESSIONS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("sessi
 const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
 /// Session id -> JSON of its [`Profile`] (the owner is in `sessions`).
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+/// User id -> (unix ms of the last change, JSON of the user's [`Preferences`]).
+const USER_PREFERENCES: TableDefinition<&str, (u64, &[u8])> =
+    TableDefinition::new("user_preferences");
 
 /// Most appends committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -108,6 +112,12 @@ enum Job {
     /// Replace a session's profile.
     SaveProfile {
         session: String,
+        user: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Replace a user's preferences.
+    SaveUserPreferences {
         user: String,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -176,6 +186,43 @@ fn write_profile(
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Writes one user's preferences durably.
+fn write_user_preferences(db: &Database, user: &str, bytes: &[u8]) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.open_table(USER_PREFERENCES)?
+        .insert(user, (unix_ms(), bytes))?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Deletes the preferences of `user` (`None`: of every user unchanged since `before_ms`);
+/// returns how many were deleted.
+fn delete_user_preferences(
+    db: &Database,
+    user: Option<&str>,
+    before_ms: u64,
+) -> Result<u64, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut deleted = 0;
+    {
+        let mut table = txn.open_table(USER_PREFERENCES)?;
+        match user {
+            Some(user) => deleted += u64::from(table.remove(user)?.is_some()),
+            None => {
+                table.retain(|_, (at_ms, _)| {
+                    let keep = at_ms >= before_ms;
+                    deleted += u64::from(!keep);
+                    keep
+                })?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(deleted)
 }
 
 /// Deletes whole sessions (their turns, profile, owner row and user index entry) in one durable
@@ -280,6 +327,10 @@ fn writer_loop(
             Job::Erase { user, reply } => {
                 let out = sessions_of(&db, &user)
                     .and_then(|doomed| delete_sessions(&db, &doomed))
+                    .and_then(|mut erased| {
+                        erased.user_preferences = delete_user_preferences(&db, Some(&user), 0)?;
+                        Ok(erased)
+                    })
                     .map_err(backend);
                 let _ = reply.send(out);
                 continue;
@@ -287,6 +338,10 @@ fn writer_loop(
             Job::Expire { before_ms, reply } => {
                 let out = idle_sessions(&db, before_ms)
                     .and_then(|doomed| delete_sessions(&db, &doomed))
+                    .and_then(|mut erased| {
+                        erased.user_preferences = delete_user_preferences(&db, None, before_ms)?;
+                        Ok(erased)
+                    })
                     .map_err(backend);
                 let _ = reply.send(out);
                 continue;
@@ -298,6 +353,10 @@ fn writer_loop(
                 reply,
             } => {
                 let _ = reply.send(write_profile(&db, &session, &user, &bytes).map_err(backend));
+                continue;
+            }
+            Job::SaveUserPreferences { user, bytes, reply } => {
+                let _ = reply.send(write_user_preferences(&db, &user, &bytes).map_err(backend));
                 continue;
             }
         };
@@ -366,6 +425,7 @@ impl EmbeddedTranscriptStore {
             txn.open_table(SESSIONS)?;
             txn.open_table(USER_SESSIONS)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(USER_PREFERENCES)?;
             txn.commit()?;
             Ok(())
         };
@@ -451,6 +511,42 @@ impl Drop for EmbeddedTranscriptStore {
 
 #[async_trait]
 impl ProfileStore for EmbeddedTranscriptStore {
+    async fn load_user_preferences(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<Preferences>, StoreError> {
+        let db = Arc::clone(&self.db);
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(USER_PREFERENCES).map_err(backend)?;
+            match table.get(user.as_str()).map_err(backend)? {
+                Some(v) => serde_json::from_slice(v.value().1)
+                    .map(Some)
+                    .map_err(backend),
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("preferences read task failed: {e}")))?
+    }
+
+    async fn save_user_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::SaveUserPreferences {
+            user: user.as_str().to_owned(),
+            bytes: serde_json::to_vec(preferences).map_err(backend)?,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("transcript writer dropped the preferences".into()))?
+    }
+
     async fn load_profile(
         &self,
         user: &UserId,
@@ -637,6 +733,18 @@ mod tests {
                 store.load_profile(&alice, &a3).await.unwrap(),
                 Some(profile.clone())
             );
+            // Preferences across sessions, per user.
+            let prefs = Preferences {
+                max_volumes: Some(mangaassist_protocols::memory::Noted { value: 4, turn: 2 }),
+                ..Preferences::default()
+            };
+            assert_eq!(store.load_user_preferences(&alice).await.unwrap(), None);
+            store.save_user_preferences(&alice, &prefs).await.unwrap();
+            store.save_user_preferences(&bob, &prefs).await.unwrap();
+            assert_eq!(
+                store.load_user_preferences(&alice).await.unwrap(),
+                Some(prefs.clone())
+            );
             assert_eq!(
                 store.load_profile(&bob, &a3).await.unwrap(),
                 None,
@@ -649,8 +757,15 @@ mod tests {
                 Erased {
                     sessions: 3,
                     turns: 4,
-                    profiles: 2
+                    profiles: 2,
+                    user_preferences: 1,
                 }
+            );
+            assert_eq!(store.load_user_preferences(&alice).await.unwrap(), None);
+            assert_eq!(
+                store.load_user_preferences(&bob).await.unwrap(),
+                Some(prefs),
+                "bob's preferences are not alice's to erase"
             );
             assert_eq!(store.load_profile(&alice, &a2).await.unwrap(), None);
             assert_eq!(store.load_profile(&alice, &a3).await.unwrap(), None);
@@ -692,10 +807,17 @@ mod tests {
             SessionId::parse("old").unwrap(),
             SessionId::parse("new").unwrap(),
         );
+        let (stale, fresh) = (
+            UserId::parse("stale").unwrap(),
+            UserId::parse("fresh").unwrap(),
+        );
         store.append(record(&old, 0)).await.unwrap();
         store.append(record(&old, 1)).await.unwrap();
+        let prefs = Preferences::default();
+        store.save_user_preferences(&stale, &prefs).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         store.append(record(&new, 0)).await.unwrap();
+        store.save_user_preferences(&fresh, &prefs).await.unwrap();
         // Nothing is idle for an hour.
         assert_eq!(
             store
@@ -714,8 +836,14 @@ mod tests {
             Erased {
                 sessions: 1,
                 turns: 2,
-                profiles: 0
+                profiles: 0,
+                user_preferences: 1,
             }
+        );
+        assert_eq!(store.load_user_preferences(&stale).await.unwrap(), None);
+        assert_eq!(
+            store.load_user_preferences(&fresh).await.unwrap(),
+            Some(prefs)
         );
         let anon = UserId::parse("reader").unwrap();
         assert!(store.load_session(&anon, &old).await.unwrap().is_empty());

@@ -7,6 +7,7 @@
 //! {prefix}{alice}:sessions          SET of alice's session ids
 //! {prefix}{alice}:turns:{session}   LIST of the session's turns, JSON, in append order
 //! {prefix}{alice}:profile:{session} the session's profile (preferences, summary), JSON
+//! {prefix}{alice}:preferences       alice's preferences across sessions, JSON
 //! {prefix}owner:{session}           the session's owner (`alice`), looked up by session id alone
 //! ```
 //!
@@ -30,6 +31,7 @@ use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use futures_util::TryStreamExt;
 use mangaassist_protocols::ids::{SessionId, UserId};
+use mangaassist_protocols::memory::Preferences;
 use mangaassist_protocols::ports::{Erased, Profile, ProfileStore, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
 
@@ -114,6 +116,10 @@ impl RedisTranscriptStore {
         format!("{}:profile:{session}", self.user_tag(user))
     }
 
+    fn preferences_key(&self, user: &UserId) -> String {
+        format!("{}:preferences", self.user_tag(user))
+    }
+
     /// The session's owner, outside any user's tag: a lookup by session id alone. Erasure deletes
     /// it with the session (the user's session list names every one).
     fn owner_key(&self, session: &str) -> String {
@@ -155,6 +161,39 @@ impl RedisTranscriptStore {
 
 #[async_trait]
 impl ProfileStore for RedisTranscriptStore {
+    async fn load_user_preferences(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<Preferences>, StoreError> {
+        let raw: Option<String> = self
+            .client
+            .get(self.preferences_key(user))
+            .await
+            .map_err(backend)?;
+        raw.map(|r| serde_json::from_str(&r).map_err(backend))
+            .transpose()
+    }
+
+    async fn save_user_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(preferences).map_err(backend)?;
+        let _: () = self
+            .client
+            .set(
+                self.preferences_key(user),
+                json,
+                Some(fred::types::Expiration::EX(self.ttl_secs())),
+                None,
+                false,
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn load_profile(
         &self,
         user: &UserId,
@@ -267,6 +306,11 @@ impl TranscriptStore for RedisTranscriptStore {
                 let _: u64 = self.client.del(&owner).await.map_err(backend)?;
             }
         }
+        erased.user_preferences = self
+            .client
+            .del(self.preferences_key(user))
+            .await
+            .map_err(backend)?;
         // Whatever else carries the user's tag (a key the set missed).
         let pattern = format!("{}:*", self.user_tag(user));
         let stray: Vec<fred::types::Key> = self
