@@ -44,6 +44,25 @@ async fn assert_ended(c: &mut Client) {
     assert_eq!(e.code, ErrorCode::SessionEnded, "{e:?}");
 }
 
+/// `erase_user` on `c`: answered with `erased` for `who` with these (sessions, turns, sessions
+/// ended) counts, then the session ends.
+async fn erase_self(c: &mut Client, who: &str, counts: (u64, u64, u64)) {
+    c.send(json!({"type": "erase_user"})).await;
+    match c.next().await {
+        ServerFrame::Erased {
+            user_id,
+            sessions,
+            turns,
+            sessions_ended,
+        } => {
+            assert_eq!(user_id.as_str(), who);
+            assert_eq!((sessions, turns, sessions_ended), counts);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_ended(c).await;
+}
+
 fn user(id: &str) -> UserId {
     UserId::parse(id).unwrap()
 }
@@ -158,20 +177,7 @@ async fn a_user_erases_only_themselves_and_only_with_a_valid_token() {
     assert_eq!(transcript_of(&server, &user("carol"), &s).await.len(), 1);
 
     // Dave's `erase_user` erases dave, whose token it is, and no one else.
-    d.send(json!({"type": "erase_user"})).await;
-    match d.next().await {
-        ServerFrame::Erased {
-            user_id,
-            sessions,
-            turns,
-            sessions_ended,
-        } => {
-            assert_eq!(user_id.as_str(), "dave");
-            assert_eq!((sessions, turns, sessions_ended), (1, 1, 1));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_ended(&mut d).await;
+    erase_self(&mut d, "dave", (1, 1, 1)).await;
     assert!(transcript_of(&server, &user("dave"), &ds).await.is_empty());
     assert_eq!(
         transcript_of(&server, &user("carol"), &s).await.len(),
@@ -181,20 +187,7 @@ async fn a_user_erases_only_themselves_and_only_with_a_valid_token() {
     assert_streamed(&run_turn(&mut c, "and Frieren volume 2?").await);
 
     // Carol erases herself.
-    c.send(json!({"type": "erase_user"})).await;
-    match c.next().await {
-        ServerFrame::Erased {
-            user_id,
-            sessions,
-            turns,
-            sessions_ended,
-        } => {
-            assert_eq!(user_id.as_str(), "carol");
-            assert_eq!((sessions, turns, sessions_ended), (1, 2, 1));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_ended(&mut c).await;
+    erase_self(&mut c, "carol", (1, 2, 1)).await;
     assert!(transcript_of(&server, &user("carol"), &s).await.is_empty());
 
     // Before hello: hello first.
