@@ -301,9 +301,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    mangaassist_protocols::unix_ms() / 1000
 }
 
 #[cfg(test)]

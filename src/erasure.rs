@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use mangaassist_actors::outbound::{CloseReason, Outbound};
 use mangaassist_actors::session::SessionRegistry;
-use mangaassist_protocols::UserId;
 use mangaassist_protocols::ports::{Erased, StoreError, TranscriptStore};
+use mangaassist_protocols::{UserId, unix_ms};
 use serde::Serialize;
 
 /// Who asked for an erasure.
@@ -156,10 +156,4 @@ fn append_audit(path: &Path, report: &ErasureReport) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(&line)?;
     f.sync_all()
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

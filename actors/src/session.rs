@@ -53,7 +53,7 @@ fn save_profiles(
     let store = args.pipeline.profiles.clone();
     let erasures = args.pipeline.erasures.clone();
     let (user, session) = (args.user_id.clone(), args.session_id.clone());
-    let started_ms = crate::turn::unix_ms();
+    let started_ms = mangaassist_protocols::unix_ms();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             if erasures.erased_since(&user, started_ms) {

@@ -35,10 +35,11 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::plot::{Metric, PlotRequest, RunSpec, parse_run_spec, value_label};
-use crate::report::{CommandLine, IdleReport, RunReport, unix_ms_now, write_json};
+use crate::report::{CommandLine, IdleReport, RunReport, write_json};
 use crate::rss::RssSource;
 use crate::scenario::idle::IdleConfig;
 use crate::scenario::run::RunConfig;
+use mangaassist_protocols::unix_ms;
 
 /// File descriptors kept beyond one per session (stdio, runtime, metrics GETs).
 const FD_HEADROOM: u64 = 64;
@@ -274,7 +275,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         connect_timeout: args.target.connect_timeout_secs,
         progress: !args.target.quiet,
     };
-    let started = unix_ms_now();
+    let started = unix_ms();
     let out = scenario::run::execute(&cfg, &rss).await?;
     let report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
     print!("{}", report.render(&out.stats));
@@ -300,7 +301,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
         hold: args.hold_secs,
         progress: !args.target.quiet,
     };
-    let started = unix_ms_now();
+    let started = unix_ms();
     let out = scenario::idle::execute(&cfg, &rss).await?;
     let report = IdleReport::new(command_line, started, &cfg, &rss, nofile, &out);
     print!("{}", report.render(&out.stats));

@@ -28,4 +28,12 @@ pub mod ports;
 pub mod turn;
 
 pub use frame::{ClientFrame, ErrorCode, FrameError, PROTOCOL_VERSION, ServerFrame};
+
+/// Milliseconds since the Unix epoch, now (0 on a clock before 1970): the one clock of every
+/// stored timestamp (transcripts, profiles, audit records, token claims).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 pub use ids::{SessionId, TraceId, TurnId, UserId};

@@ -33,6 +33,7 @@ use mangaassist_protocols::ids::{SessionId, UserId};
 use mangaassist_protocols::memory::Preferences;
 use mangaassist_protocols::ports::{Erased, Profile, ProfileStore, StoreError, TranscriptStore};
 use mangaassist_protocols::turn::TurnRecord;
+use mangaassist_protocols::unix_ms;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Page cache of the database (redb's default is 1 GiB).
@@ -297,12 +298,6 @@ pub fn compact_file(path: &Path) -> Result<(), StoreError> {
     // Compaction may take several passes to move every page.
     while db.compact().map_err(backend)? {}
     Ok(())
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The writer thread: block for one append, sweep up whatever else is queued, commit once,
