@@ -98,6 +98,52 @@ pub struct RawConfig {
     /// `[auth]`
     #[serde(default)]
     pub auth: RawAuth,
+    /// `[tracing]`
+    #[serde(default)]
+    pub tracing: RawTracing,
+    /// `[budgets]`
+    #[serde(default)]
+    pub budgets: RawBudgets,
+}
+
+/// `[budgets]`: the latency budget of each hop of a turn, in milliseconds (docs/tracing.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// Message read to turn started.
+    pub front_ms: Option<u64>,
+    /// Intent classification.
+    pub classify_ms: Option<u64>,
+    /// Catalog search.
+    pub retrieve_ms: Option<u64>,
+    /// Context assembly.
+    pub context_assembly_ms: Option<u64>,
+    /// Model request to first token.
+    pub model_first_token_ms: Option<u64>,
+    /// First token to its frame queued.
+    pub first_frame_out_ms: Option<u64>,
+    /// The network to the client (the load tool measures it).
+    pub network_ms: Option<u64>,
+    /// The time to first token the budgets must fit in.
+    pub target_ms: Option<u64>,
+}
+
+/// `[tracing]`: where spans are exported (docs/tracing.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// `none` (default), `otlp`, `xray` or `stdout`.
+    pub exporter: Option<String>,
+    /// OTLP gRPC endpoint (with `exporter = "otlp"`).
+    pub otlp_endpoint: Option<String>,
+    /// X-Ray daemon UDP address (with `exporter = "xray"`); default `AWS_XRAY_DAEMON_ADDRESS`.
+    pub xray_daemon_address: Option<String>,
+    /// `service.name`.
+    pub service_name: Option<String>,
+    /// Spans waiting for export at most.
+    pub max_queue: Option<usize>,
+    /// How often a batch is exported.
+    pub export_interval_ms: Option<u64>,
 }
 
 /// `[auth]`: how connections prove who they are (docs/protocol.md#authentication).
@@ -398,6 +444,8 @@ pub struct Config {
     /// The token signing secret (`[auth] secret` or `MANGAASSIST_AUTH_SECRET`); `None` means
     /// the development secret under `data_dir`.
     pub auth_secret: Option<crate::auth::ConfiguredSecret>,
+    /// Span export.
+    pub tracing: crate::telemetry::TracingSettings,
 }
 
 /// Which backend serves catalog searches.
@@ -755,6 +803,7 @@ impl RawConfig {
                 10,
                 600_000,
             )?),
+            budgets: budgets(&self.budgets)?,
             rolling_summary_after_turns: ranged(
                 "turn.rolling_summary_after_turns",
                 t.rolling_summary_after_turns,
@@ -919,6 +968,7 @@ impl RawConfig {
             })
             .transpose()
             .map_err(|m| invalid("auth.secret", m))?;
+        let tracing = tracing_settings(self.tracing)?;
         Ok(Config {
             listen,
             tcp_listen,
@@ -979,8 +1029,129 @@ impl RawConfig {
                 )?,
             },
             auth_secret,
+            tracing,
         })
     }
+}
+
+fn budgets(b: &RawBudgets) -> Result<mangaassist_actors::turn::HopBudgets, ConfigError> {
+    let d = mangaassist_actors::turn::HopBudgets::default();
+    let ms = |field: &'static str, v: Option<u64>, default: Duration| {
+        ranged(field, v, default.as_millis() as u64, 1, 600_000).map(Duration::from_millis)
+    };
+    let out = mangaassist_actors::turn::HopBudgets {
+        front: ms("budgets.front_ms", b.front_ms, d.front)?,
+        classify: ms("budgets.classify_ms", b.classify_ms, d.classify)?,
+        retrieve: ms("budgets.retrieve_ms", b.retrieve_ms, d.retrieve)?,
+        context_assembly: ms(
+            "budgets.context_assembly_ms",
+            b.context_assembly_ms,
+            d.context_assembly,
+        )?,
+        model_first_token: ms(
+            "budgets.model_first_token_ms",
+            b.model_first_token_ms,
+            d.model_first_token,
+        )?,
+        first_frame_out: ms(
+            "budgets.first_frame_out_ms",
+            b.first_frame_out_ms,
+            d.first_frame_out,
+        )?,
+        network: ms("budgets.network_ms", b.network_ms, d.network)?,
+        target: ms("budgets.target_ms", b.target_ms, d.target)?,
+    };
+    if out.total() > out.target {
+        return Err(invalid(
+            "budgets.target_ms",
+            format!(
+                "the hop budgets add up to {} ms, more than the target of {} ms",
+                out.total().as_millis(),
+                out.target.as_millis()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn tracing_settings(t: RawTracing) -> Result<crate::telemetry::TracingSettings, ConfigError> {
+    use crate::telemetry::{Exporter, TracingSettings};
+    let defaults = TracingSettings::default();
+    let exporter = t.exporter.as_deref().unwrap_or("none");
+    let endpoint_set = t.otlp_endpoint.is_some();
+    let daemon_set = t.xray_daemon_address.is_some();
+    let exporter = match exporter {
+        "none" => Exporter::None,
+        "stdout" => Exporter::Stdout,
+        "otlp" => Exporter::Otlp {
+            endpoint: base_url(
+                "tracing.otlp_endpoint",
+                Some(
+                    t.otlp_endpoint
+                        .clone()
+                        .unwrap_or_else(|| "http://127.0.0.1:4317".to_owned()),
+                ),
+                "tracing.exporter = \"otlp\"",
+            )?,
+        },
+        "xray" => Exporter::Xray {
+            daemon: t
+                .xray_daemon_address
+                .as_deref()
+                .map(|a| {
+                    a.parse().map_err(|_| {
+                        invalid(
+                            "tracing.xray_daemon_address",
+                            format!("`{a}` is not an address like 127.0.0.1:2000"),
+                        )
+                    })
+                })
+                .transpose()?,
+        },
+        other => {
+            return Err(invalid(
+                "tracing.exporter",
+                format!("`{other}` is not an exporter; expected none, otlp, xray or stdout"),
+            ));
+        }
+    };
+    if endpoint_set && !matches!(exporter, Exporter::Otlp { .. }) {
+        return Err(invalid(
+            "tracing.otlp_endpoint",
+            "is set but tracing.exporter is not \"otlp\"",
+        ));
+    }
+    if daemon_set && !matches!(exporter, Exporter::Xray { .. }) {
+        return Err(invalid(
+            "tracing.xray_daemon_address",
+            "is set but tracing.exporter is not \"xray\"",
+        ));
+    }
+    let service_name = t.service_name.unwrap_or(defaults.service_name);
+    if service_name.is_empty() || service_name.len() > 200 {
+        return Err(invalid(
+            "tracing.service_name",
+            "must be 1 to 200 characters (an X-Ray segment name)",
+        ));
+    }
+    Ok(TracingSettings {
+        exporter,
+        service_name,
+        max_queue: ranged(
+            "tracing.max_queue",
+            t.max_queue,
+            defaults.max_queue,
+            16,
+            1_000_000,
+        )?,
+        export_interval: Duration::from_millis(ranged(
+            "tracing.export_interval_ms",
+            t.export_interval_ms,
+            1_000,
+            10,
+            60_000,
+        )?),
+    })
 }
 
 /// The defaults, with each `[enrichment.fields.<intent>]` table replacing its intent's plan (a
@@ -1250,6 +1421,50 @@ mod tests {
                 .idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn tracing_and_budgets_are_checked() {
+        use crate::telemetry::Exporter;
+        let c = parse("").unwrap();
+        assert_eq!(c.tracing.exporter, Exporter::None);
+        assert_eq!(c.turn.budgets.total(), Duration::from_millis(2_500));
+        let c = parse("[tracing]\nexporter = \"otlp\"\n").unwrap();
+        assert_eq!(
+            c.tracing.exporter,
+            Exporter::Otlp {
+                endpoint: "http://127.0.0.1:4317".into()
+            }
+        );
+        let c = parse("[tracing]\nexporter = \"xray\"\nxray_daemon_address = \"10.0.0.1:2000\"\n")
+            .unwrap();
+        assert_eq!(
+            c.tracing.exporter,
+            Exporter::Xray {
+                daemon: Some("10.0.0.1:2000".parse().unwrap())
+            }
+        );
+        for (text, field) in [
+            ("[tracing]\nexporter = \"jaeger\"\n", "tracing.exporter"),
+            (
+                "[tracing]\notlp_endpoint = \"http://x:4317\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "[tracing]\nexporter = \"xray\"\nxray_daemon_address = \"nope\"\n",
+                "tracing.xray_daemon_address",
+            ),
+            (
+                "[budgets]\nmodel_first_token_ms = 2500\n",
+                "budgets.target_ms",
+            ),
+            ("[budgets]\nclassify_ms = 0\n", "budgets.classify_ms"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let c = parse("[budgets]\nclassify_ms = 50\ntarget_ms = 2500\n").unwrap();
+        assert_eq!(c.turn.budgets.classify, Duration::from_millis(50));
     }
 
     #[test]

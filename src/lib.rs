@@ -16,6 +16,7 @@
 //! - [`ingest`]: versioned catalog indexes behind an alias, blue/green ingest with validation
 //!   gates, rollback, and the golden retrieval set, behind `mangaassist ingest`.
 //! - [`policy`]: the model-tier policy and the router every model call goes through.
+//! - [`telemetry`]: the logging subscriber and the span exporters (OTLP, X-Ray, stdout).
 
 pub mod auth;
 pub mod backends;
@@ -27,3 +28,4 @@ pub mod front;
 pub mod ingest;
 pub mod policy;
 pub mod runtime;
+pub mod telemetry;

@@ -432,12 +432,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             chaos,
             enrichment_mode,
         } => {
-            init_logging();
             let chaos = chaos
                 .iter()
                 .map(|r| mangaassist_actors::chaos::parse_rule(r))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut cfg = Config::load(config.as_deref())?;
+            let telemetry = mangaassist::telemetry::init(&cfg.tracing)?;
             if let Some(a) = listen {
                 cfg.listen = a;
             }
@@ -486,6 +486,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             shutdown_signal().await;
             eprintln!("shutting down");
             runtime.shutdown().await;
+            // Flushes the spans still queued (a blocking call, bounded to a few seconds).
+            tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
             Ok(())
         }
         Command::Chat {

@@ -380,6 +380,7 @@ impl Runtime {
         .map_err(actors_err)?;
 
         let pipeline = Pipeline {
+            trace_context: Arc::new(crate::telemetry::OtelTraceContext),
             classifier: classifier_slot,
             retriever: retriever_slot,
             enricher: enricher_slot,

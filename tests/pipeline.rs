@@ -1101,8 +1101,8 @@ async fn zero_hits_answer_from_the_fallback_template_and_say_so() {
     assert_eq!(
         searches,
         [
-            "outcome=\"ok\" attempts=1 hits=0",
-            "outcome=\"ok\" attempts=1 hits=1"
+            "path_type=\"critical_sync\" outcome=\"ok\" attempts=1 hits=0",
+            "path_type=\"critical_sync\" outcome=\"ok\" attempts=1 hits=1"
         ]
     );
 

@@ -26,6 +26,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::chaos::Chaos;
 use crate::enricher::EnricherMsg;
@@ -49,6 +50,8 @@ pub enum Forwarded {
         finish_reason: FinishReason,
         /// The seq the next frame of this turn takes.
         next_seq: u64,
+        /// When the first token arrived from the model, and when its frame was queued.
+        first_token: Option<(Instant, Instant)>,
     },
     /// The model failed mid-way.
     Failed {
@@ -98,6 +101,11 @@ pub struct ForwarderArgs {
     pub coalesce_max_bytes: usize,
     /// Metrics, fire and forget.
     pub metrics: MetricsHandle,
+    /// This forwarder's span (`forward`).
+    pub span: tracing::Span,
+    /// The turn's `generate` span: the forwarder records `first_token` and `stream_end` on it,
+    /// after the frame is queued.
+    pub generate: tracing::Span,
 }
 
 /// The anti-pattern of `--enrichment-mode inline`: an enrichment lookup awaited between a token
@@ -160,6 +168,16 @@ pub struct ForwarderState {
     metrics: MetricsHandle,
     /// Bytes of `answer` already queued.
     sent_len: usize,
+    /// `forward`.
+    span: tracing::Span,
+    /// `generate`, for the `first_token` and `stream_end` events.
+    generate: tracing::Span,
+    /// Whether `first_token` was recorded.
+    first_token_seen: bool,
+    /// When the first token arrived from the model.
+    first_event_at: Option<Instant>,
+    /// When the first token frame was queued.
+    first_frame_at: Option<Instant>,
 }
 
 impl ForwarderState {
@@ -221,6 +239,9 @@ impl ForwarderState {
             self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
             match event {
                 Some(StreamEvent::Token(text)) => {
+                    if self.first_event_at.is_none() {
+                        self.first_event_at = Some(Instant::now());
+                    }
                     if let Some(inline) = &self.inline_enrichment {
                         let series_ids = inline.series_ids.clone();
                         let fields = inline.fields;
@@ -244,6 +265,11 @@ impl ForwarderState {
                         Ok(None) => pending = Some(Pending::new(text)),
                         Err(_) => return self.wind_down().await,
                     }
+                    if !self.first_token_seen {
+                        // After the frame is queued: the event costs the token nothing.
+                        self.first_token_seen = true;
+                        tracing::info!(parent: &self.generate, "first_token");
+                    }
                 }
                 Some(StreamEvent::End {
                     usage,
@@ -252,11 +278,17 @@ impl ForwarderState {
                     if !self.flush(pending.take()).await {
                         return self.wind_down().await;
                     }
+                    tracing::info!(
+                        parent: &self.generate,
+                        output_tokens = usage.output_tokens,
+                        "stream_end"
+                    );
                     return Forwarded::Finished {
                         answer: std::mem::take(&mut self.answer),
                         usage,
                         finish_reason,
                         next_seq: self.next_seq,
+                        first_token: self.first_event_at.zip(self.first_frame_at),
                     };
                 }
                 Some(StreamEvent::Failed { message }) => {
@@ -310,6 +342,9 @@ impl ForwarderState {
         self.next_seq += 1;
         self.sent_len = self.answer.len();
         place.send_text(frame.encode(), Mark::Token);
+        if self.first_frame_at.is_none() {
+            self.first_frame_at = Some(Instant::now());
+        }
         if p.tokens > 1 {
             self.metrics.emit(MetricEvent::TokensCoalesced {
                 frames: p.tokens - 1,
@@ -372,6 +407,11 @@ impl Actor for ForwarderActor {
             coalesce_max_bytes: args.coalesce_max_bytes.max(1),
             metrics: args.metrics,
             sent_len: 0,
+            span: args.span,
+            generate: args.generate,
+            first_token_seen: false,
+            first_event_at: None,
+            first_frame_at: None,
         })
     }
 
@@ -381,7 +421,8 @@ impl Actor for ForwarderActor {
         _msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let outcome = state.forward().await;
+        let span = state.span.clone();
+        let outcome = state.forward().instrument(span).await;
         state.finish(&myself, outcome);
         Ok(())
     }
@@ -423,6 +464,8 @@ mod tests {
                 inline_enrichment: None,
                 coalesce_max_bytes: coalesce,
                 metrics: MetricsHandle::new(WorkerSlot::empty(), 16),
+                span: tracing::Span::none(),
+                generate: tracing::Span::none(),
             },
         )
         .await

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
 use mangaassist_protocols::metrics::{
-    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure, MetricEvent,
+    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure, Hop, MetricEvent,
     ModelOutcome, ShadowVerdict, Stage, TaskType, Transport, TurnOutcome, ViolationRule,
 };
 use mangaassist_protocols::turn::{EnrichmentField, Intent, RetrievalMode};
@@ -191,6 +191,7 @@ pub struct MetricsState {
     fallbacks: HashMap<(TaskType, Arc<str>, Failure), u64>,
     violations: HashMap<ViolationRule, u64>,
     shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
+    budget_exceeded: HashMap<Hop, u64>,
 }
 
 /// Context assembly: budget utilization, compression, and the high-utilization alarm.
@@ -397,6 +398,9 @@ impl MetricsState {
                 }
             }
             MetricEvent::ErrorSent { code } => *self.errors.entry(code).or_default() += 1,
+            MetricEvent::BudgetExceeded { hop } => {
+                *self.budget_exceeded.entry(hop).or_default() += 1
+            }
             MetricEvent::StageLatency { stage, us } => {
                 if let Some(h) = self.stage_us.get_mut(&stage) {
                     h.saturating_record(us.max(1));
@@ -641,6 +645,16 @@ impl MetricsState {
             ),
             "transport",
             transports.map(|t| (t.as_str(), count(&self.connections_total, &t))),
+        );
+        labelled(
+            &mut out,
+            (
+                "latency_budget_exceeded_total",
+                "counter",
+                "Turns in which a hop took longer than its latency budget ([budgets]).",
+            ),
+            "hop",
+            Hop::ALL.map(|h| (h.as_str(), count(&self.budget_exceeded, &h))),
         );
         labelled(
             &mut out,
@@ -983,6 +997,7 @@ impl Actor for MetricsSink {
             connections_open: HashMap::new(),
             connections_total: HashMap::new(),
             disconnects: HashMap::new(),
+            budget_exceeded: HashMap::new(),
             enrichment_us,
             cache: HashMap::new(),
             cache_errors: HashMap::new(),

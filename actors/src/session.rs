@@ -175,6 +175,8 @@ pub enum SessionMsg {
         message: UserMessage,
         /// When it was read from the socket.
         received_at: Instant,
+        /// The front's span of the message, parent of the turn's.
+        span: tracing::Span,
         /// Accepted, or refused.
         reply: RpcReplyPort<Result<(), Refusal>>,
     },
@@ -344,6 +346,7 @@ impl Actor for SessionActor {
             SessionMsg::UserMessage {
                 message,
                 received_at,
+                span,
                 reply,
             } => {
                 chaos.before(ActorKind::Session, "user_message").await;
@@ -384,6 +387,7 @@ impl Actor for SessionActor {
                     outbound: state.args.outbound.clone(),
                     control: control.clone(),
                     session: myself.get_cell(),
+                    parent: span,
                 };
                 state.next_index += 1;
                 state.active = Some(ActiveTurn {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use mangaassist_protocols::unix_ms;
 
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
-use mangaassist_protocols::metrics::{ActorKind, MetricEvent, Stage, TurnOutcome};
+use mangaassist_protocols::metrics::{ActorKind, Hop, MetricEvent, Stage, TurnOutcome};
 use mangaassist_protocols::ports::{
     EnrichmentError, ModelBackend, PreferenceExtractor, ProfileStore, RetrievalError, Summarizer,
     TranscriptStore,
@@ -69,6 +69,8 @@ pub struct TurnSettings {
     pub transcript_timeout: Duration,
     /// Context budget.
     pub context: ContextBudget,
+    /// Latency budget per hop.
+    pub budgets: HopBudgets,
     /// Most turns a session keeps in memory, verbatim, for context assembly; beyond it the
     /// oldest are folded into the session's rolling summary (they stay in the store).
     pub rolling_summary_after_turns: usize,
@@ -148,6 +150,7 @@ impl Default for TurnSettings {
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
             context: ContextBudget::default(),
+            budgets: HopBudgets::default(),
             rolling_summary_after_turns: DEFAULT_ROLLING_SUMMARY_AFTER_TURNS,
             keepalive: Duration::from_secs(10),
             enrichment_mode: EnrichmentMode::Preflight,
@@ -155,6 +158,106 @@ impl Default for TurnSettings {
             append_deadline: Duration::from_millis(250),
             coalesce_max_bytes: 16 * 1024,
         }
+    }
+}
+
+/// Where a turn's trace id comes from. With a tracing exporter installed it is the
+/// OpenTelemetry trace of the turn's span (X-Ray ids, or the caller's trace when a header named
+/// one); without, [`NoTraceContext`] and the turn makes a fresh X-Ray-format id. Spans are the
+/// `tracing` crate's either way: exporting them is a subscriber's business, never the turn's.
+pub trait TraceContext: Send + Sync {
+    /// The X-Ray form of `span`'s trace id, if it belongs to one.
+    fn trace_id(&self, span: &tracing::Span) -> Option<TraceId>;
+}
+
+/// No tracing exporter: no span has a trace id.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTraceContext;
+
+impl TraceContext for NoTraceContext {
+    fn trace_id(&self, _span: &tracing::Span) -> Option<TraceId> {
+        None
+    }
+}
+
+/// `path_type` of a span on the synchronous path to the first token (and on to `done`).
+pub const CRITICAL_SYNC: &str = "critical_sync";
+/// `path_type` of a span of work beside the turn, which nothing on the token path waits for.
+pub const ASYNC_BACKGROUND: &str = "async_background";
+
+/// The latency budget of each hop of a turn (`[budgets]`); a hop over its budget raises
+/// `latency_budget_exceeded_total{hop}` and a warning with the turn's trace id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopBudgets {
+    /// From the message read off the socket to its turn starting.
+    pub front: Duration,
+    /// Intent classification.
+    pub classify: Duration,
+    /// Catalog search, retries included.
+    pub retrieve: Duration,
+    /// Context assembly.
+    pub context_assembly: Duration,
+    /// From asking the model to its first token.
+    pub model_first_token: Duration,
+    /// From the first token to its frame queued on the connection.
+    pub first_frame_out: Duration,
+    /// The network to the client (measured by the client: the load tool).
+    pub network: Duration,
+    /// Time to first token the budgets add up to at most.
+    pub target: Duration,
+}
+
+impl HopBudgets {
+    /// The budget of `hop`.
+    pub fn of(&self, hop: Hop) -> Duration {
+        match hop {
+            Hop::Front => self.front,
+            Hop::Classify => self.classify,
+            Hop::Retrieve => self.retrieve,
+            Hop::ContextAssembly => self.context_assembly,
+            Hop::ModelFirstToken => self.model_first_token,
+            Hop::FirstFrameOut => self.first_frame_out,
+        }
+    }
+
+    /// The budgets' sum, network included.
+    pub fn total(&self) -> Duration {
+        Hop::ALL.iter().map(|h| self.of(*h)).sum::<Duration>() + self.network
+    }
+}
+
+impl Default for HopBudgets {
+    /// The allocation for a 3 s time to first token: 2,500 ms in all, 500 spare.
+    fn default() -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            front: ms(100),
+            classify: ms(200),
+            retrieve: ms(300),
+            context_assembly: ms(50),
+            model_first_token: ms(1_500),
+            first_frame_out: ms(150),
+            network: ms(200),
+            target: ms(3_000),
+        }
+    }
+}
+
+/// Reports `hop` if it took longer than its budget: the metric, and a warning naming the trace.
+fn check_budget(ctx: &TurnCtx, trace_id: &TraceId, hop: Hop, took: Duration) {
+    let budget = ctx.pipeline.settings.budgets.of(hop);
+    if took > budget {
+        ctx.pipeline
+            .metrics
+            .emit(MetricEvent::BudgetExceeded { hop });
+        tracing::warn!(
+            trace_id = %trace_id,
+            turn = %ctx.turn_id,
+            hop = hop.as_str(),
+            took_ms = took.as_millis() as u64,
+            budget_ms = budget.as_millis() as u64,
+            "latency budget exceeded"
+        );
     }
 }
 
@@ -191,6 +294,8 @@ pub struct Pipeline {
     pub chaos: Arc<Chaos>,
     /// Limits.
     pub settings: Arc<TurnSettings>,
+    /// The trace id of a turn's span.
+    pub trace_context: Arc<dyn TraceContext>,
 }
 
 /// When users were erased (unix ms), so that a turn in flight during an erasure is not
@@ -261,6 +366,9 @@ pub struct TurnCtx {
     pub control: TurnControl,
     /// The session actor, supervisor of this turn's forwarder.
     pub session: ActorCell,
+    /// The front's span of the message (`front.receive`), parent of the turn's span; it carries
+    /// the caller's trace when the connection named one.
+    pub parent: tracing::Span,
 }
 
 /// A turn that could not finish normally: becomes one `error` frame.
@@ -330,13 +438,21 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     // trace shows a fallback turn as one. (Spans are the `tracing` crate's; exporting them is a
     // subscriber's business, never the turn's.)
     let span = tracing::info_span!(
+        parent: &ctx.parent,
         "turn",
+        path_type = CRITICAL_SYNC,
         turn = %ctx.turn_id,
         session = %ctx.session_id,
         intent = tracing::field::Empty,
         retrieval_mode = tracing::field::Empty,
     );
-    match turn_body(&ctx).instrument(span).await {
+    let trace_id = ctx
+        .pipeline
+        .trace_context
+        .trace_id(&span)
+        .unwrap_or_else(|| TraceId::new_xray(unix_ms() / 1000));
+    check_budget(&ctx, &trace_id, Hop::Front, ctx.received_at.elapsed());
+    match turn_body(&ctx, trace_id).instrument(span).await {
         Ok((record, intent, last)) => {
             let outcome = match record.finish_reason {
                 FinishReason::Stop => TurnOutcome::Completed,
@@ -371,7 +487,10 @@ type BodyError = Option<(TurnFailure, Option<Intent>)>;
 
 /// Everything up to (not including) the turn's last frame, which [`run_turn`] sends once the
 /// session knows the turn is over.
-async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFrame>), BodyError> {
+async fn turn_body(
+    ctx: &TurnCtx,
+    trace_id: TraceId,
+) -> Result<(TurnRecord, Intent, Option<ServerFrame>), BodyError> {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let fail = |f: TurnFailure, intent: Option<Intent>| Some((f, intent));
@@ -390,20 +509,28 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             reply,
         },
     )
+    .instrument(tracing::info_span!(
+        "classify",
+        path_type = CRITICAL_SYNC,
+        task_type = "intent_classification"
+    ))
     .await
     .and_then(|r| r.map_err(|e| TurnFailure::new(ErrorCode::Internal, e.to_string())));
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::Classify,
         us: micros(t0.elapsed()),
     });
+    check_budget(ctx, &trace_id, Hop::Classify, t0.elapsed());
     let intent = classification.map_err(|f| fail(f, None))?.intent;
     tracing::Span::current().record("intent", intent.as_str());
-    let trace_id = TraceId::new_xray(unix_ms() / 1000);
 
     // 2. Preflight: retrieval and mandatory enrichment in parallel, under one budget. Then the
     //    deferrable fields start beside the stream.
     let plan = s.fields.plan(intent);
-    let (items, mut facts) = preflight(ctx, intent, plan.mandatory).await;
+    let (items, mut facts, searched) = preflight(ctx, intent, plan.mandatory).await;
+    if let Some(took) = searched {
+        check_budget(ctx, &trace_id, Hop::Retrieve, took);
+    }
     let retrieval_mode = match (intent.wants_retrieval(), items.is_empty()) {
         (false, _) => RetrievalMode::Skipped,
         (true, false) => RetrievalMode::Grounded,
@@ -426,7 +553,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         turn_id: ctx.turn_id.clone(),
         seq: 0,
         intent,
-        trace_id,
+        trace_id: trace_id.clone(),
         retrieval_mode,
     };
     ctx.outbound
@@ -446,7 +573,13 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         summary: &ctx.memory.summary,
         preferences: &ctx.memory.preferences,
     };
-    let (request, report, exact) = fit(ctx, intent, view, &items).await;
+    let (request, report, exact) = fit(ctx, intent, view, &items)
+        .instrument(tracing::info_span!(
+            "context.assemble",
+            path_type = CRITICAL_SYNC,
+            intent = intent.as_str()
+        ))
+        .await;
     if report.compressed() {
         tracing::info!(
             session = %ctx.session_id,
@@ -474,10 +607,22 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         stage: Stage::Assemble,
         us: micros(t_asm.elapsed()),
     });
+    check_budget(ctx, &trace_id, Hop::ContextAssembly, t_asm.elapsed());
 
-    // 4. Stream: generator -> bounded channel -> forwarder -> outbound.
+    // 4. Stream: generator -> bounded channel -> forwarder -> outbound. The `generate` span
+    //    lasts from the request to the stream's end, with `first_token` and `stream_end`
+    //    events recorded by the forwarder after the frame is queued; `forward` is the
+    //    forwarder's own life.
+    let generate = tracing::info_span!(
+        "generate",
+        path_type = CRITICAL_SYNC,
+        task_type = "answer_synthesis",
+        intent = intent.as_str()
+    );
+    let forward = tracing::info_span!(parent: &generate, "forward", path_type = CRITICAL_SYNC);
     let (events_tx, events_rx) = mpsc::channel(s.token_channel_capacity.max(1));
     let cancel = ctx.control.cancel.clone();
+    let asked_model = Instant::now();
     ask(
         &p.generator,
         ActorKind::Generator,
@@ -489,6 +634,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             reply,
         },
     )
+    .instrument(generate.clone())
     .await
     .map_err(|f| fail(f, Some(intent)))?;
     let (done_tx, done_rx) = oneshot::channel();
@@ -513,6 +659,8 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             }),
             coalesce_max_bytes: s.coalesce_max_bytes,
             metrics: p.metrics.clone(),
+            span: forward,
+            generate: generate.clone(),
         },
         ctx.session.clone(),
     )
@@ -526,7 +674,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             Some(intent),
         )
     })?;
-    let forwarded = done_rx.await.map_err(|_| {
+    let forwarded = done_rx.instrument(generate).await.map_err(|_| {
         fail(
             TurnFailure::new(
                 ErrorCode::Internal,
@@ -541,7 +689,25 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
             usage,
             finish_reason,
             next_seq,
-        } => (answer, usage, finish_reason, next_seq),
+            first_token,
+        } => {
+            // Checked after the stream, off the token path.
+            if let Some((arrived, queued)) = first_token {
+                check_budget(
+                    ctx,
+                    &trace_id,
+                    Hop::ModelFirstToken,
+                    arrived.saturating_duration_since(asked_model),
+                );
+                check_budget(
+                    ctx,
+                    &trace_id,
+                    Hop::FirstFrameOut,
+                    queued.saturating_duration_since(arrived),
+                );
+            }
+            (answer, usage, finish_reason, next_seq)
+        }
         Forwarded::Failed { message, next_seq } => {
             let mut f = TurnFailure::new(
                 ErrorCode::Internal,
@@ -633,6 +799,7 @@ async fn turn_body(ctx: &TurnCtx) -> Result<(TurnRecord, Intent, Option<ServerFr
         seq,
         usage,
         finish_reason,
+        trace_id,
     };
     Ok((record, intent, Some(done)))
 }
@@ -675,6 +842,10 @@ async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
         p.settings.transcript_timeout,
         p.transcripts.append(record.clone()),
     )
+    .instrument(tracing::info_span!(
+        "transcript.write",
+        path_type = CRITICAL_SYNC
+    ))
     .await;
     p.metrics.emit(MetricEvent::StageLatency {
         stage: Stage::TranscriptWrite,
@@ -820,7 +991,11 @@ async fn preflight(
     ctx: &TurnCtx,
     intent: Intent,
     mandatory: FieldSet,
-) -> (Vec<ContextItem>, HashMap<String, Enrichment>) {
+) -> (
+    Vec<ContextItem>,
+    HashMap<String, Enrichment>,
+    Option<Duration>,
+) {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let start = Instant::now();
@@ -832,7 +1007,7 @@ async fn preflight(
 
     let retrieve = async {
         if !intent.wants_retrieval() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         // Hard preferences (a disliked genre or title, a volume cap) filter the hits, so the
         // search asks for more to still fill the limit after filtering.
@@ -905,7 +1080,7 @@ async fn preflight(
             hits: u32::try_from(found).unwrap_or(u32::MAX),
             us,
         });
-        docs
+        (docs, Some(start.elapsed()))
     };
     let mentions = async {
         if !lookup_here {
@@ -917,12 +1092,17 @@ async fn preflight(
             fields: mandatory,
             reply,
         })
+        .instrument(tracing::info_span!(
+            "enrich.mentions",
+            path_type = CRITICAL_SYNC
+        ))
         .await
         .unwrap_or_default()
     };
     let retrieve = retrieve.instrument(if intent.wants_retrieval() {
         tracing::info_span!(
             "retrieve",
+            path_type = CRITICAL_SYNC,
             attempts = tracing::field::Empty,
             hits = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -931,7 +1111,7 @@ async fn preflight(
     } else {
         tracing::Span::none()
     });
-    let (docs, named) = tokio::join!(retrieve, mentions);
+    let ((docs, searched), named) = tokio::join!(retrieve, mentions);
 
     let mut facts: HashMap<String, Enrichment> = named
         .into_iter()
@@ -948,6 +1128,10 @@ async fn preflight(
             fields: mandatory,
             reply,
         })
+        .instrument(tracing::info_span!(
+            "enrich.mandatory",
+            path_type = CRITICAL_SYNC
+        ))
         .await;
         facts.extend(
             found
@@ -985,7 +1169,7 @@ async fn preflight(
             }
         }
     }
-    (items, facts)
+    (items, facts, searched)
 }
 
 /// Starts the lookup of the `deferrable` fields of the grounding items, beside the stream. The
@@ -1002,14 +1186,18 @@ fn deferrable(
     let series_ids: Vec<String> = items.iter().map(|i| i.doc.series_id.clone()).collect();
     // Bounded by the connection's life: the turn drops (aborts) it at the append deadline.
     let limit = DEFERRABLE_LOOKUP_LIMIT;
-    Some(AbortOnDropHandle::new(tokio::spawn(async move {
-        enrich(&p, deferrable, limit, |reply| EnricherMsg::Lookup {
-            series_ids,
-            fields: deferrable,
-            reply,
-        })
-        .await
-    })))
+    let span = tracing::info_span!("enrich.deferrable", path_type = ASYNC_BACKGROUND);
+    Some(AbortOnDropHandle::new(tokio::spawn(
+        async move {
+            enrich(&p, deferrable, limit, |reply| EnricherMsg::Lookup {
+                series_ids,
+                fields: deferrable,
+                reply,
+            })
+            .await
+        }
+        .instrument(span),
+    )))
 }
 
 /// Upper bound on a deferrable lookup's own wait; the append deadline normally ends it first.

@@ -617,7 +617,7 @@ mod tests {
         for (at, text) in script {
             assert_eq!(tr.on_text(text, t0 + ms(at)), None, "{text}");
         }
-        let done = r#"{"type":"done","turn_id":"t1","seq":5,"usage":{"input_tokens":9,"output_tokens":3},"finish_reason":"stop"}"#;
+        let done = r#"{"type":"done","turn_id":"t1","seq":5,"usage":{"input_tokens":9,"output_tokens":3},"finish_reason":"stop","trace_id":"1-5759e988-bd862e3fe1be46a994272793"}"#;
         assert_eq!(tr.on_text(done, t0 + ms(20)), Some(TurnEnd::Done));
         let rec = tr.finish(TurnEnd::Done, t0 + ms(20));
         assert_eq!(rec.timing.open_wait, None);

@@ -156,6 +156,7 @@ fn answer(script: Script, turn_id: TurnId, n: u64) -> Vec<(Duration, ServerFrame
             output_tokens: out,
         },
         finish_reason: FinishReason::Stop,
+        trace_id: mangaassist_protocols::TraceId::new_xray(1_764_576_000),
     };
     match script {
         Script::Stream { tokens, gap } => {

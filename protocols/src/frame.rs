@@ -47,6 +47,10 @@ pub struct Hello {
     /// Absent is refused with `unauthorized` (not a bad request), so the client learns why.
     #[serde(default)]
     pub token: Option<BearerToken>,
+    /// An `X-Amzn-Trace-Id` value (`Root=1-...;Parent=...;Sampled=1`) whose trace every turn
+    /// of the connection joins: the TCP front's stand-in for the WebSocket upgrade's header.
+    #[serde(default)]
+    pub trace_header: Option<String>,
 }
 
 /// A bearer token as the client sent it. Its `Debug` never shows it, so a logged frame cannot
@@ -388,6 +392,8 @@ pub enum ServerFrame {
         usage: Usage,
         /// Why it ended.
         finish_reason: FinishReason,
+        /// The turn's trace, as in its `turn_started`.
+        trace_id: TraceId,
     },
     /// Something was refused or failed.
     Error(ErrorFrame),
@@ -460,7 +466,8 @@ mod tests {
             Ok(ClientFrame::Hello(Hello {
                 protocol: 1,
                 session_id: None,
-                token: None
+                token: None,
+                trace_header: None
             }))
         );
         let Ok(ClientFrame::Hello(h)) = dec(r#"{"type":"hello","protocol":1,"token":"abc.def"}"#)
@@ -529,6 +536,7 @@ mod tests {
                     output_tokens: 2,
                 },
                 finish_reason: FinishReason::Stop,
+                trace_id: TraceId::new_xray(1_764_576_000),
             },
             ServerFrame::error(Some(turn), None, ErrorCode::Busy, "busy"),
             ServerFrame::Pong,

@@ -119,6 +119,16 @@ impl TraceId {
         )))
     }
 
+    /// The X-Ray form of a 128-bit trace id (an OpenTelemetry one from an X-Ray id generator
+    /// holds the epoch seconds in its top 32 bits).
+    pub fn from_u128(id: u128) -> Self {
+        Self(Arc::from(format!(
+            "1-{:08x}-{:024x}",
+            id >> 96,
+            id & ((1u128 << 96) - 1)
+        )))
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -61,6 +61,48 @@ impl ActorKind {
     }
 }
 
+/// A hop of a turn with a latency budget (`[budgets]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    /// From reading the message off the socket to its turn starting (decode, session, auth).
+    Front,
+    /// Intent classification.
+    Classify,
+    /// Catalog search.
+    Retrieve,
+    /// Context assembly (exact token counts included).
+    ContextAssembly,
+    /// From asking the model to its first token.
+    ModelFirstToken,
+    /// From the first token leaving the model to its frame being queued on the connection.
+    FirstFrameOut,
+}
+
+impl Hop {
+    /// Every hop the server measures.
+    pub const ALL: [Hop; 6] = [
+        Hop::Front,
+        Hop::Classify,
+        Hop::Retrieve,
+        Hop::ContextAssembly,
+        Hop::ModelFirstToken,
+        Hop::FirstFrameOut,
+    ];
+
+    /// The label and config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Front => "front",
+            Hop::Classify => "classify",
+            Hop::Retrieve => "retrieve",
+            Hop::ContextAssembly => "context_assembly",
+            Hop::ModelFirstToken => "model_first_token",
+            Hop::FirstFrameOut => "first_frame_out",
+        }
+    }
+}
+
 /// A pipeline stage whose latency is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -523,6 +565,11 @@ impl GapBatch {
 /// One thing worth counting. Durations are microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
+    /// A hop of a turn took longer than its latency budget.
+    BudgetExceeded {
+        /// Which hop.
+        hop: Hop,
+    },
     /// A turn was accepted, classified and its grounding retrieved.
     TurnStarted {
         /// Its intent.

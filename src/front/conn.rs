@@ -22,6 +22,7 @@ use mangaassist_protocols::{
 use ractor::rpc::CallResult;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::FrontState;
 
@@ -45,6 +46,8 @@ pub struct Connection {
     outbound: Outbound,
     transport: Transport,
     session: Option<Bound>,
+    /// The caller's trace (`X-Amzn-Trace-Id` on the upgrade, or `hello.trace_header`).
+    trace_header: Option<String>,
 }
 
 impl Connection {
@@ -63,8 +66,14 @@ impl Connection {
             outbound,
             transport,
             session: None,
+            trace_header: None,
         };
         (conn, rx)
+    }
+
+    /// Every turn of this connection joins the trace this `X-Amzn-Trace-Id` value names.
+    pub fn set_trace_header(&mut self, header: Option<String>) {
+        self.trace_header = header;
     }
 
     /// The connection's outbound queue.
@@ -201,6 +210,9 @@ impl Connection {
                 }
             }
         }
+        if hello.trace_header.is_some() {
+            self.trace_header = hello.trace_header;
+        }
         let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
         let Some(lease) = self
             .state
@@ -281,13 +293,28 @@ impl Connection {
                 )
                 .await;
         };
+        let span = tracing::info_span!(
+            "front.receive",
+            otel.kind = "server",
+            path_type = mangaassist_actors::turn::CRITICAL_SYNC,
+            transport = self.transport.as_str(),
+            turn = %turn_id,
+        );
+        if let Some(header) = &self.trace_header
+            && !crate::telemetry::adopt_parent(&span, header)
+        {
+            tracing::debug!(header, "ignoring an X-Amzn-Trace-Id that does not parse");
+        }
+        let turn_span = span.clone();
         let result = session
             .actor
             .call(SESSION_CALL_TIMEOUT, |reply| SessionMsg::UserMessage {
                 message,
                 received_at,
+                span: turn_span,
                 reply,
             })
+            .instrument(span)
             .await;
         self.answer_refusal(turn_id, result).await;
     }

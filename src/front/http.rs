@@ -63,6 +63,7 @@ async fn metrics(State(state): State<FrontState>) -> Response {
         "# HELP sessions_open Sessions bound to a connection on this process.\n# TYPE sessions_open gauge\nsessions_open {}",
         state.registry.len()
     );
+    crate::telemetry::render_metrics(&mut body);
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(
             body,

@@ -18,15 +18,24 @@ use tokio::time::Instant;
 use super::FrontState;
 use super::conn::{Connection, FrameSink, close_frame, write_loop};
 
-/// Upgrades to a WebSocket connection.
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<FrontState>) -> Response {
+/// Upgrades to a WebSocket connection. An `X-Amzn-Trace-Id` header on the upgrade becomes the
+/// parent of every turn's trace on the connection.
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<FrontState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let hard_limit = state.limits.max_frame_bytes.saturating_mul(16).max(1 << 20);
     let tasks = state.tasks.clone();
+    let trace_header = headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tasks.track_future(run(socket, state)))
+        .on_upgrade(move |socket| tasks.track_future(run(socket, state, trace_header)))
 }
 
 struct WsSink(SplitSink<WebSocket, Message>);
@@ -41,9 +50,10 @@ impl FrameSink<axum::Error> for WsSink {
     }
 }
 
-async fn run(socket: WebSocket, state: FrontState) {
+async fn run(socket: WebSocket, state: FrontState, trace_header: Option<String>) {
     let (sink, mut stream) = socket.split();
     let (mut conn, mut rx) = Connection::open(state.clone(), Transport::WebSocket);
+    conn.set_trace_header(trace_header);
     let outbound = conn.outbound().clone();
     let max = state.limits.max_frame_bytes;
 

@@ -1,0 +1,379 @@
+//! Traces (issue 7): the real binary exports one connected trace per turn, to an in-process
+//! OTLP collector (`fake-opentelemetry-collector`) and to a UDP socket standing in for the X-Ray
+//! daemon. Every hop is a span with its `path_type`; the caller's `X-Amzn-Trace-Id` is the
+//! parent; the frames carry the trace id in X-Ray form; a dead collector costs the turns
+//! nothing and its drops are counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Client, TEST_SECRET, assert_streamed, hello_frame, run_turn};
+use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
+use mangaassist_protocols::ServerFrame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mangaassist serve` with `[tracing]` set to `tracing`; returns once `/readyz` answers 200.
+async fn serve(dir: &std::path::Path, tracing: &str) -> (Killed, u16) {
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = 20\ntoken_pacing_ms = 2\n\
+             [auth]\nsecret = {TEST_SECRET:?}\n[tracing]\nexport_interval_ms = 100\n{tracing}",
+            dir.join("var"),
+        ),
+    )
+    .unwrap();
+    let server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut server = server;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "serve not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, http_port)
+}
+
+/// A WebSocket client whose upgrade carries `X-Amzn-Trace-Id: header`.
+async fn traced_client(http_port: u16, header: &str) -> Client {
+    let mut request = format!("ws://127.0.0.1:{http_port}/ws")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("X-Amzn-Trace-Id", header.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut c = Client::Ws(Box::new(ws));
+    c.send(hello_frame(common::READER, None)).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    c
+}
+
+const ROOT: &str = "1-5759e988-bd862e3fe1be46a994272793";
+const PARENT: &str = "53995c3f42cd8ad8";
+
+/// The hops of a grounded turn, on the path to its first token and `done`.
+const CRITICAL: [&str; 8] = [
+    "front.receive",
+    "turn",
+    "classify",
+    "retrieve",
+    "context.assemble",
+    "generate",
+    "forward",
+    "transcript.write",
+];
+
+fn attr<'a>(span: &'a ExportedSpan, key: &str) -> &'a str {
+    span.attributes.get(key).map_or("", String::as_str)
+}
+
+#[tokio::test]
+async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
+    let mut collector = FakeCollectorServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = serve(
+        dir.path(),
+        &format!(
+            "exporter = \"otlp\"\notlp_endpoint = \"{}\"\n",
+            collector.endpoint()
+        ),
+    )
+    .await;
+    let header = format!("Root={ROOT};Parent={PARENT};Sampled=1");
+    let mut c = traced_client(port, &header).await;
+    let r = run_turn(&mut c, "how much is frieren?").await;
+    assert_streamed(&r);
+    // The frames name the caller's trace.
+    let started = r
+        .frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::TurnStarted { trace_id, .. } => Some(trace_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let done = r
+        .frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Done { trace_id, .. } => Some(trace_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(started.as_str(), ROOT);
+    assert_eq!(done.as_str(), ROOT);
+
+    // Collect until every hop (and the deferrable lookup beside the stream) has arrived.
+    let mut spans: Vec<ExportedSpan> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !CRITICAL
+        .iter()
+        .chain(["enrich.deferrable"].iter())
+        .all(|n| spans.iter().any(|s| s.name == *n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "missing hops; got {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        spans.extend(
+            collector
+                .exported_spans(1, Duration::from_millis(500))
+                .await,
+        );
+    }
+    let by_name: HashMap<&str, &ExportedSpan> =
+        spans.iter().map(|s| (s.name.as_str(), s)).collect();
+    let id = |n: &str| by_name[n].span_id.clone();
+    let trace = ROOT.replace("1-", "").replace('-', "");
+    for s in &spans {
+        assert_eq!(s.trace_id, trace, "{} is in the caller's trace", s.name);
+        let path = attr(s, "path_type");
+        assert!(
+            path.contains("critical_sync") || path.contains("async_background"),
+            "{} has no path_type: {:?}",
+            s.name,
+            s.attributes
+        );
+    }
+    for n in CRITICAL {
+        assert!(
+            attr(by_name[n], "path_type").contains("critical_sync"),
+            "{n}"
+        );
+    }
+    assert!(attr(by_name["enrich.deferrable"], "path_type").contains("async_background"));
+    // Parent links: the caller's span, then the front, the turn, its hops.
+    assert_eq!(by_name["front.receive"].parent_span_id, PARENT);
+    assert_eq!(by_name["turn"].parent_span_id, id("front.receive"));
+    for n in [
+        "classify",
+        "retrieve",
+        "context.assemble",
+        "generate",
+        "transcript.write",
+        "enrich.deferrable",
+    ] {
+        assert_eq!(by_name[n].parent_span_id, id("turn"), "{n}");
+    }
+    assert_eq!(by_name["forward"].parent_span_id, id("generate"));
+    // What the turn was, where it applies.
+    assert!(attr(by_name["turn"], "intent").contains("purchase_intent"));
+    assert!(attr(by_name["turn"], "retrieval_mode").contains("grounded"));
+    assert!(attr(by_name["classify"], "task_type").contains("intent_classification"));
+    assert!(attr(by_name["generate"], "task_type").contains("answer_synthesis"));
+    // The generation's events, in order.
+    let events: Vec<&str> = by_name["generate"]
+        .events
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(events, ["first_token", "stream_end"], "{events:?}");
+
+    // A second turn on the connection joins the same trace, under a new front span.
+    let r = run_turn(&mut c, "any romance manga?").await;
+    assert_streamed(&r);
+    let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l == "trace_spans_dropped_total{reason=\"queue_full\"} 0"),
+        "{m}"
+    );
+}
+
+/// Without a header the turn starts its own trace, with an X-Ray id (epoch seconds first).
+#[tokio::test]
+async fn a_turn_without_a_header_gets_its_own_x_ray_trace_over_the_daemon_protocol() {
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = serve(
+        dir.path(),
+        &format!(
+            "exporter = \"xray\"\nxray_daemon_address = \"{}\"\n",
+            daemon.local_addr().unwrap()
+        ),
+    )
+    .await;
+    let mut c = Client::ws_at(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    c.send(hello_frame(common::READER, None)).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    let r = run_turn(&mut c, "how much is frieren?").await;
+    assert_streamed(&r);
+    let trace_id = r
+        .frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::TurnStarted { trace_id, .. } => Some(trace_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let parts: Vec<&str> = trace_id.as_str().split('-').collect();
+    assert_eq!(parts.len(), 3, "{trace_id}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("1", 8, 24));
+    let epoch = u64::from_str_radix(parts[1], 16).unwrap();
+    let now = mangaassist_protocols::unix_ms() / 1000;
+    assert!(now - epoch < 120, "the id starts with the epoch seconds");
+
+    // Segment documents: `{"format":"json","version":1}` then the document, one per datagram.
+    let mut segments: Vec<serde_json::Value> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // `front.receive` is the server span: the trace's segment, named for the service; the other
+    // hops are its subsegments.
+    let names = |segments: &[serde_json::Value]| -> Vec<String> {
+        segments
+            .iter()
+            .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    while !CRITICAL[1..]
+        .iter()
+        .chain(["mangaassist"].iter())
+        .all(|n| names(&segments).iter().any(|m| m == n))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, daemon.recv(&mut buf))
+            .await
+            .expect("segments within 20 s")
+            .unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        let (header, body) = text.split_once('\n').unwrap();
+        let header: serde_json::Value = serde_json::from_str(header).unwrap();
+        assert_eq!(header, serde_json::json!({"format": "json", "version": 1}));
+        segments.push(serde_json::from_str(body).unwrap());
+    }
+    let find = |name: &str| segments.iter().find(|s| s["name"] == name).unwrap();
+    let root = find("mangaassist");
+    assert!(
+        root.get("type").is_none(),
+        "a segment, not a subsegment: {root}"
+    );
+    assert_eq!(find("turn")["parent_id"], root["id"]);
+    assert_eq!(find("classify")["parent_id"], find("turn")["id"]);
+    assert_eq!(find("forward")["parent_id"], find("generate")["id"]);
+    assert_eq!(
+        find("classify")["annotations"]["task_type"],
+        "intent_classification"
+    );
+    assert_eq!(find("turn")["annotations"]["retrieval_mode"], "grounded");
+    for s in &segments {
+        assert_eq!(s["trace_id"], trace_id.as_str(), "{s}");
+        let path = &s["annotations"]["path_type"];
+        assert!(
+            path == "critical_sync" || path == "async_background",
+            "path_type is an indexed annotation: {s}"
+        );
+    }
+}
+
+/// A collector that is not there: turns stream as ever, and the spans it could not take are
+/// counted as dropped.
+#[tokio::test]
+async fn a_dead_collector_costs_the_turns_nothing_and_its_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (_server, port) = serve(
+        dir.path(),
+        &format!("exporter = \"otlp\"\notlp_endpoint = \"{dead}\"\n"),
+    )
+    .await;
+    let mut c = Client::ws_at(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    c.send(hello_frame(common::READER, None)).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    for _ in 0..3 {
+        assert_streamed(&run_turn(&mut c, "how much is frieren?").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let failed: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("trace_spans_dropped_total{reason=\"export_failed\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if failed > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed export counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn budget_exceeded(metrics: &str, hop: &str) -> u64 {
+    let key = format!("latency_budget_exceeded_total{{hop=\"{hop}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no {key} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// A classifier slowed past its 200 ms budget raises the alarm for that hop; the same turn
+/// without the delay (the control, first) raises none.
+#[tokio::test]
+async fn a_hop_over_its_budget_raises_the_alarm() {
+    let server = common::start().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    assert_streamed(&run_turn(&mut c, "how much is frieren?").await);
+    let m = common::metrics_text(&server).await;
+    assert_eq!(budget_exceeded(&m, "classify"), 0, "the control");
+
+    server.runtime.chaos.set(vec![
+        mangaassist_actors::chaos::parse_rule("classifier=350ms").unwrap(),
+    ]);
+    assert_streamed(&run_turn(&mut c, "how much is frieren?").await);
+    let m = common::metrics_text(&server).await;
+    assert_eq!(budget_exceeded(&m, "classify"), 1, "{m}");
+    assert_eq!(budget_exceeded(&m, "context_assembly"), 0);
+}
