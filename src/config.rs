@@ -396,6 +396,14 @@ pub struct RawTurn {
 pub struct RawMetrics {
     /// Events that may wait in the metrics-sink before new ones are dropped.
     pub queue_capacity: Option<usize>,
+    /// Write CloudWatch Embedded Metric Format lines.
+    pub emf: Option<bool>,
+    /// `stdout` (default) or a file the EMF lines are appended to.
+    pub emf_output: Option<String>,
+    /// One EMF flush per this many milliseconds.
+    pub emf_interval_ms: Option<u64>,
+    /// The `environment` dimension of every EMF line.
+    pub environment: Option<String>,
 }
 
 /// Validated settings.
@@ -446,6 +454,19 @@ pub struct Config {
     pub auth_secret: Option<crate::auth::ConfiguredSecret>,
     /// Span export.
     pub tracing: crate::telemetry::TracingSettings,
+    /// CloudWatch EMF lines (`metrics.emf`); `None` when off.
+    pub emf: Option<EmfSettings>,
+}
+
+/// Where CloudWatch Embedded Metric Format lines go (`metrics.emf = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmfSettings {
+    /// `None`: stdout; else this file, appended to.
+    pub file: Option<PathBuf>,
+    /// One flush per interval.
+    pub interval: Duration,
+    /// The `environment` dimension.
+    pub environment: String,
 }
 
 /// Which backend serves catalog searches.
@@ -969,6 +990,7 @@ impl RawConfig {
             .transpose()
             .map_err(|m| invalid("auth.secret", m))?;
         let tracing = tracing_settings(self.tracing)?;
+        let emf = emf_settings(&self.metrics)?;
         Ok(Config {
             listen,
             tcp_listen,
@@ -1030,8 +1052,51 @@ impl RawConfig {
             },
             auth_secret,
             tracing,
+            emf,
         })
     }
+}
+
+fn emf_settings(m: &RawMetrics) -> Result<Option<EmfSettings>, ConfigError> {
+    if !m.emf.unwrap_or(false) {
+        for (set, field) in [
+            (m.emf_output.is_some(), "metrics.emf_output"),
+            (m.emf_interval_ms.is_some(), "metrics.emf_interval_ms"),
+        ] {
+            if set {
+                return Err(invalid(field, "is set but metrics.emf is not true"));
+            }
+        }
+        return Ok(None);
+    }
+    let file = match m.emf_output.as_deref() {
+        None | Some("stdout") => None,
+        Some("") => {
+            return Err(invalid(
+                "metrics.emf_output",
+                "is empty; use \"stdout\" or a file path",
+            ));
+        }
+        Some(path) => Some(PathBuf::from(path)),
+    };
+    let environment = m.environment.clone().unwrap_or_else(|| "local".to_owned());
+    if environment.is_empty() || environment.len() > 255 {
+        return Err(invalid(
+            "metrics.environment",
+            "must be 1 to 255 characters (a CloudWatch dimension value)",
+        ));
+    }
+    Ok(Some(EmfSettings {
+        file,
+        interval: Duration::from_millis(ranged(
+            "metrics.emf_interval_ms",
+            m.emf_interval_ms,
+            60_000,
+            100,
+            3_600_000,
+        )?),
+        environment,
+    }))
 }
 
 fn budgets(b: &RawBudgets) -> Result<mangaassist_actors::turn::HopBudgets, ConfigError> {
@@ -1459,6 +1524,28 @@ mod tests {
                 "budgets.target_ms",
             ),
             ("[budgets]\nclassify_ms = 0\n", "budgets.classify_ms"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        assert_eq!(parse("").unwrap().emf, None);
+        let c = parse("[metrics]\nemf = true\n").unwrap();
+        let emf = c.emf.unwrap();
+        assert_eq!((emf.file, emf.interval), (None, Duration::from_secs(60)));
+        assert_eq!(emf.environment, "local");
+        for (text, field) in [
+            (
+                "[metrics]\nemf_output = \"x.jsonl\"\n",
+                "metrics.emf_output",
+            ),
+            (
+                "[metrics]\nemf = true\nemf_interval_ms = 5\n",
+                "metrics.emf_interval_ms",
+            ),
+            (
+                "[metrics]\nemf = true\nenvironment = \"\"\n",
+                "metrics.environment",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

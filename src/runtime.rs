@@ -95,6 +95,14 @@ pub enum StartError {
     /// The retrieval backend could not be set up.
     #[error("retrieval: {0}")]
     Retrieval(String),
+    /// The EMF output file could not be opened.
+    #[error("metrics.emf_output {path}: {source}")]
+    Emf {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     /// The token signing secret could not be set up.
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::SetupError),
@@ -295,6 +303,22 @@ impl Runtime {
                 router: router.clone(),
                 task: TaskType::AnswerSynthesis,
             });
+        let emf = match &config.emf {
+            None => None,
+            Some(s) => Some(mangaassist_actors::emf::EmfOutput {
+                identity: mangaassist_actors::emf::EmfIdentity {
+                    service_name: config.tracing.service_name.clone(),
+                    environment: s.environment.clone(),
+                },
+                interval: s.interval,
+                lines: crate::telemetry::spawn_emf_writer(s.file.as_deref()).map_err(|source| {
+                    StartError::Emf {
+                        path: s.file.clone().unwrap_or_else(|| PathBuf::from("stdout")),
+                        source,
+                    }
+                })?,
+            }),
+        };
         let children = vec![
             ChildSpec::new(
                 ActorKind::MetricsSink,
@@ -304,6 +328,7 @@ impl Runtime {
                     handle: metrics.clone(),
                     chaos: chaos.clone(),
                     low_hits: config.low_hits,
+                    emf,
                 },
                 metrics_slot,
             ),

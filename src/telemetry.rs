@@ -377,6 +377,43 @@ fn daemon_from_env() -> Result<SocketAddr, TelemetryError> {
         .map_err(|_| TelemetryError::DaemonAddress(raw.clone()))
 }
 
+/// Starts the writer of CloudWatch EMF lines: stdout, or `file` (created if absent, appended
+/// to). The metrics-sink hands lines over with `try_send`; the queue holds 1,024.
+pub fn spawn_emf_writer(
+    file: Option<&std::path::Path>,
+) -> std::io::Result<tokio::sync::mpsc::Sender<String>> {
+    use tokio::io::AsyncWriteExt as _;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1_024);
+    let mut out: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match file {
+        None => Box::pin(tokio::io::stdout()),
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            Box::pin(tokio::fs::File::from_std(f))
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let mut batch = line;
+            batch.push('\n');
+            while let Ok(more) = rx.try_recv() {
+                batch.push_str(&more);
+                batch.push('\n');
+            }
+            if out.write_all(batch.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                eprintln!("EMF writer: the output failed; no more EMF lines");
+                return;
+            }
+        }
+    });
+    Ok(tx)
+}
+
 /// A turn's trace id from its span's OpenTelemetry context, in X-Ray form; `None` when no
 /// exporter is installed (the span has no valid context).
 #[derive(Debug, Default, Clone, Copy)]

@@ -377,3 +377,52 @@ async fn a_hop_over_its_budget_raises_the_alarm() {
     assert_eq!(budget_exceeded(&m, "classify"), 1, "{m}");
     assert_eq!(budget_exceeded(&m, "context_assembly"), 0);
 }
+
+/// `metrics.emf`: the metrics-sink appends CloudWatch EMF lines to a file each interval, every
+/// one valid, with the design's names.
+#[tokio::test]
+async fn emf_lines_are_written_each_interval_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emf.jsonl");
+    let file = path.clone();
+    let server = common::start_with(move |c| {
+        c.emf = Some(mangaassist::config::EmfSettings {
+            file: Some(file),
+            interval: Duration::from_millis(200),
+            environment: "test".into(),
+        });
+    })
+    .await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    assert_streamed(&run_turn(&mut c, "how much is frieren?").await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let names = [
+        "StreamChunkGapMs",
+        "SearchLatencyMs",
+        "ContextBudgetUtilization",
+        "RetrievedChunkCount",
+    ];
+    let lines = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if names
+            .iter()
+            .all(|n| lines.iter().any(|l| l.contains(&format!("\"{n}\""))))
+        {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "EMF lines missing:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for line in &lines {
+        mangaassist_actors::emf::validate(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "MangaAssist"
+        );
+        assert_eq!(v["environment"], "test");
+        assert_eq!(v["service_name"], "mangaassist");
+    }
+}

@@ -22,6 +22,7 @@
 pub mod chaos;
 pub mod classifier;
 pub mod context;
+pub mod emf;
 pub mod enricher;
 pub mod forwarder;
 pub mod generator;

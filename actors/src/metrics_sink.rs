@@ -35,6 +35,8 @@ pub enum MetricsMsg {
     Event(MetricEvent),
     /// Render the Prometheus exposition.
     Render(RpcReplyPort<String>),
+    /// Write the interval's EMF lines (sent by the sink's own timer).
+    FlushEmf,
 }
 
 /// Non-blocking front of the metrics-sink, shared by every stage.
@@ -110,6 +112,7 @@ impl StandaloneSink {
                 handle: handle.clone(),
                 chaos: Chaos::new(),
                 low_hits: LowHitsSettings::default(),
+                emf: None,
             },
         )
         .await?;
@@ -155,6 +158,8 @@ pub struct MetricsSinkArgs {
     pub chaos: Arc<Chaos>,
     /// The low-retrieval alarm's window and threshold.
     pub low_hits: LowHitsSettings,
+    /// CloudWatch EMF lines, when `metrics.emf` is on.
+    pub emf: Option<crate::emf::EmfOutput>,
 }
 
 /// The metrics-sink actor.
@@ -192,6 +197,10 @@ pub struct MetricsState {
     violations: HashMap<ViolationRule, u64>,
     shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
     budget_exceeded: HashMap<Hop, u64>,
+    /// The EMF interval being aggregated, and where it goes.
+    emf: Option<(crate::emf::Emf, crate::emf::EmfOutput)>,
+    /// EMF lines the writer had no room for.
+    emf_dropped: u64,
 }
 
 /// Context assembly: budget utilization, compression, and the high-utilization alarm.
@@ -646,6 +655,13 @@ impl MetricsState {
             "transport",
             transports.map(|t| (t.as_str(), count(&self.connections_total, &t))),
         );
+        header(
+            &mut out,
+            "emf_lines_dropped_total",
+            "counter",
+            "CloudWatch EMF lines dropped because the writer was behind.",
+        );
+        let _ = writeln!(out, "emf_lines_dropped_total {}", self.emf_dropped);
         labelled(
             &mut out,
             (
@@ -963,11 +979,25 @@ impl Actor for MetricsSink {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         // Whatever was admitted to a previous incarnation's mailbox is gone with it.
         args.handle.depth.store(0, Ordering::Release);
+        if let Some(out) = &args.emf {
+            // The timer ends when this incarnation does (the send fails).
+            let every = out.interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if myself.send_message(MetricsMsg::FlushEmf).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         let mut stage_us = HashMap::new();
         for stage in Stage::ALL {
             stage_us.insert(stage, histogram()?);
@@ -998,6 +1028,10 @@ impl Actor for MetricsSink {
             connections_total: HashMap::new(),
             disconnects: HashMap::new(),
             budget_exceeded: HashMap::new(),
+            emf: args
+                .emf
+                .map(|out| (crate::emf::Emf::new(out.identity.clone()), out)),
+            emf_dropped: 0,
             enrichment_us,
             cache: HashMap::new(),
             cache_errors: HashMap::new(),
@@ -1020,11 +1054,26 @@ impl Actor for MetricsSink {
             MetricsMsg::Event(ev) => {
                 state.handle.depth.fetch_sub(1, Ordering::AcqRel);
                 state.chaos.before(ActorKind::MetricsSink, "event").await;
+                if let Some((emf, _)) = &mut state.emf {
+                    emf.record(&ev);
+                }
                 state.record(ev);
             }
             MetricsMsg::Render(reply) => {
                 state.chaos.before(ActorKind::MetricsSink, "render").await;
                 let _ = reply.send(state.render());
+            }
+            MetricsMsg::FlushEmf => {
+                if let Some((emf, out)) = &mut state.emf {
+                    let lines = emf.flush(mangaassist_protocols::unix_ms());
+                    let total = lines.len();
+                    for (i, line) in lines.into_iter().enumerate() {
+                        if out.lines.try_send(line).is_err() {
+                            state.emf_dropped += (total - i) as u64;
+                            break;
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -1078,6 +1127,7 @@ mod tests {
                 handle: handle.clone(),
                 chaos: Chaos::new(),
                 low_hits: LowHitsSettings::default(),
+                emf: None,
             },
         )
         .await
