@@ -456,6 +456,8 @@ pub struct Config {
     pub tracing: crate::telemetry::TracingSettings,
     /// CloudWatch EMF lines (`metrics.emf`); `None` when off.
     pub emf: Option<EmfSettings>,
+    /// Mailbox chaos installed before the warm-up (`serve --chaos`; never from the file).
+    pub chaos: Vec<mangaassist_actors::chaos::ChaosRule>,
 }
 
 /// Where CloudWatch Embedded Metric Format lines go (`metrics.emf = true`).
@@ -1053,6 +1055,7 @@ impl RawConfig {
             auth_secret,
             tracing,
             emf,
+            chaos: Vec::new(),
         })
     }
 }

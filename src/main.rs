@@ -453,12 +453,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
                 tracing::warn!(error = %e, "could not raise the open-file limit");
             }
-            let runtime = Runtime::start(cfg).await?;
             if !chaos.is_empty() {
                 let shown: Vec<String> = chaos.iter().map(ToString::to_string).collect();
                 tracing::warn!(rules = ?shown, "mailbox chaos installed");
-                runtime.chaos.set(chaos);
             }
+            // Installed before the warm-up, which it slows like any turn.
+            cfg.chaos = chaos;
+            let runtime = Runtime::start(cfg).await?;
             eprintln!(
                 "mangaassist serving: ws://{}/ws  tcp://{}  metrics http://{}/metrics  (model: {}{})",
                 runtime.http_addr,

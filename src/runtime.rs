@@ -11,8 +11,10 @@
 //! fronts: HTTP (/ws, /metrics, /healthz, /readyz) and TCP, connection tasks owned by a TaskTracker
 //! ```
 //!
-//! [`Runtime::start`] returns once everything is warm (index open, workers running, listeners
-//! bound) and `/readyz` answers 200. [`Runtime::shutdown`] stops accepting, closes connections
+//! [`Runtime::start`] binds the listeners (`/healthz` answers from then on), then warms up: one
+//! dry run through the classifier, the catalog search and the enrichment source, so the index's
+//! files, the connection pools and the caches have served a request. Then `/readyz` answers 200
+//! and `warm_capacity_ready` is 1, and `start` returns. [`Runtime::shutdown`] stops accepting, closes connections
 //! with `server_shutdown`, then stops sessions and workers.
 
 use std::net::SocketAddr;
@@ -267,6 +269,9 @@ impl Runtime {
 
         // Workers, under one supervisor with an explicit restart policy.
         let chaos = Chaos::new();
+        if !config.chaos.is_empty() {
+            chaos.set(config.chaos.clone());
+        }
         let metrics_slot = WorkerSlot::empty();
         let metrics = MetricsHandle::new(metrics_slot.clone(), config.metrics_queue);
         // Every model call goes through the policy: routing, canary, fallback, shadow, reports.
@@ -504,6 +509,9 @@ impl Runtime {
         });
         tasks.spawn(tcp::serve(tcp_listener, front));
 
+        // `/healthz` answers from here on; `/readyz` once the warm-up has been through the
+        // pipeline.
+        warm_up(&pipeline, &router).await;
         ready.store(true, Ordering::Release);
         tracing::info!(%http_addr, %tcp_addr, model = %model_info.model_id, simulated = model_info.simulated, series = catalog.len(), "ready");
         Ok(Self {
@@ -579,4 +587,70 @@ fn expire_inactive(
             }
         }
     });
+}
+
+/// Query of the warm-up's dry run.
+const WARM_UP_QUERY: &str = "frieren";
+
+/// Longest the warm-up waits for each stage before going on without it.
+const WARM_UP_STAGE: Duration = Duration::from_secs(10);
+
+/// One dry run through the pipeline before the runtime calls itself ready: the classifier (when
+/// the policy serves it locally: the warm-up never pays for a model call), a catalog search
+/// (the index's files and the OpenSearch pool), and an enrichment lookup of what it found (the
+/// source and the Redis pool). A stage that fails or is slow is logged and the warm-up goes on:
+/// the service answers without it, as a turn would.
+async fn warm_up(pipeline: &Pipeline, router: &ModelRouter) {
+    use mangaassist_actors::classifier::ClassifierMsg;
+    use mangaassist_actors::enricher::EnricherMsg;
+    use mangaassist_actors::retriever::RetrieverMsg;
+    use mangaassist_protocols::metrics::TaskType;
+    use mangaassist_protocols::turn::FieldSet;
+    let started = std::time::Instant::now();
+    let session = mangaassist_protocols::SessionId::new_random();
+    if router.serves_locally(TaskType::IntentClassification, Some(&session)) {
+        let classified = pipeline
+            .classifier
+            .call(WARM_UP_STAGE, |reply| ClassifierMsg::Classify {
+                session,
+                text: Arc::from(WARM_UP_QUERY),
+                reply,
+            })
+            .await;
+        if !matches!(classified, Ok(Ok(_))) {
+            tracing::warn!("warm-up: the classifier did not answer");
+        }
+    }
+    let found = pipeline
+        .retriever
+        .call(WARM_UP_STAGE, |reply| RetrieverMsg::Search {
+            query: Arc::from(WARM_UP_QUERY),
+            limit: 5,
+            reply,
+        })
+        .await;
+    let series_ids: Vec<String> = match found {
+        Ok(Ok(docs)) => docs.into_iter().map(|d| d.series_id).collect(),
+        _ => {
+            tracing::warn!("warm-up: the catalog search did not answer; serving without it");
+            Vec::new()
+        }
+    };
+    if !series_ids.is_empty() {
+        let looked_up = pipeline
+            .enricher
+            .call(WARM_UP_STAGE, |reply| EnricherMsg::Lookup {
+                series_ids,
+                fields: FieldSet::ALL,
+                reply,
+            })
+            .await;
+        if !matches!(looked_up, Ok(Ok(_))) {
+            tracing::warn!("warm-up: the enrichment lookup did not answer");
+        }
+    }
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "warm: classifier, index and enrichment have served one request"
+    );
 }

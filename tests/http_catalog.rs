@@ -660,9 +660,10 @@ async fn the_runtime_answers_with_the_catalog_api_facts() {
     assert!(mock.requests() >= 1);
 
     // Negative control: the API failing leaves the price out (for a series the cache has not
-    // seen), and the turn still streams.
+    // seen: not monster, asked above, nor frieren, which the start-up warm-up looked up), and the
+    // turn still streams.
     mock.state.status.store(503, Ordering::SeqCst);
-    let r = run_turn(&mut c, "do you have frieren?").await;
+    let r = run_turn(&mut c, "do you have one piece?").await;
     assert!(r.error.is_none(), "{:?}", r.error);
     assert!(!r.answer().contains('¥'), "{}", r.answer());
     assert!(

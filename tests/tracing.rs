@@ -426,3 +426,66 @@ async fn emf_lines_are_written_each_interval_and_validate() {
         assert_eq!(v["service_name"], "mangaassist");
     }
 }
+
+/// Warm before ready: `/healthz` answers as soon as the listeners are up, `/readyz` (and the
+/// `warm_capacity_ready` gauge) only once the warm-up has been through the pipeline. Here the
+/// retriever's mailbox is slowed by 2 s, so the warm-up's search is seen waiting.
+#[tokio::test]
+async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.path().join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[auth]\nsecret = {TEST_SECRET:?}\n",
+            dir.path().join("var"),
+        ),
+    )
+    .unwrap();
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--chaos", "retriever=2000ms", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{http_port}");
+    let status = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move { reqwest::get(url).await.ok().map(|r| r.status().as_u16()) }
+    };
+    let gauge = || async {
+        let m = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("warm_capacity_ready "))
+            .unwrap()
+            .to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status("/healthz").await != Some(200) {
+        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "no /healthz");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status("/readyz").await,
+        Some(503),
+        "ready before the warm-up"
+    );
+    assert_eq!(gauge().await, "0");
+    while status("/readyz").await != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge().await, "1");
+}

@@ -63,6 +63,11 @@ async fn metrics(State(state): State<FrontState>) -> Response {
         "# HELP sessions_open Sessions bound to a connection on this process.\n# TYPE sessions_open gauge\nsessions_open {}",
         state.registry.len()
     );
+    let _ = writeln!(
+        body,
+        "# HELP warm_capacity_ready 1 once the warm-up has been through the pipeline and /readyz answers 200.\n# TYPE warm_capacity_ready gauge\nwarm_capacity_ready {}",
+        u8::from(state.ready.load(Ordering::Acquire))
+    );
     crate::telemetry::render_metrics(&mut body);
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(
