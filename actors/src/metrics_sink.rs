@@ -197,6 +197,7 @@ pub struct MetricsState {
     violations: HashMap<ViolationRule, u64>,
     shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
     budget_exceeded: HashMap<Hop, u64>,
+    hop_us: HashMap<Hop, Histogram<u64>>,
     /// The EMF interval being aggregated, and where it goes.
     emf: Option<(crate::emf::Emf, crate::emf::EmfOutput)>,
     /// EMF lines the writer had no room for.
@@ -407,6 +408,11 @@ impl MetricsState {
                 }
             }
             MetricEvent::ErrorSent { code } => *self.errors.entry(code).or_default() += 1,
+            MetricEvent::HopLatency { hop, us } => {
+                if let Some(h) = self.hop_us.get_mut(&hop) {
+                    h.saturating_record(us.max(1));
+                }
+            }
             MetricEvent::BudgetExceeded { hop } => {
                 *self.budget_exceeded.entry(hop).or_default() += 1
             }
@@ -501,6 +507,17 @@ impl MetricsState {
             &[],
             &self.chunk_gap_us,
         );
+        header(
+            &mut out,
+            "hop_latency_ms",
+            "summary",
+            "Latency of each hop of a turn that has a budget ([budgets]), milliseconds.",
+        );
+        for hop in Hop::ALL {
+            if let Some(h) = self.hop_us.get(&hop) {
+                summary_body(&mut out, "hop_latency_ms", &[("hop", hop.as_str())], h);
+            }
+        }
         header(
             &mut out,
             "stage_latency_ms",
@@ -1002,6 +1019,10 @@ impl Actor for MetricsSink {
         for stage in Stage::ALL {
             stage_us.insert(stage, histogram()?);
         }
+        let mut hop_us = HashMap::new();
+        for hop in Hop::ALL {
+            hop_us.insert(hop, histogram()?);
+        }
         let mut enrichment_us = HashMap::new();
         for field in EnrichmentField::ALL {
             enrichment_us.insert(field, histogram()?);
@@ -1028,6 +1049,7 @@ impl Actor for MetricsSink {
             connections_total: HashMap::new(),
             disconnects: HashMap::new(),
             budget_exceeded: HashMap::new(),
+            hop_us,
             emf: args
                 .emf
                 .map(|out| (crate::emf::Emf::new(out.identity.clone()), out)),

@@ -243,8 +243,13 @@ impl Default for HopBudgets {
     }
 }
 
-/// Reports `hop` if it took longer than its budget: the metric, and a warning naming the trace.
+/// Records how long `hop` took, and reports it if that is over its budget: the metric, and a
+/// warning naming the trace.
 fn check_budget(ctx: &TurnCtx, trace_id: &TraceId, hop: Hop, took: Duration) {
+    ctx.pipeline.metrics.emit(MetricEvent::HopLatency {
+        hop,
+        us: micros(took),
+    });
     let budget = ctx.pipeline.settings.budgets.of(hop);
     if took > budget {
         ctx.pipeline

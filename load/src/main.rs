@@ -18,6 +18,7 @@
 //! limit, and printing.
 
 mod client;
+mod hops;
 mod plot;
 mod queries;
 mod report;
@@ -277,7 +278,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let started = unix_ms();
     let out = scenario::run::execute(&cfg, &rss).await?;
-    let report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
+    let mut report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
+    // The server's own view of each hop, against its budget (issue 7).
+    let metrics = match &args.target.metrics_url {
+        Some(u) => Some(u.clone()),
+        None => rss::metrics_url_for(&args.target.url).ok(),
+    };
+    if let Some(url) = metrics
+        && let Ok(target) = rss::HttpTarget::parse(&url)
+    {
+        match hops::fetch(&target, report.latency_ms.ttft.as_ref()).await {
+            Ok(table) => report.hops = Some(table),
+            Err(e) => eprintln!("no per-hop table: {e}"),
+        }
+    }
     print!("{}", report.render(&out.stats));
     if let Some(path) = &args.target.json {
         write_json(path, &report).await?;

@@ -309,6 +309,9 @@ pub struct RunReport {
     pub latency_ms: Latencies,
     /// Server memory.
     pub server_rss: RunRssReport,
+    /// Each hop's server-side latency against its budget, when the server exposes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<crate::hops::HopTable>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -416,6 +419,7 @@ impl RunReport {
                 peak_bytes: out.rss.peak,
                 errors: reading_errors(&[("before", &out.rss.before), ("after", &out.rss.after)]),
             },
+            hops: None,
         }
     }
 
@@ -504,6 +508,10 @@ impl RunReport {
         kv(&mut o, "peak (sampled 1/s)", opt_mib(r.peak_bytes));
         for e in &r.errors {
             let _ = writeln!(o, "  unavailable: {e}");
+        }
+        if let Some(hops) = &self.hops {
+            o.push('\n');
+            hops.render(&mut o);
         }
         failures(&mut o, &self.failure_samples);
         o

@@ -565,6 +565,13 @@ impl GapBatch {
 /// One thing worth counting. Durations are microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
+    /// How long a hop of a turn took (every turn, every hop it went through).
+    HopLatency {
+        /// Which hop.
+        hop: Hop,
+        /// Microseconds.
+        us: u64,
+    },
     /// A hop of a turn took longer than its latency budget.
     BudgetExceeded {
         /// Which hop.

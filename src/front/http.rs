@@ -68,6 +68,25 @@ async fn metrics(State(state): State<FrontState>) -> Response {
         "# HELP warm_capacity_ready 1 once the warm-up has been through the pipeline and /readyz answers 200.\n# TYPE warm_capacity_ready gauge\nwarm_capacity_ready {}",
         u8::from(state.ready.load(Ordering::Acquire))
     );
+    let budgets = state.pipeline.settings.budgets;
+    let _ = writeln!(
+        body,
+        "# HELP latency_budget_ms The latency budget of each hop ([budgets]); network is measured by clients.\n# TYPE latency_budget_ms gauge"
+    );
+    for hop in mangaassist_protocols::metrics::Hop::ALL {
+        let _ = writeln!(
+            body,
+            "latency_budget_ms{{hop=\"{}\"}} {}",
+            hop.as_str(),
+            budgets.of(hop).as_millis()
+        );
+    }
+    let _ = writeln!(
+        body,
+        "latency_budget_ms{{hop=\"network\"}} {}\nlatency_budget_ms{{hop=\"target\"}} {}",
+        budgets.network.as_millis(),
+        budgets.target.as_millis()
+    );
     crate::telemetry::render_metrics(&mut body);
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(
