@@ -145,6 +145,12 @@ pub fn end(outbound: &Outbound) {
 
 /// Appends one JSON line and syncs it.
 fn append_audit(path: &Path, report: &ErasureReport) -> std::io::Result<()> {
+    let _span = tracing::info_span!(
+        "audit.write",
+        path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
+        log = "erasure"
+    )
+    .entered();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -615,6 +615,7 @@ async fn warm_up(pipeline: &Pipeline, router: &ModelRouter) {
                 session,
                 text: Arc::from(WARM_UP_QUERY),
                 reply,
+                span: tracing::Span::none(),
             })
             .await;
         if !matches!(classified, Ok(Ok(_))) {

@@ -200,6 +200,17 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     assert!(attr(by_name["turn"], "retrieval_mode").contains("grounded"));
     assert!(attr(by_name["classify"], "task_type").contains("intent_classification"));
     assert!(attr(by_name["generate"], "task_type").contains("answer_synthesis"));
+    // The model each call went to, recorded by the router in the caller's span.
+    assert!(
+        attr(by_name["generate"], "model_id").contains("mangaassist-simulated"),
+        "{:?}",
+        by_name["generate"].attributes
+    );
+    assert!(
+        !attr(by_name["classify"], "model_id").is_empty(),
+        "{:?}",
+        by_name["classify"].attributes
+    );
     // The generation's events, in order.
     let events: Vec<&str> = by_name["generate"]
         .events

@@ -28,6 +28,9 @@ pub enum ClassifierMsg {
         text: Arc<str>,
         /// Where the verdict goes.
         reply: RpcReplyPort<Result<Classification, ClassifyError>>,
+        /// The turn's `classify` span: the call runs in it (the model it went to is recorded
+        /// there, and a shadow call is its child).
+        span: tracing::Span,
     },
 }
 
@@ -48,10 +51,14 @@ impl Service for Classify {
             session,
             text,
             reply,
+            span,
         } = msg;
-        async move {
-            let _ = reply.send(backend.classify_in(&session, &text).await);
-        }
+        tracing::Instrument::instrument(
+            async move {
+                let _ = reply.send(backend.classify_in(&session, &text).await);
+            },
+            span,
+        )
     }
 }
 

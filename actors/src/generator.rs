@@ -37,6 +37,8 @@ pub enum GeneratorMsg {
         cancel: CancellationToken,
         /// Answered once the generation task runs.
         reply: RpcReplyPort<()>,
+        /// The turn's `generate` span: the generation task runs in it.
+        span: tracing::Span,
     },
 }
 
@@ -57,9 +59,10 @@ impl Service for Generate {
             events,
             cancel,
             reply,
+            span,
         } = msg;
         let _ = reply.send(());
-        generate(self.0.clone(), request, events, cancel)
+        tracing::Instrument::instrument(generate(self.0.clone(), request, events, cancel), span)
     }
 }
 

@@ -504,6 +504,12 @@ async fn turn_body(
     let t0 = Instant::now();
     let text = ctx.text.clone();
     let session = ctx.session_id.clone();
+    let classify_span = tracing::info_span!(
+        "classify",
+        path_type = CRITICAL_SYNC,
+        task_type = "intent_classification",
+        model_id = tracing::field::Empty,
+    );
     let classification = ask(
         &p.classifier,
         ActorKind::Classifier,
@@ -512,13 +518,10 @@ async fn turn_body(
             session,
             text,
             reply,
+            span: classify_span.clone(),
         },
     )
-    .instrument(tracing::info_span!(
-        "classify",
-        path_type = CRITICAL_SYNC,
-        task_type = "intent_classification"
-    ))
+    .instrument(classify_span.clone())
     .await
     .and_then(|r| r.map_err(|e| TurnFailure::new(ErrorCode::Internal, e.to_string())));
     p.metrics.emit(MetricEvent::StageLatency {
@@ -622,7 +625,8 @@ async fn turn_body(
         "generate",
         path_type = CRITICAL_SYNC,
         task_type = "answer_synthesis",
-        intent = intent.as_str()
+        intent = intent.as_str(),
+        model_id = tracing::field::Empty,
     );
     let forward = tracing::info_span!(parent: &generate, "forward", path_type = CRITICAL_SYNC);
     let (events_tx, events_rx) = mpsc::channel(s.token_channel_capacity.max(1));
@@ -637,6 +641,7 @@ async fn turn_body(
             events: events_tx,
             cancel,
             reply,
+            span: generate.clone(),
         },
     )
     .instrument(generate.clone())

@@ -351,52 +351,62 @@ impl ModelRouter {
         };
         let (primary_tx, primary_rx) = oneshot::channel::<String>();
         let router = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let answer = async {
-                let backend = router
-                    .text_model(task, &shadow)
-                    .await
-                    .map_err(build_error)?;
-                let mut stream = backend.stream(request);
-                let mut text = String::new();
-                while let Some(event) = stream.next().await {
-                    if let ModelEvent::Token(t) = event? {
-                        text.push_str(&t);
+        // A child of the caller's span (the turn's `generate`), off its path.
+        let span = tracing::info_span!(
+            "shadow",
+            path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
+            task_type = task.as_str(),
+            model_id = &*shadow.id,
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                let answer = async {
+                    let backend = router
+                        .text_model(task, &shadow)
+                        .await
+                        .map_err(build_error)?;
+                    let mut stream = backend.stream(request);
+                    let mut text = String::new();
+                    while let Some(event) = stream.next().await {
+                        if let ModelEvent::Token(t) = event? {
+                            text.push_str(&t);
+                        }
                     }
-                }
-                Ok::<_, ModelError>(text)
-            };
-            let (answer, primary) = tokio::join!(answer, primary_rx);
-            let verdict = match (&answer, &primary) {
-                (Err(e), _) => {
-                    tracing::debug!(task = %task, shadow = %shadow.name, error = %e, "shadow call failed");
-                    ShadowVerdict::ShadowFailed
-                }
-                (_, Err(_)) => ShadowVerdict::PrimaryIncomplete,
-                (Ok(shadow_answer), Ok(primary_answer)) => {
-                    let ratio = similar::TextDiff::from_words(
-                        primary_answer.as_str(),
-                        shadow_answer.as_str(),
-                    )
-                    .ratio();
-                    if ratio >= ANSWER_AGREEMENT {
-                        ShadowVerdict::Agree
-                    } else {
-                        tracing::info!(
-                            task = %task,
-                            shadow = %shadow.name,
-                            similarity = ratio,
-                            primary = truncated(primary_answer),
-                            shadow_answer = truncated(shadow_answer),
-                            "shadow disagrees"
-                        );
-                        ShadowVerdict::Disagree
+                    Ok::<_, ModelError>(text)
+                };
+                let (answer, primary) = tokio::join!(answer, primary_rx);
+                let verdict = match (&answer, &primary) {
+                    (Err(e), _) => {
+                        tracing::debug!(task = %task, shadow = %shadow.name, error = %e, "shadow call failed");
+                        ShadowVerdict::ShadowFailed
                     }
-                }
-            };
-            router.shadow_verdict(task, &shadow, verdict);
-        });
+                    (_, Err(_)) => ShadowVerdict::PrimaryIncomplete,
+                    (Ok(shadow_answer), Ok(primary_answer)) => {
+                        let ratio = similar::TextDiff::from_words(
+                            primary_answer.as_str(),
+                            shadow_answer.as_str(),
+                        )
+                        .ratio();
+                        if ratio >= ANSWER_AGREEMENT {
+                            ShadowVerdict::Agree
+                        } else {
+                            tracing::info!(
+                                task = %task,
+                                shadow = %shadow.name,
+                                similarity = ratio,
+                                primary = truncated(primary_answer),
+                                shadow_answer = truncated(shadow_answer),
+                                "shadow disagrees"
+                            );
+                            ShadowVerdict::Disagree
+                        }
+                    }
+                };
+                router.shadow_verdict(task, &shadow, verdict);
+            },
+            span,
+        ));
         Some(primary_tx)
     }
 
@@ -414,6 +424,8 @@ impl ModelRouter {
         let opened = async move {
             let active = router.active();
             let route = router.route(&active, task, request.session.as_ref());
+            // The caller's span (a turn's `generate`) names the model the call went to.
+            tracing::Span::current().record("model_id", &*route.model.id);
             let shadow = route
                 .shadow
                 .and_then(|s| router.shadow_text(task, s, request.clone()));
@@ -477,6 +489,7 @@ impl ModelRouter {
         let active = self.active();
         let route = self.route(&active, task, session);
         let mut model = route.model;
+        tracing::Span::current().record("model_id", &*model.id);
         let result = loop {
             self.check(active.version, task, &model);
             let attempt = match self.classifier(&model).await {
@@ -535,36 +548,45 @@ impl ModelRouter {
         };
         let router = self.clone();
         let text = text.to_owned();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let answer = match router.classifier(&shadow).await {
-                Ok(c) => {
-                    let started = Instant::now();
-                    let answer = c.classify(&text).await;
-                    if shadow.backend == Backend::LocalClassifier {
-                        router.report_local(&shadow, started, answer.is_ok());
+        let span = tracing::info_span!(
+            "shadow",
+            path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
+            task_type = task.as_str(),
+            model_id = &*shadow.id,
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                let answer = match router.classifier(&shadow).await {
+                    Ok(c) => {
+                        let started = Instant::now();
+                        let answer = c.classify(&text).await;
+                        if shadow.backend == Backend::LocalClassifier {
+                            router.report_local(&shadow, started, answer.is_ok());
+                        }
+                        answer
                     }
-                    answer
-                }
-                Err(e) => Err(ClassifyError::Backend(e.to_string())),
-            };
-            let verdict = match answer {
-                Err(_) => ShadowVerdict::ShadowFailed,
-                Ok(c) if c.intent == primary => ShadowVerdict::Agree,
-                Ok(c) => {
-                    tracing::info!(
-                        task = %task,
-                        shadow = %shadow.name,
-                        text = truncated(&text),
-                        primary = primary.as_str(),
-                        shadow_answer = c.intent.as_str(),
-                        "shadow disagrees"
-                    );
-                    ShadowVerdict::Disagree
-                }
-            };
-            router.shadow_verdict(task, &shadow, verdict);
-        });
+                    Err(e) => Err(ClassifyError::Backend(e.to_string())),
+                };
+                let verdict = match answer {
+                    Err(_) => ShadowVerdict::ShadowFailed,
+                    Ok(c) if c.intent == primary => ShadowVerdict::Agree,
+                    Ok(c) => {
+                        tracing::info!(
+                            task = %task,
+                            shadow = %shadow.name,
+                            text = truncated(&text),
+                            primary = primary.as_str(),
+                            shadow_answer = c.intent.as_str(),
+                            "shadow disagrees"
+                        );
+                        ShadowVerdict::Disagree
+                    }
+                };
+                router.shadow_verdict(task, &shadow, verdict);
+            },
+            span,
+        ));
     }
 }
 

@@ -273,6 +273,12 @@ impl AuditLog {
 
     /// Keeps the content, then appends the record (one write, O_APPEND).
     fn append(&self, record: &AuditRecord, content: &str) -> Result<(), PolicyError> {
+        let _span = tracing::info_span!(
+            "audit.write",
+            path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
+            log = "policy"
+        )
+        .entered();
         let versions = self.dir.join("versions");
         std::fs::create_dir_all(&versions)
             .map_err(audit_err(format!("create {}", versions.display())))?;
