@@ -33,15 +33,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `mangaassist serve` with `[tracing]` set to `tracing`; returns once `/readyz` answers 200.
+/// `mangaassist serve` with `[tracing]` set to `tracing` and the simulated model at 20 ms to the
+/// first token and 2 ms pacing; returns once `/readyz` answers 200.
 async fn serve(dir: &std::path::Path, tracing: &str) -> (Killed, u16) {
+    serve_paced(dir, tracing, (20, 2)).await
+}
+
+/// [`serve`] with the model's (first-token delay, pacing) in milliseconds.
+async fn serve_paced(
+    dir: &std::path::Path,
+    tracing: &str,
+    (first, pacing): (u64, u64),
+) -> (Killed, u16) {
     let (http_port, tcp_port) = (free_port(), free_port());
     let config = dir.join("mangaassist.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = 20\ntoken_pacing_ms = 2\n\
+             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = {first}\ntoken_pacing_ms = {pacing}\n\
              [auth]\nsecret = {TEST_SECRET:?}\n[tracing]\nexport_interval_ms = 100\n{tracing}",
             dir.join("var"),
         ),
@@ -320,23 +330,60 @@ async fn a_turn_without_a_header_gets_its_own_x_ray_trace_over_the_daemon_protoc
     }
 }
 
-/// A collector that is not there: turns stream as ever, and the spans it could not take are
-/// counted as dropped.
-#[tokio::test]
+/// A collector that is not there: 20 sessions stream as ever (chunk-gap p99 within the 25 ms
+/// pacing + 5 ms, TTFT p99 near the model's 50 ms), and the spans it could not take are counted
+/// as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_costs_the_turns_nothing_and_its_drops_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let (_server, port) = serve(
+    let (_server, port) = serve_paced(
         dir.path(),
         &format!("exporter = \"otlp\"\notlp_endpoint = \"{dead}\"\n"),
+        (50, 25),
     )
     .await;
-    let mut c = Client::ws_at(format!("127.0.0.1:{port}").parse().unwrap()).await;
-    c.send(hello_frame(common::READER, None)).await;
-    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
-    for _ in 0..3 {
-        assert_streamed(&run_turn(&mut c, "how much is frieren?").await);
-    }
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sessions = (0..20).map(|_| async move {
+        let mut c = Client::ws_at(addr).await;
+        c.send(hello_frame(common::READER, None)).await;
+        assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+        let sent = Instant::now();
+        c.send(serde_json::json!({"type": "user_message", "turn_id": "t", "text": "how much is frieren?"}))
+            .await;
+        let (mut ttft, mut last, mut gaps) = (None, None::<Instant>, Vec::new());
+        loop {
+            match c.next().await {
+                ServerFrame::Token { .. } => {
+                    let now = Instant::now();
+                    match last {
+                        Some(prev) => gaps.push(now - prev),
+                        None => ttft = Some(now - sent),
+                    }
+                    last = Some(now);
+                }
+                ServerFrame::Done { .. } => break,
+                ServerFrame::Error(e) => panic!("{e:?}"),
+                _ => {}
+            }
+        }
+        (ttft.unwrap(), gaps)
+    });
+    let runs = futures_util::future::join_all(sessions).await;
+    let mut ttfts: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+    let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.1.clone()).collect();
+    let p99 = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let (gap_p99, ttft_p99) = (p99(&mut gaps), p99(&mut ttfts));
+    eprintln!("dead collector: gap p99 {gap_p99:?}, TTFT p99 {ttft_p99:?}");
+    assert!(gaps.len() >= 200, "{}", gaps.len());
+    assert!(gap_p99 <= Duration::from_millis(30), "gap p99 {gap_p99:?}");
+    assert!(
+        ttft_p99 < Duration::from_millis(500),
+        "TTFT p99 {ttft_p99:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))

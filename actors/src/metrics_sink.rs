@@ -1087,6 +1087,12 @@ impl Actor for MetricsSink {
             }
             MetricsMsg::FlushEmf => {
                 if let Some((emf, out)) = &mut state.emf {
+                    let _span = tracing::info_span!(
+                        "metrics.flush",
+                        path_type = crate::turn::ASYNC_BACKGROUND,
+                        format = "emf"
+                    )
+                    .entered();
                     let lines = emf.flush(mangaassist_protocols::unix_ms());
                     let total = lines.len();
                     for (i, line) in lines.into_iter().enumerate() {
