@@ -12,7 +12,8 @@
 //! ```
 //!
 //! [`Runtime::start`] binds the listeners (`/healthz` answers from then on), then warms up: one
-//! dry run through the classifier, the catalog search and the enrichment source, so the index's
+//! dry run through the classifier, the catalog search, the enrichment source and (when simulated)
+//! the answer model's stream, so the index's
 //! files, the connection pools and the caches have served a request. Then `/readyz` answers 200
 //! and `warm_capacity_ready` is 1, and `start` returns. [`Runtime::shutdown`] stops accepting, closes connections
 //! with `server_shutdown`, then stops sessions and workers.
@@ -597,8 +598,8 @@ const WARM_UP_STAGE: Duration = Duration::from_secs(10);
 
 /// One dry run through the pipeline before the runtime calls itself ready: the classifier (when
 /// the policy serves it locally: the warm-up never pays for a model call), a catalog search
-/// (the index's files and the OpenSearch pool), and an enrichment lookup of what it found (the
-/// source and the Redis pool). A stage that fails or is slow is logged and the warm-up goes on:
+/// (the index's files and the OpenSearch pool), an enrichment lookup of what it found (the
+/// source and the Redis pool), and the first token of a simulated answer stream. A stage that fails or is slow is logged and the warm-up goes on:
 /// the service answers without it, as a turn would.
 async fn warm_up(pipeline: &Pipeline, router: &ModelRouter) {
     use mangaassist_actors::classifier::ClassifierMsg;
@@ -650,8 +651,48 @@ async fn warm_up(pipeline: &Pipeline, router: &ModelRouter) {
             tracing::warn!("warm-up: the enrichment lookup did not answer");
         }
     }
+    // The generator, when the answer model is the simulated one (never a paid call): one
+    // stream opened, its first token read, then cancelled.
+    if router.serves_locally(TaskType::AnswerSynthesis, None) {
+        use mangaassist_actors::generator::GeneratorMsg;
+        use mangaassist_protocols::turn::{ChatMessage, Intent, ModelRequest, Role, StreamEvent};
+        let (events, mut rx) = tokio::sync::mpsc::channel(16);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let request = ModelRequest {
+            intent: Intent::Other,
+            system: String::new(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: WARM_UP_QUERY.to_owned(),
+            }],
+            context: Vec::new(),
+            constraints: Vec::new(),
+            estimated_input_tokens: 3,
+            session: None,
+        };
+        let opened = pipeline
+            .generator
+            .call(WARM_UP_STAGE, |reply| GeneratorMsg::Open {
+                request,
+                events,
+                cancel: cancel.clone(),
+                reply,
+                span: tracing::Span::none(),
+            })
+            .await;
+        let streamed = opened.is_ok()
+            && tokio::time::timeout(WARM_UP_STAGE, rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|event| matches!(event, StreamEvent::Token(_)));
+        cancel.cancel();
+        if !streamed {
+            tracing::warn!("warm-up: the simulated model did not stream");
+        }
+    }
     tracing::info!(
         took_ms = started.elapsed().as_millis() as u64,
-        "warm: classifier, index and enrichment have served one request"
+        "warm: classifier, index, enrichment and the simulated stream have served one request"
     );
 }
