@@ -443,13 +443,3 @@ pub fn adopt_parent(span: &tracing::Span, header: &str) -> bool {
     let cx = opentelemetry::Context::new().with_remote_span_context(remote);
     span.set_parent(cx).is_ok()
 }
-
-/// The X-Ray header of `span`'s trace, for logs and outgoing calls.
-pub fn header_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if !sc.is_valid() {
-        return None;
-    }
-    opentelemetry_aws::trace::xray_propagator::span_context_to_string(&sc)
-}

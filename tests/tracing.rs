@@ -16,6 +16,10 @@ use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use mangaassist_protocols::ServerFrame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
+/// The tests run one at a time: each starts a server, and one of them measures chunk gaps,
+/// which servers competing for two cores would disturb.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Killed(std::process::Child);
 
 impl Drop for Killed {
@@ -117,6 +121,7 @@ fn attr<'a>(span: &'a ExportedSpan, key: &str) -> &'a str {
 
 #[tokio::test]
 async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
+    let _serial = SERIAL.lock().await;
     let mut collector = FakeCollectorServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (_server, port) = serve(
@@ -248,6 +253,7 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
 /// Without a header the turn starts its own trace, with an X-Ray id (epoch seconds first).
 #[tokio::test]
 async fn a_turn_without_a_header_gets_its_own_x_ray_trace_over_the_daemon_protocol() {
+    let _serial = SERIAL.lock().await;
     let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (_server, port) = serve(
@@ -335,6 +341,7 @@ async fn a_turn_without_a_header_gets_its_own_x_ray_trace_over_the_daemon_protoc
 /// as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_costs_the_turns_nothing_and_its_drops_are_counted() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (_server, port) = serve_paced(
@@ -420,6 +427,7 @@ fn budget_exceeded(metrics: &str, hop: &str) -> u64 {
 /// without the delay (the control, first) raises none.
 #[tokio::test]
 async fn a_hop_over_its_budget_raises_the_alarm() {
+    let _serial = SERIAL.lock().await;
     let server = common::start().await;
     let mut c = Client::ws(&server).await;
     c.hello().await;
@@ -440,6 +448,7 @@ async fn a_hop_over_its_budget_raises_the_alarm() {
 /// one valid, with the design's names.
 #[tokio::test]
 async fn emf_lines_are_written_each_interval_and_validate() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("emf.jsonl");
     let file = path.clone();
@@ -490,6 +499,7 @@ async fn emf_lines_are_written_each_interval_and_validate() {
 /// retriever's mailbox is slowed by 2 s, so the warm-up's search is seen waiting.
 #[tokio::test]
 async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tcp_port) = (free_port(), free_port());
     let config = dir.path().join("mangaassist.toml");
@@ -546,4 +556,74 @@ async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(gauge().await, "1");
+}
+
+/// `exporter = "stdout"`: the same segment documents as JSON lines on stdout, flushed when the
+/// server shuts down on SIGTERM.
+#[tokio::test]
+async fn the_stdout_exporter_writes_one_segment_document_per_line() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.path().join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = 20\ntoken_pacing_ms = 2\n\
+             [auth]\nsecret = {TEST_SECRET:?}\n[tracing]\nexporter = \"stdout\"\n",
+            dir.path().join("var"),
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
+    c.send(hello_frame(common::READER, None)).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    let r = run_turn(&mut c, "how much is frieren?").await;
+    assert_streamed(&r);
+    drop(c);
+    // A graceful shutdown exports what is still queued.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let segments: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let names: Vec<&str> = segments.iter().filter_map(|s| s["name"].as_str()).collect();
+    for hop in &CRITICAL[1..] {
+        assert!(names.contains(hop), "{hop} missing from {names:?}");
+    }
+    assert!(names.contains(&"mangaassist"), "the segment: {names:?}");
+    for s in &segments {
+        let id = s["trace_id"].as_str().unwrap();
+        assert!(id.starts_with("1-") && id.len() == 35, "{id}");
+        assert!(s["annotations"]["path_type"].is_string(), "{s}");
+    }
 }
