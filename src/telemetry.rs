@@ -268,6 +268,9 @@ pub fn init(settings: &TracingSettings) -> Result<Telemetry, TelemetryError> {
             .with_tracer(p.tracer("mangaassist"))
             .with_threads(false)
             .with_location(false)
+            // No busy/idle clock reads on every enter and exit: the generation task runs in
+            // its span and is polled once per token.
+            .with_tracked_inactivity(false)
             .with_filter(ours)
     });
     tracing_subscriber::registry().with(logs).with(otel).init();

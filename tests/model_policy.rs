@@ -480,14 +480,7 @@ model = "simulated"
 
 mod common;
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::Killed;
 
 /// The real binary, configured by files, with credentials and region from the environment (the
 /// standard AWS chain): the policy routes answers to Bedrock (the mock). A turn streams the
@@ -588,24 +581,15 @@ model = "sonnet"
     drop(server);
 }
 
-/// A child process killed when dropped, so a failed assertion does not leave a server behind.
 /// `mangaassist serve` (the real binary) on free ports with `policy`, `extra` config lines, and
 /// AWS credentials and region from the environment; returns once `/readyz` answers 200.
 async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> (Killed, u16) {
-    let (http_port, tcp_port) = (free_port(), free_port());
-    let config = dir.join("mangaassist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[policy]\nfile = {:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n\
-             [auth]\nsecret = {:?}\n{extra}",
-            dir.join("var"),
-            policy,
-            common::TEST_SECRET
+    let (config, http_port) = common::binary_config(
+        dir,
+        &format!(
+            "[policy]\nfile = {policy:?}\nmax_attempts = 1\nchunk_gap_timeout_ms = 500\n{extra}"
         ),
-    )
-    .unwrap();
+    );
     let mut server = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
             .args(["serve", "--config"])
@@ -619,18 +603,7 @@ async fn serve(dir: &std::path::Path, policy: &std::path::Path, extra: &str) -> 
             .spawn()
             .unwrap(),
     );
-    let base = format!("http://127.0.0.1:{http_port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
-        assert!(Instant::now() < deadline, "serve not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&mut server.0, http_port).await;
     (server, http_port)
 }
 
@@ -693,15 +666,6 @@ async fn a_turn_fits_the_model_s_exact_count_not_just_the_estimate() {
         );
     }
     assert_eq!(mock.received().len(), 6);
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Exact token counts: the router asks the model a call of the task would go to, here Bedrock's

@@ -11,7 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Client, TEST_SECRET, assert_streamed, hello_frame, run_turn};
+use common::{
+    Client, Killed, assert_streamed, binary_config, free_port, hello_frame, run_turn, wait_ready,
+};
 use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use mangaassist_protocols::ServerFrame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -19,23 +21,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 /// The tests run one at a time: each starts a server, and one of them measures chunk gaps,
 /// which servers competing for two cores would disturb.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `mangaassist serve` with `[tracing]` set to `tracing` and the simulated model at 20 ms to the
 /// first token and 2 ms pacing; returns once `/readyz` answers 200.
@@ -49,19 +34,14 @@ async fn serve_paced(
     tracing: &str,
     (first, pacing): (u64, u64),
 ) -> (Killed, u16) {
-    let (http_port, tcp_port) = (free_port(), free_port());
-    let config = dir.join("mangaassist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = {first}\ntoken_pacing_ms = {pacing}\n\
-             [auth]\nsecret = {TEST_SECRET:?}\n[tracing]\nexport_interval_ms = 100\n{tracing}",
-            dir.join("var"),
+    let (config, http_port) = binary_config(
+        dir,
+        &format!(
+            "[model]\nfirst_token_delay_ms = {first}\ntoken_pacing_ms = {pacing}\n\
+             [tracing]\nexport_interval_ms = 100\n{tracing}"
         ),
-    )
-    .unwrap();
-    let server = Killed(
+    );
+    let mut server = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
             .args(["serve", "--config"])
             .arg(&config)
@@ -70,18 +50,7 @@ async fn serve_paced(
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut server = server;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
-        assert!(Instant::now() < deadline, "serve not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&mut server.0, http_port).await;
     (server, http_port)
 }
 
@@ -501,17 +470,7 @@ async fn emf_lines_are_written_each_interval_and_validate() {
 async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, tcp_port) = (free_port(), free_port());
-    let config = dir.path().join("mangaassist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[auth]\nsecret = {TEST_SECRET:?}\n",
-            dir.path().join("var"),
-        ),
-    )
-    .unwrap();
+    let (config, http_port) = binary_config(dir.path(), "");
     let mut server = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
             .args(["serve", "--chaos", "retriever=2000ms", "--config"])
@@ -564,19 +523,11 @@ async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
 async fn the_stdout_exporter_writes_one_segment_document_per_line() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, tcp_port) = (free_port(), free_port());
-    let config = dir.path().join("mangaassist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
-             [data]\ndir = {:?}\n[model]\nfirst_token_delay_ms = 20\ntoken_pacing_ms = 2\n\
-             [auth]\nsecret = {TEST_SECRET:?}\n[tracing]\nexporter = \"stdout\"\n",
-            dir.path().join("var"),
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+    let (config, http_port) = binary_config(
+        dir.path(),
+        "[model]\nfirst_token_delay_ms = 20\ntoken_pacing_ms = 2\n[tracing]\nexporter = \"stdout\"\n",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -585,16 +536,7 @@ async fn the_stdout_exporter_writes_one_segment_document_per_line() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "serve not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&mut child, http_port).await;
     let mut c = Client::ws_at(format!("127.0.0.1:{http_port}").parse().unwrap()).await;
     c.send(hello_frame(common::READER, None)).await;
     assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));

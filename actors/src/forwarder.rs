@@ -26,7 +26,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::chaos::Chaos;
 use crate::enricher::EnricherMsg;
@@ -168,7 +167,11 @@ pub struct ForwarderState {
     metrics: MetricsHandle,
     /// Bytes of `answer` already queued.
     sent_len: usize,
-    /// `forward`.
+    /// `forward`: held, never entered, so it spans the forwarder's life at no cost per token.
+    #[allow(
+        dead_code,
+        reason = "held for its lifetime: the span closes when the forwarder stops"
+    )]
     span: tracing::Span,
     /// `generate`, for the `first_token` and `stream_end` events.
     generate: tracing::Span,
@@ -421,8 +424,9 @@ impl Actor for ForwarderActor {
         _msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let span = state.span.clone();
-        let outcome = state.forward().instrument(span).await;
+        // Not instrumented: entering the span on every poll would put work on each token.
+        // The span lives as long as the forwarder (its duration is the forwarder's life).
+        let outcome = state.forward().await;
         state.finish(&myself, outcome);
         Ok(())
     }

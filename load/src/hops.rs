@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use mangaassist_protocols::metrics::Hop;
 use serde::Serialize;
 
 use crate::report::LatencyMs;
@@ -40,16 +41,6 @@ pub struct HopTable {
     pub target_ms: f64,
 }
 
-/// The hops in the order of a turn.
-const ORDER: [&str; 6] = [
-    "front",
-    "classify",
-    "retrieve",
-    "context_assembly",
-    "model_first_token",
-    "first_frame_out",
-];
-
 /// Reads the server's hop metrics and builds the table; `client_ttft` is the run's own TTFT.
 pub async fn fetch(
     target: &HttpTarget,
@@ -76,7 +67,8 @@ pub fn parse(text: &str, url: &str, client_ttft: Option<&LatencyMs>) -> Option<H
     let s = series(text);
     let get = |key: String| s.get(key.as_str()).copied();
     let mut rows = Vec::new();
-    for hop in ORDER {
+    // `Hop::ALL` is in the order of a turn.
+    for hop in Hop::ALL.map(Hop::as_str) {
         rows.push(HopRow {
             hop: hop.to_owned(),
             p50_ms: get(format!("hop_latency_ms{{hop=\"{hop}\",quantile=\"0.5\"}}"))?,

@@ -119,6 +119,17 @@ fn classify_failure(e: &ClassifyError) -> Failure {
     }
 }
 
+/// The span of a shadow call: a child of the caller's (the turn's `generate` or `classify`), off
+/// its path.
+fn shadow_span(task: TaskType, shadow: &ModelRef) -> tracing::Span {
+    tracing::info_span!(
+        "shadow",
+        path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
+        task_type = task.as_str(),
+        model_id = &*shadow.id,
+    )
+}
+
 fn build_error(e: BuildError) -> ModelError {
     ModelError::Stream(e.to_string())
 }
@@ -351,13 +362,7 @@ impl ModelRouter {
         };
         let (primary_tx, primary_rx) = oneshot::channel::<String>();
         let router = self.clone();
-        // A child of the caller's span (the turn's `generate`), off its path.
-        let span = tracing::info_span!(
-            "shadow",
-            path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
-            task_type = task.as_str(),
-            model_id = &*shadow.id,
-        );
+        let span = shadow_span(task, &shadow);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _permit = permit;
@@ -548,12 +553,7 @@ impl ModelRouter {
         };
         let router = self.clone();
         let text = text.to_owned();
-        let span = tracing::info_span!(
-            "shadow",
-            path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
-            task_type = task.as_str(),
-            model_id = &*shadow.id,
-        );
+        let span = shadow_span(task, &shadow);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _permit = permit;

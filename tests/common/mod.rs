@@ -375,3 +375,61 @@ pub fn transcript_record(user: &UserId, session: &SessionId, index: u32) -> Turn
         retrieval_mode: None,
     }
 }
+
+// The real binary, for the tests that need a process of their own (global tracing, signals,
+// environment).
+
+/// A child process killed when dropped, so a failed assertion does not leave a server behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free to listen on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `dir/mangaassist.toml`: listeners on free ports, `data.dir` under `dir`, the test
+/// secret, then `extra` (whole tables); returns the file and the HTTP port.
+pub fn binary_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, u16) {
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.join("mangaassist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [data]\ndir = {:?}\n[auth]\nsecret = {TEST_SECRET:?}\n{extra}",
+            dir.join("var"),
+        ),
+    )
+    .unwrap();
+    (config, http_port)
+}
+
+/// Waits (60 s at most) until the server on `http_port` answers `/readyz` with 200, failing at
+/// once if `child` exits.
+pub async fn wait_ready(child: &mut std::process::Child, http_port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve not ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
