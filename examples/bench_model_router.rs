@@ -80,6 +80,7 @@ async fn main() {
         ModelFactory::new(unpaced, CallLimits::default()),
         sink.handle.clone(),
         16,
+        mangaassist_actors::background::Background::new(1_024, sink.handle.clone()),
     );
     router.warm().await;
 

@@ -7,7 +7,9 @@
 # first-token delay: 25 (the standard run: latency-bound, turns/s fixed by the pacing) or 0
 # (unpaced: CPU-bound, so turns/s and CPU show what the spans cost).
 #
-# Usage: [RAMP_SECS=5] scripts/bench-tracing.sh [SESSIONS] [TURNS] [ROUNDS] [PACING_MS]
+# SAMPLE_RATIO sets the OTLP runs' `[tracing] sample_ratio` (default 1.0: every trace).
+#
+# Usage: [RAMP_SECS=5] [SAMPLE_RATIO=1.0] scripts/bench-tracing.sh [SESSIONS] [TURNS] [ROUNDS] [PACING_MS]
 #        (defaults 1000 3 3 25)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ TURNS=${2:-3}
 ROUNDS=${3:-3}
 PACING_MS=${4:-25}
 RAMP_SECS=${RAMP_SECS:-5}
+SAMPLE_RATIO=${SAMPLE_RATIO:-1.0}
 FIRST_TOKEN_MS=$(( PACING_MS == 0 ? 0 : 400 ))
 OUT=target/bench/tracing
 mkdir -p "$OUT"
@@ -40,7 +43,7 @@ run() { # MODE ROUND
   local mode=$1 round=$2 tracing
   case $mode in
     none) tracing='exporter = "none"' ;;
-    otlp) tracing=$(printf 'exporter = "otlp"\notlp_endpoint = "%s"' "$ENDPOINT") ;;
+    otlp) tracing=$(printf 'exporter = "otlp"\notlp_endpoint = "%s"\nsample_ratio = %s' "$ENDPOINT" "$SAMPLE_RATIO") ;;
   esac
   rm -rf "$OUT/var"
   printf '[data]\ndir = "%s/var"\n[model]\ntoken_pacing_ms = %s\nfirst_token_delay_ms = %s\n[tracing]\n%s\n' \

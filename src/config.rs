@@ -104,6 +104,19 @@ pub struct RawConfig {
     /// `[budgets]`
     #[serde(default)]
     pub budgets: RawBudgets,
+    /// `[background]`
+    #[serde(default)]
+    pub background: RawBackground,
+}
+
+/// `[background]`: the owner of the work beside the turns (docs/tracing.md#background-work).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackground {
+    /// Jobs running at once at most; more are shed and counted.
+    pub max_in_flight: Option<usize>,
+    /// How long shutdown waits for running jobs before cutting them.
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// `[budgets]`: the latency budget of each hop of a turn, in milliseconds (docs/tracing.md).
@@ -144,6 +157,8 @@ pub struct RawTracing {
     pub max_queue: Option<usize>,
     /// How often a batch is exported.
     pub export_interval_ms: Option<u64>,
+    /// The share of new traces recorded and exported, 0.0 to 1.0 (default 1.0).
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[auth]`: how connections prove who they are (docs/protocol.md#authentication).
@@ -447,6 +462,10 @@ pub struct Config {
     pub turn: TurnSettings,
     /// Metrics-sink queue.
     pub metrics_queue: usize,
+    /// Background jobs running at once at most (`background.max_in_flight`).
+    pub background_max_in_flight: usize,
+    /// How long shutdown waits for background jobs (`background.shutdown_grace_ms`).
+    pub background_grace: Duration,
     /// The low-retrieval alarm.
     pub low_hits: LowHitsSettings,
     /// The token signing secret (`[auth] secret` or `MANGAASSIST_AUTH_SECRET`); `None` means
@@ -1036,6 +1055,20 @@ impl RawConfig {
                 16,
                 10_000_000,
             )?,
+            background_max_in_flight: ranged(
+                "background.max_in_flight",
+                self.background.max_in_flight,
+                mangaassist_actors::background::Background::DEFAULT_MAX_IN_FLIGHT,
+                1,
+                1_000_000,
+            )?,
+            background_grace: ms(ranged(
+                "background.shutdown_grace_ms",
+                self.background.shutdown_grace_ms,
+                2_000,
+                0,
+                60_000,
+            )?),
             low_hits: LowHitsSettings {
                 window: ms(ranged(
                     "retrieval.low_hits_window_ms",
@@ -1219,6 +1252,15 @@ fn tracing_settings(t: RawTracing) -> Result<crate::telemetry::TracingSettings, 
             10,
             60_000,
         )?),
+        sample_ratio: match t.sample_ratio {
+            Some(r) if r.is_nan() => {
+                return Err(invalid(
+                    "tracing.sample_ratio",
+                    "must be a number from 0.0 to 1.0",
+                ));
+            }
+            r => ranged("tracing.sample_ratio", r, defaults.sample_ratio, 0.0, 1.0)?,
+        },
     })
 }
 
@@ -1527,6 +1569,12 @@ mod tests {
                 "budgets.target_ms",
             ),
             ("[budgets]\nclassify_ms = 0\n", "budgets.classify_ms"),
+            ("[tracing]\nsample_ratio = 1.5\n", "tracing.sample_ratio"),
+            ("[tracing]\nsample_ratio = nan\n", "tracing.sample_ratio"),
+            (
+                "[background]\nmax_in_flight = 0\n",
+                "background.max_in_flight",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
+use mangaassist_actors::background::Background;
 use mangaassist_actors::chaos::Chaos;
 use mangaassist_actors::classifier::{ClassifierActor, Classify};
 use mangaassist_actors::enricher::{Enrich, EnricherActor};
@@ -144,6 +145,7 @@ pub struct Runtime {
     cache: Arc<TwoTierCache>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    background_grace: Duration,
 }
 
 fn actors_err(e: impl std::fmt::Display) -> StartError {
@@ -275,12 +277,16 @@ impl Runtime {
         }
         let metrics_slot = WorkerSlot::empty();
         let metrics = MetricsHandle::new(metrics_slot.clone(), config.metrics_queue);
+        // The one owner of the work beside the turns: shadow calls, deferrable lookups, model
+        // refinements. Bounded; it sheds rather than queues.
+        let background = Background::new(config.background_max_in_flight, metrics.clone());
         // Every model call goes through the policy: routing, canary, fallback, shadow, reports.
         let router = ModelRouter::new(
             policy_source,
             ModelFactory::new(config.model, settings.limits),
             metrics.clone(),
             settings.shadow_in_flight,
+            background.clone(),
         );
         router.warm().await;
         let model_info = router.info(TaskType::AnswerSynthesis);
@@ -428,6 +434,7 @@ impl Runtime {
             )),
             token_counter: answer_model,
             chaos: chaos.clone(),
+            background: background.clone(),
             settings: Arc::new(config.turn.clone()),
         };
 
@@ -529,6 +536,7 @@ impl Runtime {
             cache,
             shutdown,
             tasks,
+            background_grace: config.background_grace,
         })
     }
 
@@ -547,13 +555,28 @@ impl Runtime {
         {
             tracing::warn!("connections did not close within 10 s");
         }
-        // Sessions first (they use the workers), then the workers.
-        for sup in [self.sessions, self.workers] {
+        // Sessions first (they use the workers), then the background jobs (some ask the
+        // workers), then the workers.
+        let stop = |sup: ActorRef<SupervisorMsg>| async move {
             let _ = sup
                 .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(10)))
                 .await;
             let _ = sup.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        };
+        stop(self.sessions).await;
+        let cut = self
+            .pipeline
+            .background
+            .shutdown(self.background_grace)
+            .await;
+        if cut > 0 {
+            tracing::warn!(
+                jobs = cut,
+                grace_ms = self.background_grace.as_millis() as u64,
+                "background jobs cut at shutdown"
+            );
         }
+        stop(self.workers).await;
         self.cache.shutdown().await;
     }
 }
@@ -645,6 +668,8 @@ async fn warm_up(pipeline: &Pipeline, router: &ModelRouter) {
                 series_ids,
                 fields: FieldSet::ALL,
                 reply,
+                span: tracing::Span::current(),
+                path_type: mangaassist_actors::turn::CRITICAL_SYNC,
             })
             .await;
         if !matches!(looked_up, Ok(Ok(_))) {

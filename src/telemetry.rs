@@ -26,7 +26,7 @@ use mangaassist_protocols::TraceId;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
     SpanProcessor,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -71,7 +71,7 @@ pub enum Exporter {
 }
 
 /// `[tracing]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracingSettings {
     /// Where spans go.
     pub exporter: Exporter,
@@ -81,6 +81,9 @@ pub struct TracingSettings {
     pub max_queue: usize,
     /// How often a batch goes out.
     pub export_interval: Duration,
+    /// The share of new traces (turns with no caller's trace, or one that does not say) that
+    /// are recorded and exported; a caller's `Sampled=1` or `Sampled=0` decides for its trace.
+    pub sample_ratio: f64,
 }
 
 impl Default for TracingSettings {
@@ -90,6 +93,7 @@ impl Default for TracingSettings {
             service_name: "mangaassist".to_owned(),
             max_queue: 4_096,
             export_interval: Duration::from_millis(1_000),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -268,6 +272,7 @@ pub fn init(settings: &TracingSettings) -> Result<Telemetry, TelemetryError> {
             .with_tracer(p.tracer("mangaassist"))
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
             // No busy/idle clock reads on every enter and exit: the generation task runs in
             // its span and is polled once per token.
             .with_tracked_inactivity(false)
@@ -334,6 +339,10 @@ fn provider(settings: &TracingSettings) -> Result<Option<SdkTracerProvider>, Tel
     Ok(Some(
         SdkTracerProvider::builder()
             .with_id_generator(opentelemetry_aws::trace::XrayIdGenerator::default())
+            // Head sampling: a trace is kept or not as a whole, decided at its root.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                settings.sample_ratio,
+            ))))
             .with_resource(resource)
             .with_span_processor(processor)
             .build(),
@@ -423,15 +432,16 @@ pub fn spawn_emf_writer(
 pub struct OtelTraceContext;
 
 impl mangaassist_actors::turn::TraceContext for OtelTraceContext {
-    fn trace_id(&self, span: &tracing::Span) -> Option<TraceId> {
+    fn trace_of(&self, span: &tracing::Span) -> Option<mangaassist_actors::turn::SpanTrace> {
         let cx = span.context();
         let sc = cx.span().span_context().clone();
         if !sc.is_valid() {
             return None;
         }
-        Some(TraceId::from_u128(u128::from_be_bytes(
-            sc.trace_id().to_bytes(),
-        )))
+        Some(mangaassist_actors::turn::SpanTrace {
+            id: TraceId::from_u128(u128::from_be_bytes(sc.trace_id().to_bytes())),
+            sampled: sc.is_sampled(),
+        })
     }
 }
 

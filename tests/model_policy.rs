@@ -21,6 +21,7 @@ use mangaassist::backends::models::{CallLimits, ModelFactory};
 use mangaassist::backends::simulated::SimulatedConfig;
 use mangaassist::policy::router::{ModelRouter, PolicySource, RoutedClassifier};
 use mangaassist::policy::{PolicyStore, ReloadSource, TaskType, canary_bucket, file};
+use mangaassist_actors::background::Background;
 use mangaassist_actors::metrics_sink::StandaloneSink;
 use mangaassist_protocols::SessionId;
 use mangaassist_protocols::ports::{IntentClassifier, ModelError, ModelEvent};
@@ -109,9 +110,15 @@ struct Harness {
 }
 
 async fn harness(source: PolicySource) -> Harness {
+    harness_with(source, 64).await
+}
+
+/// A router whose background owner runs at most `background` jobs at once.
+async fn harness_with(source: PolicySource, background: usize) -> Harness {
     let sink = StandaloneSink::start(4_096).await.unwrap();
     let factory = ModelFactory::new(simulated(), limits()).with_aws_config(aws());
-    let router = ModelRouter::new(source, factory, sink.handle.clone(), 8);
+    let background = Background::new(background, sink.handle.clone());
+    let router = ModelRouter::new(source, factory, sink.handle.clone(), 8, background);
     Harness { router, sink }
 }
 
@@ -325,6 +332,55 @@ model = "haiku"
         .await
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(1_400));
+}
+
+#[tokio::test]
+async fn shadow_calls_beyond_the_background_bound_are_shed_and_the_primary_never_waits() {
+    // One background slot. The first shadow call holds it for 1.5 s; the second finds it taken
+    // and is shed at once (counted), and neither primary waits for either.
+    let mut steps = vec![Step::Sleep(Duration::from_millis(1_500))];
+    steps.extend(answer(&["other ", "words"], 5, 2));
+    let mock = MockBedrock::start(vec![Reply::Stream(steps)]).await;
+    let tasks = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+shadow = { model = "haiku" }
+"#;
+    let h = harness_with(
+        PolicySource::fixed(file::parse_str(&policy_text(&mock.url, tasks), "test").unwrap()),
+        1,
+    )
+    .await;
+    let started = Instant::now();
+    for session in ["s1", "s2"] {
+        answer_of(&h, TaskType::AnswerSynthesis, request(Some(session)))
+            .await
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_000),
+        "the primaries waited for the background: {took:?}"
+    );
+    let shed = "background_jobs_total{job=\"shadow\",outcome=\"shed\"}";
+    let started_jobs = "background_jobs_total{job=\"shadow\",outcome=\"started\"}";
+    assert_eq!(h.sink.value(started_jobs).await, 1.0);
+    assert_eq!(h.sink.value(shed).await, 1.0);
+    // The shed call never reached the model; the one that ran is compared when it ends.
+    let disagree = "shadow_comparisons_total{task_type=\"answer_synthesis\",model_id=\"haiku\",verdict=\"disagree\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sink.value(disagree).await == 0.0 {
+        assert!(Instant::now() < deadline, "no shadow verdict");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.calls(), 1);
+    // The slot is free again: the next shadow call runs.
+    answer_of(&h, TaskType::AnswerSynthesis, request(Some("s3")))
+        .await
+        .unwrap();
+    assert_eq!(h.sink.value(started_jobs).await, 2.0);
 }
 
 #[tokio::test]

@@ -703,6 +703,8 @@ async fn chaos_rules_are_set_listed_and_cleared_over_the_admin_route() {
             series_ids: Vec::new(),
             fields: FieldSet::EMPTY,
             reply,
+            span: tracing::Span::none(),
+            path_type: mangaassist_actors::turn::CRITICAL_SYNC,
         })
         .await
         .unwrap()

@@ -103,7 +103,9 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     .await;
     let header = format!("Root={ROOT};Parent={PARENT};Sampled=1");
     let mut c = traced_client(port, &header).await;
-    let r = run_turn(&mut c, "how much is frieren?").await;
+    // Nothing asked about One Piece before (the warm-up looked up Frieren), so its facts come
+    // from the catalog behind the cache.
+    let r = run_turn(&mut c, "how much is one piece?").await;
     assert_streamed(&r);
     // The frames name the caller's trace.
     let started = r
@@ -125,12 +127,18 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     assert_eq!(started.as_str(), ROOT);
     assert_eq!(done.as_str(), ROOT);
 
-    // Collect until every hop (and the deferrable lookup beside the stream) has arrived.
+    // Collect until every hop (and the enrichment lookups and their sources) has arrived.
     let mut spans: Vec<ExportedSpan> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let enrichment = [
+        "enrich.mentions",
+        "enrich.deferrable",
+        "enrich.memory",
+        "enrich.source",
+    ];
     while !CRITICAL
         .iter()
-        .chain(["enrich.deferrable"].iter())
+        .chain(enrichment.iter())
         .all(|n| spans.iter().any(|s| s.name == *n))
     {
         assert!(
@@ -179,6 +187,30 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
         assert_eq!(by_name[n].parent_span_id, id("turn"), "{n}");
     }
     assert_eq!(by_name["forward"].parent_span_id, id("generate"));
+    // Each enrichment source a lookup consulted is a span under it, on the lookup's path: the
+    // in-process tier and then, for the mentioned series nobody had asked about, the catalog.
+    let under = |parent: &str, name: &str| -> Vec<&ExportedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.parent_span_id == id(parent))
+            .collect()
+    };
+    assert_eq!(by_name["enrich.mentions"].parent_span_id, id("turn"));
+    for (name, source) in [
+        ("enrich.memory", "memory"),
+        ("enrich.source", "embedded_catalog"),
+    ] {
+        let found = under("enrich.mentions", name);
+        assert_eq!(found.len(), 1, "{name} under enrich.mentions");
+        assert!(
+            attr(found[0], "path_type").contains("critical_sync"),
+            "{name}"
+        );
+        assert!(attr(found[0], "source").contains(source), "{name}");
+    }
+    let beside = under("enrich.deferrable", "enrich.memory");
+    assert_eq!(beside.len(), 1, "the deferrable lookup's memory tier");
+    assert!(attr(beside[0], "path_type").contains("async_background"));
     // What the turn was, where it applies.
     assert!(attr(by_name["turn"], "intent").contains("purchase_intent"));
     assert!(attr(by_name["turn"], "retrieval_mode").contains("grounded"));
@@ -217,6 +249,100 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
             .any(|l| l == "trace_spans_dropped_total{reason=\"queue_full\"} 0"),
         "{m}"
     );
+}
+
+/// `sample_ratio = 0`: a turn that starts its own trace is not sampled, exports nothing and
+/// makes no hop spans, yet its frames still carry its X-Ray id; a caller's `Sampled=1` keeps
+/// the caller's trace whole. (The test above is the control: at the default ratio of 1, a turn
+/// exports every hop.)
+#[tokio::test]
+async fn sampling_keeps_or_drops_whole_traces_and_honours_the_caller_s_decision() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = serve(
+        dir.path(),
+        &format!(
+            "exporter = \"otlp\"\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n",
+            collector.endpoint()
+        ),
+    )
+    .await;
+    let trace_of = |r: &common::TurnResult| {
+        r.frames
+            .iter()
+            .find_map(|f| match f {
+                ServerFrame::Done { trace_id, .. } => Some(trace_id.as_str().to_owned()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Unsampled: three turns of a client with no header.
+    let mut c = Client::ws_at(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    c.send(hello_frame(common::READER, None)).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    let mut unsampled = Vec::new();
+    for q in [
+        "how much is frieren?",
+        "any romance manga?",
+        "tell me about monster",
+    ] {
+        let r = run_turn(&mut c, q).await;
+        assert_streamed(&r);
+        let id = trace_of(&r);
+        assert!(
+            id.starts_with("1-") && id.len() == 35,
+            "an X-Ray id even unsampled: {id}"
+        );
+        unsampled.push(id);
+    }
+    // Sampled by the caller.
+    let header = format!("Root={ROOT};Parent={PARENT};Sampled=1");
+    let mut sampled = traced_client(port, &header).await;
+    let r = run_turn(&mut sampled, "how much is one piece?").await;
+    assert_streamed(&r);
+    assert_eq!(trace_of(&r), ROOT);
+
+    let mut spans: Vec<ExportedSpan> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !CRITICAL.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+        assert!(
+            Instant::now() < deadline,
+            "the caller's sampled trace did not arrive"
+        );
+        spans.extend(
+            collector
+                .exported_spans(1, Duration::from_millis(500))
+                .await,
+        );
+    }
+    // Anything else still on its way (an unsampled span would be among it).
+    spans.extend(
+        collector
+            .exported_spans(1_000, Duration::from_millis(1_500))
+            .await,
+    );
+    let trace = ROOT.replace("1-", "").replace('-', "");
+    for s in &spans {
+        assert_eq!(
+            s.trace_id, trace,
+            "only the caller's trace is exported: {}",
+            s.name
+        );
+    }
+    let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("trace_spans_exported_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(exported, spans.len(), "{m}");
 }
 
 /// Without a header the turn starts its own trace, with an X-Ray id (epoch seconds first).

@@ -11,6 +11,11 @@
 //! fields out, and for mandatory ones the prompt says so. A panicking handler is restarted by
 //! the root supervisor (permanent). Lookups run in tasks the worker owns ([`crate::worker`]).
 //! Nothing on the token path ever waits on this actor.
+//!
+//! **Tracing**: each message carries the caller's span and its `path_type`. The lookup runs in
+//! that span, and [`lookup_path_type`] tells the source (the cache's tiers, the catalog) which
+//! `path_type` its own spans carry: the turn's preflight waits on a mandatory lookup
+//! (`critical_sync`), nothing waits on a deferrable one (`async_background`).
 
 use std::sync::Arc;
 
@@ -18,6 +23,7 @@ use mangaassist_protocols::metrics::ActorKind;
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
 use mangaassist_protocols::turn::{Enrichment, FieldSet};
 use ractor::RpcReplyPort;
+use tracing::Instrument as _;
 
 use crate::worker::{Service, Worker};
 
@@ -31,6 +37,10 @@ pub enum EnricherMsg {
         fields: FieldSet,
         /// Where the facts go.
         reply: RpcReplyPort<Result<Vec<Enrichment>, EnrichmentError>>,
+        /// The caller's span: the lookup runs in it.
+        span: tracing::Span,
+        /// Whether the caller waits on the token path (`critical_sync`) or not.
+        path_type: &'static str,
     },
     /// Series ids the text names, then their store facts.
     Mentions {
@@ -40,7 +50,23 @@ pub enum EnricherMsg {
         fields: FieldSet,
         /// Where the facts go.
         reply: RpcReplyPort<Result<Vec<Enrichment>, EnrichmentError>>,
+        /// The caller's span: the lookup runs in it.
+        span: tracing::Span,
+        /// Whether the caller waits on the token path (`critical_sync`) or not.
+        path_type: &'static str,
     },
+}
+
+tokio::task_local! {
+    static PATH_TYPE: &'static str;
+}
+
+/// The `path_type` of the lookup this task runs for: what the spans an enrichment source makes
+/// for its own steps carry. `critical_sync` outside an enricher's lookup.
+pub fn lookup_path_type() -> &'static str {
+    PATH_TYPE
+        .try_with(|p| *p)
+        .unwrap_or(crate::turn::CRITICAL_SYNC)
 }
 
 /// The enricher's work: lookups against one enrichment source.
@@ -65,19 +91,30 @@ impl Service for Enrich {
                     series_ids,
                     fields,
                     reply,
+                    span,
+                    path_type,
                 } => {
-                    let _ = reply.send(source.lookup(&series_ids, fields).await);
+                    let facts = PATH_TYPE
+                        .scope(path_type, source.lookup(&series_ids, fields))
+                        .instrument(span)
+                        .await;
+                    let _ = reply.send(facts);
                 }
                 EnricherMsg::Mentions {
                     text,
                     fields,
                     reply,
+                    span,
+                    path_type,
                 } => {
                     let ids = source.mentioned(&text);
                     let facts = if ids.is_empty() {
                         Ok(Vec::new())
                     } else {
-                        source.lookup(&ids, fields).await
+                        PATH_TYPE
+                            .scope(path_type, source.lookup(&ids, fields))
+                            .instrument(span)
+                            .await
                     };
                     let _ = reply.send(facts);
                 }

@@ -167,11 +167,8 @@ pub struct ForwarderState {
     metrics: MetricsHandle,
     /// Bytes of `answer` already queued.
     sent_len: usize,
-    /// `forward`: held, never entered, so it spans the forwarder's life at no cost per token.
-    #[allow(
-        dead_code,
-        reason = "held for its lifetime: the span closes when the forwarder stops"
-    )]
+    /// `forward`: held, never entered, so it spans the forwarder's life at no cost per token
+    /// (the span closes when the forwarder stops); parent of inline lookups.
     span: tracing::Span,
     /// `generate`, for the `first_token` and `stream_end` events.
     generate: tracing::Span,
@@ -248,12 +245,20 @@ impl ForwarderState {
                     if let Some(inline) = &self.inline_enrichment {
                         let series_ids = inline.series_ids.clone();
                         let fields = inline.fields;
+                        // On the token path, as this mode is: the trace shows it so.
+                        let span = crate::hop_span!(
+                            parent: &self.span,
+                            "enrich.inline",
+                            path_type = crate::turn::CRITICAL_SYNC
+                        );
                         let _ = inline
                             .enricher
                             .call(INLINE_LOOKUP_TIMEOUT, |reply| EnricherMsg::Lookup {
                                 series_ids,
                                 fields,
                                 reply,
+                                span,
+                                path_type: crate::turn::CRITICAL_SYNC,
                             })
                             .await;
                     }

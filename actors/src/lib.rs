@@ -16,9 +16,35 @@
 //!   at a worker's current incarnation.
 //! - [`outbound`]: the per-connection bounded frame queue and its slow-client policy.
 //! - [`chaos`]: latency and panics injected into any actor's mailbox.
+//! - [`background`]: the bounded owner of the work beside the turns (deferrable enrichment,
+//!   shadow calls, model refinements), which sheds rather than queues.
 //!
 //! Each actor module opens with its role, inputs, outputs and failure policy.
 
+/// The span of one hop: `tracing::info_span!` with the same arguments, made only when its
+/// parent (`parent: &span`, else the current span) is recorded. The hops of a turn whose trace
+/// is not sampled thus cost nothing: the turn runs under `Span::none()` and no child is made.
+/// A root span (nothing above it) is made with `info_span!` itself, where the sampler decides.
+#[macro_export]
+macro_rules! hop_span {
+    (parent: $parent:expr, $($rest:tt)+) => {{
+        let parent: &::tracing::Span = $parent;
+        if parent.is_disabled() {
+            ::tracing::Span::none()
+        } else {
+            ::tracing::info_span!(parent: parent, $($rest)+)
+        }
+    }};
+    ($($rest:tt)+) => {{
+        if ::tracing::Span::current().is_disabled() {
+            ::tracing::Span::none()
+        } else {
+            ::tracing::info_span!($($rest)+)
+        }
+    }};
+}
+
+pub mod background;
 pub mod chaos;
 pub mod classifier;
 pub mod context;

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hdrhistogram::Histogram;
 use mangaassist_protocols::frame::ErrorCode;
 use mangaassist_protocols::metrics::{
-    ActorKind, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure, Hop, MetricEvent,
-    ModelOutcome, ShadowVerdict, Stage, TaskType, Transport, TurnOutcome, ViolationRule,
+    ActorKind, BackgroundJob, CacheErrorKind, CacheResult, CacheTier, DisconnectReason, Failure,
+    Hop, JobOutcome, MetricEvent, ModelOutcome, ShadowVerdict, Stage, TaskType, Transport,
+    TurnOutcome, ViolationRule,
 };
 use mangaassist_protocols::turn::{EnrichmentField, Intent, RetrievalMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -196,6 +197,7 @@ pub struct MetricsState {
     fallbacks: HashMap<(TaskType, Arc<str>, Failure), u64>,
     violations: HashMap<ViolationRule, u64>,
     shadows: HashMap<(TaskType, Arc<str>, ShadowVerdict), u64>,
+    background: HashMap<(BackgroundJob, JobOutcome), u64>,
     budget_exceeded: HashMap<Hop, u64>,
     hop_us: HashMap<Hop, Histogram<u64>>,
     /// The EMF interval being aggregated, and where it goes.
@@ -436,6 +438,9 @@ impl MetricsState {
                 *self.cache_errors.entry((tier, kind)).or_default() += 1
             }
             MetricEvent::AppendDropped => self.appends_dropped += 1,
+            MetricEvent::BackgroundJob { job, outcome } => {
+                *self.background.entry((job, outcome)).or_default() += 1
+            }
             MetricEvent::ModelFallback {
                 task,
                 label,
@@ -634,6 +639,23 @@ impl MetricsState {
             "product_cards appends dropped because their deferrable lookup missed enrichment.append_deadline_ms.",
         );
         let _ = writeln!(out, "append_dropped_total {}", self.appends_dropped);
+        header(
+            &mut out,
+            "background_jobs_total",
+            "counter",
+            "Background jobs (work beside the turns) started or shed because the background owner was full, by kind.",
+        );
+        for job in BackgroundJob::ALL {
+            for outcome in [JobOutcome::Started, JobOutcome::Shed] {
+                let _ = writeln!(
+                    out,
+                    "background_jobs_total{{job=\"{}\",outcome=\"{}\"}} {}",
+                    job.as_str(),
+                    outcome.as_str(),
+                    count(&self.background, &(job, outcome))
+                );
+            }
+        }
         header(
             &mut out,
             "stream_frames_coalesced_total",
@@ -1063,6 +1085,7 @@ impl Actor for MetricsSink {
             fallbacks: HashMap::new(),
             violations: HashMap::new(),
             shadows: HashMap::new(),
+            background: HashMap::new(),
         })
     }
 

@@ -18,16 +18,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use mangaassist_protocols::frame::{ErrorCode, UserMessage};
-use mangaassist_protocols::metrics::ActorKind;
+use mangaassist_protocols::metrics::{ActorKind, BackgroundJob};
 use mangaassist_protocols::turn::TurnRecord;
 use mangaassist_protocols::{SessionId, TurnId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::memory::{self, SessionMemory};
 use crate::outbound::Outbound;
-use crate::turn::{Pipeline, TurnControl, TurnCtx, run_turn};
+use crate::turn::{ASYNC_BACKGROUND, Pipeline, TurnControl, TurnCtx, run_turn};
 use mangaassist_protocols::memory::{PreferenceUpdate, Preferences, SummaryLine};
 
 impl SessionState {
@@ -113,13 +114,26 @@ async fn carried_over(args: &SessionArgs) -> SessionMemory {
 
 /// Asks the `preference_extraction` model (when the policy routes the task to one) to read
 /// `text`; its answer comes back as [`SessionMsg::PreferencesRefined`]. Nothing waits for it: a
-/// failure or a slow model leaves the local extraction in place. The task is not the session's
-/// (closing a session must not wait for a model): it ends by itself within the extractor's
-/// deadline, and its answer is dropped if the session is gone by then.
-fn refine_preferences(args: &SessionArgs, myself: &ActorRef<SessionMsg>, text: &str, index: u32) {
+/// failure or a slow model leaves the local extraction in place. The job is the background
+/// owner's, not the session's (closing a session must not wait for a model): it ends by itself
+/// within the extractor's deadline, and its answer is dropped if the session is gone by then.
+/// `parent` is the message's span.
+fn refine_preferences(
+    args: &SessionArgs,
+    myself: &ActorRef<SessionMsg>,
+    text: &str,
+    index: u32,
+    parent: &tracing::Span,
+) {
     let model = args.pipeline.preference_model.clone();
     let (me, session, text) = (myself.clone(), args.session_id.clone(), text.to_owned());
-    tokio::spawn(async move {
+    let span = crate::hop_span!(
+        parent: parent,
+        "preferences.refine",
+        path_type = ASYNC_BACKGROUND,
+        task_type = "preference_extraction",
+    );
+    let job = async move {
         match model.extract(&session, &text).await {
             Ok(Some(update)) if !update.is_empty() => {
                 let _ = me.send_message(SessionMsg::PreferencesRefined { index, update });
@@ -132,7 +146,10 @@ fn refine_preferences(args: &SessionArgs, myself: &ActorRef<SessionMsg>, text: &
                 "preference extraction by model failed; the local extraction stands"
             ),
         }
-    });
+    };
+    args.pipeline
+        .background
+        .spawn(BackgroundJob::PreferenceRefinement, job.instrument(span));
 }
 
 /// Asks the `summarization` model (when the policy routes the task to one) for the lines of
@@ -141,7 +158,12 @@ fn refine_preferences(args: &SessionArgs, myself: &ActorRef<SessionMsg>, text: &
 fn refine_summary(args: &SessionArgs, myself: &ActorRef<SessionMsg>, turns: Vec<TurnRecord>) {
     let model = args.pipeline.summary_model.clone();
     let (me, session) = (myself.clone(), args.session_id.clone());
-    tokio::spawn(async move {
+    let span = tracing::info_span!(
+        "summary.refine",
+        path_type = ASYNC_BACKGROUND,
+        task_type = "summarization",
+    );
+    let job = async move {
         match model.summarize(&session, &turns).await {
             Ok(Some(lines)) if !lines.is_empty() => {
                 let _ = me.send_message(SessionMsg::SummaryRefined { lines });
@@ -153,7 +175,10 @@ fn refine_summary(args: &SessionArgs, myself: &ActorRef<SessionMsg>, turns: Vec<
                 "summarization by model failed; the extractive summary stands"
             ),
         }
-    });
+    };
+    args.pipeline
+        .background
+        .spawn(BackgroundJob::SummaryRefinement, job.instrument(span));
 }
 
 /// A refused message: becomes an `error` frame on the connection.
@@ -363,7 +388,7 @@ impl Actor for SessionActor {
                 let control = TurnControl::default();
                 // What the message states is remembered before the turn runs, so its own answer
                 // already respects it (and a failed turn does not lose it).
-                refine_preferences(&state.args, &myself, &message.text, state.next_index);
+                refine_preferences(&state.args, &myself, &message.text, state.next_index, &span);
                 let mut memory = (*state.memory).clone();
                 if memory.note(&message.text, state.next_index) {
                     tracing::info!(

@@ -20,7 +20,9 @@ use std::time::Duration;
 use mangaassist_protocols::unix_ms;
 
 use mangaassist_protocols::frame::{AppendKind, ErrorCode, FinishReason};
-use mangaassist_protocols::metrics::{ActorKind, Hop, MetricEvent, Stage, TurnOutcome};
+use mangaassist_protocols::metrics::{
+    ActorKind, BackgroundJob, Hop, MetricEvent, Stage, TurnOutcome,
+};
 use mangaassist_protocols::ports::{
     EnrichmentError, ModelBackend, PreferenceExtractor, ProfileStore, RetrievalError, Summarizer,
     TranscriptStore,
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument as _;
 
+use crate::background::Background;
 use crate::chaos::Chaos;
 use crate::classifier::ClassifierMsg;
 use crate::context::{self, ContextBudget};
@@ -166,8 +169,18 @@ impl Default for TurnSettings {
 /// one); without, [`NoTraceContext`] and the turn makes a fresh X-Ray-format id. Spans are the
 /// `tracing` crate's either way: exporting them is a subscriber's business, never the turn's.
 pub trait TraceContext: Send + Sync {
-    /// The X-Ray form of `span`'s trace id, if it belongs to one.
-    fn trace_id(&self, span: &tracing::Span) -> Option<TraceId>;
+    /// The trace `span` belongs to, if it belongs to one.
+    fn trace_of(&self, span: &tracing::Span) -> Option<SpanTrace>;
+}
+
+/// The trace a span belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanTrace {
+    /// Its id, in X-Ray form.
+    pub id: TraceId,
+    /// Whether the trace is sampled (its spans are exported). The hops of an unsampled turn
+    /// make no spans at all ([`hop_span!`](crate::hop_span)).
+    pub sampled: bool,
 }
 
 /// No tracing exporter: no span has a trace id.
@@ -175,7 +188,7 @@ pub trait TraceContext: Send + Sync {
 pub struct NoTraceContext;
 
 impl TraceContext for NoTraceContext {
-    fn trace_id(&self, _span: &tracing::Span) -> Option<TraceId> {
+    fn trace_of(&self, _span: &tracing::Span) -> Option<SpanTrace> {
         None
     }
 }
@@ -297,6 +310,8 @@ pub struct Pipeline {
     pub token_counter: Arc<dyn ModelBackend>,
     /// Mailbox chaos.
     pub chaos: Arc<Chaos>,
+    /// The owner of the work beside the turns (the deferrable lookup, model refinements).
+    pub background: Background,
     /// Limits.
     pub settings: Arc<TurnSettings>,
     /// The trace id of a turn's span.
@@ -442,7 +457,7 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     // The turn's span: its intent and retrieval mode are recorded as soon as they are known, so a
     // trace shows a fallback turn as one. (Spans are the `tracing` crate's; exporting them is a
     // subscriber's business, never the turn's.)
-    let span = tracing::info_span!(
+    let span = crate::hop_span!(
         parent: &ctx.parent,
         "turn",
         path_type = CRITICAL_SYNC,
@@ -451,11 +466,14 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
         intent = tracing::field::Empty,
         retrieval_mode = tracing::field::Empty,
     );
-    let trace_id = ctx
-        .pipeline
-        .trace_context
-        .trace_id(&span)
-        .unwrap_or_else(|| TraceId::new_xray(unix_ms() / 1000));
+    // An unsampled turn keeps its trace id (the frames carry it) but makes no hop spans: they
+    // would cost the layer's work and never be exported. Without an exporter every span is
+    // kept, for the logs' context.
+    let (trace_id, span) = match ctx.pipeline.trace_context.trace_of(&span) {
+        Some(SpanTrace { id, sampled: true }) => (id, span),
+        Some(SpanTrace { id, sampled: false }) => (id, tracing::Span::none()),
+        None => (TraceId::new_xray(unix_ms() / 1000), span),
+    };
     check_budget(&ctx, &trace_id, Hop::Front, ctx.received_at.elapsed());
     match turn_body(&ctx, trace_id).instrument(span).await {
         Ok((record, intent, last)) => {
@@ -504,7 +522,7 @@ async fn turn_body(
     let t0 = Instant::now();
     let text = ctx.text.clone();
     let session = ctx.session_id.clone();
-    let classify_span = tracing::info_span!(
+    let classify_span = crate::hop_span!(
         "classify",
         path_type = CRITICAL_SYNC,
         task_type = "intent_classification",
@@ -582,7 +600,7 @@ async fn turn_body(
         preferences: &ctx.memory.preferences,
     };
     let (request, report, exact) = fit(ctx, intent, view, &items)
-        .instrument(tracing::info_span!(
+        .instrument(crate::hop_span!(
             "context.assemble",
             path_type = CRITICAL_SYNC,
             intent = intent.as_str()
@@ -621,14 +639,14 @@ async fn turn_body(
     //    lasts from the request to the stream's end, with `first_token` and `stream_end`
     //    events recorded by the forwarder after the frame is queued; `forward` is the
     //    forwarder's own life.
-    let generate = tracing::info_span!(
+    let generate = crate::hop_span!(
         "generate",
         path_type = CRITICAL_SYNC,
         task_type = "answer_synthesis",
         intent = intent.as_str(),
         model_id = tracing::field::Empty,
     );
-    let forward = tracing::info_span!(parent: &generate, "forward", path_type = CRITICAL_SYNC);
+    let forward = crate::hop_span!(parent: &generate, "forward", path_type = CRITICAL_SYNC);
     let (events_tx, events_rx) = mpsc::channel(s.token_channel_capacity.max(1));
     let cancel = ctx.control.cancel.clone();
     let asked_model = Instant::now();
@@ -766,7 +784,7 @@ async fn turn_body(
             Some(task) => {
                 let deadline = Instant::now() + s.append_deadline;
                 match tokio::time::timeout_at(deadline, task).await {
-                    Ok(Ok(found)) => found,
+                    Ok(Ok(found)) => found.flatten(),
                     Ok(Err(_)) | Err(_) => None,
                 }
             }
@@ -852,7 +870,7 @@ async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
         p.settings.transcript_timeout,
         p.transcripts.append(record.clone()),
     )
-    .instrument(tracing::info_span!(
+    .instrument(crate::hop_span!(
         "transcript.write",
         path_type = CRITICAL_SYNC
     ))
@@ -1097,20 +1115,21 @@ async fn preflight(
             return Vec::new();
         }
         let text = ctx.text.clone();
+        let span = crate::hop_span!("enrich.mentions", path_type = CRITICAL_SYNC);
+        let carried = span.clone();
         enrich(p, mandatory, remaining(), |reply| EnricherMsg::Mentions {
             text,
             fields: mandatory,
             reply,
+            span: carried,
+            path_type: CRITICAL_SYNC,
         })
-        .instrument(tracing::info_span!(
-            "enrich.mentions",
-            path_type = CRITICAL_SYNC
-        ))
+        .instrument(span)
         .await
         .unwrap_or_default()
     };
     let retrieve = retrieve.instrument(if intent.wants_retrieval() {
-        tracing::info_span!(
+        crate::hop_span!(
             "retrieve",
             path_type = CRITICAL_SYNC,
             attempts = tracing::field::Empty,
@@ -1133,15 +1152,16 @@ async fn preflight(
         .map(|d| d.series_id.clone())
         .collect();
     if lookup_here && !missing.is_empty() && !remaining().is_zero() {
+        let span = crate::hop_span!("enrich.mandatory", path_type = CRITICAL_SYNC);
+        let carried = span.clone();
         let found = enrich(p, mandatory, remaining(), |reply| EnricherMsg::Lookup {
             series_ids: missing,
             fields: mandatory,
             reply,
+            span: carried,
+            path_type: CRITICAL_SYNC,
         })
-        .instrument(tracing::info_span!(
-            "enrich.mandatory",
-            path_type = CRITICAL_SYNC
-        ))
+        .instrument(span)
         .await;
         facts.extend(
             found
@@ -1182,13 +1202,15 @@ async fn preflight(
     (items, facts, searched)
 }
 
-/// Starts the lookup of the `deferrable` fields of the grounding items, beside the stream. The
-/// task is aborted if the turn ends before it is awaited; `None` when there is nothing to look up.
+/// Starts the lookup of the `deferrable` fields of the grounding items, beside the stream, as a
+/// background job. The job is aborted if the turn ends before it is awaited. `None` when there
+/// is nothing to look up, or when the background owner is full (the job is shed and counted, and
+/// the cards go out without those fields).
 fn deferrable(
     ctx: &TurnCtx,
     deferrable: FieldSet,
     items: &[ContextItem],
-) -> Option<AbortOnDropHandle<Option<Vec<Enrichment>>>> {
+) -> Option<AbortOnDropHandle<Option<Option<Vec<Enrichment>>>>> {
     if deferrable.is_empty() || items.is_empty() {
         return None;
     }
@@ -1196,18 +1218,23 @@ fn deferrable(
     let series_ids: Vec<String> = items.iter().map(|i| i.doc.series_id.clone()).collect();
     // Bounded by the connection's life: the turn drops (aborts) it at the append deadline.
     let limit = DEFERRABLE_LOOKUP_LIMIT;
-    let span = tracing::info_span!("enrich.deferrable", path_type = ASYNC_BACKGROUND);
-    Some(AbortOnDropHandle::new(tokio::spawn(
-        async move {
-            enrich(&p, deferrable, limit, |reply| EnricherMsg::Lookup {
-                series_ids,
-                fields: deferrable,
-                reply,
-            })
-            .await
-        }
-        .instrument(span),
-    )))
+    let span = crate::hop_span!("enrich.deferrable", path_type = ASYNC_BACKGROUND);
+    let carried = span.clone();
+    let lookup = async move {
+        enrich(&p, deferrable, limit, |reply| EnricherMsg::Lookup {
+            series_ids,
+            fields: deferrable,
+            reply,
+            span: carried,
+            path_type: ASYNC_BACKGROUND,
+        })
+        .await
+    }
+    .instrument(span);
+    ctx.pipeline
+        .background
+        .spawn(BackgroundJob::DeferrableEnrichment, lookup)
+        .map(AbortOnDropHandle::new)
 }
 
 /// Upper bound on a deferrable lookup's own wait; the append deadline normally ends it first.

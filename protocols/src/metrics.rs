@@ -562,6 +562,60 @@ impl GapBatch {
     }
 }
 
+/// A kind of work run beside the turns by the background owner (`mangaassist_actors::background`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackgroundJob {
+    /// The lookup of a turn's deferrable enrichment fields, beside its stream.
+    DeferrableEnrichment,
+    /// A shadow model call and its comparison with the primary.
+    Shadow,
+    /// A model's reading of a message's preferences.
+    PreferenceRefinement,
+    /// A model's summary of the turns leaving a session's memory.
+    SummaryRefinement,
+}
+
+impl BackgroundJob {
+    /// Every job kind.
+    pub const ALL: [BackgroundJob; 4] = [
+        BackgroundJob::DeferrableEnrichment,
+        BackgroundJob::Shadow,
+        BackgroundJob::PreferenceRefinement,
+        BackgroundJob::SummaryRefinement,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackgroundJob::DeferrableEnrichment => "deferrable_enrichment",
+            BackgroundJob::Shadow => "shadow",
+            BackgroundJob::PreferenceRefinement => "preference_refinement",
+            BackgroundJob::SummaryRefinement => "summary_refinement",
+        }
+    }
+}
+
+/// What became of a background job when it was spawned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// It runs.
+    Started,
+    /// The background owner was full (or shutting down): it never ran.
+    Shed,
+}
+
+impl JobOutcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Started => "started",
+            JobOutcome::Shed => "shed",
+        }
+    }
+}
+
 /// One thing worth counting. Durations are microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricEvent {
@@ -708,6 +762,13 @@ pub enum MetricEvent {
         model: std::sync::Arc<str>,
         /// What the comparison found.
         verdict: ShadowVerdict,
+    },
+    /// A background job was started or shed.
+    BackgroundJob {
+        /// Which kind.
+        job: BackgroundJob,
+        /// Started or shed.
+        outcome: JobOutcome,
     },
     /// A supervisor restarted a failed actor.
     ActorRestarted {

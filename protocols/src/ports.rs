@@ -172,6 +172,12 @@ pub trait EnrichmentSource: Send + Sync + 'static {
         let _ = text;
         Vec::new()
     }
+
+    /// What the source is, for the `source` attribute of its spans (`embedded_catalog`,
+    /// `http_catalog`); a wrapper answers with what it wraps.
+    fn name(&self) -> &'static str {
+        "source"
+    }
 }
 
 /// Why a transcript operation failed.

@@ -78,7 +78,9 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::config::{Config as RedisConfig, Options as RedisOptions, ReconnectPolicy};
 use fred::types::{Builder, ConnectHandle, Expiration};
 use futures_util::future::join_all;
+use mangaassist_actors::enricher::lookup_path_type;
 use mangaassist_actors::metrics_sink::MetricsHandle;
+use mangaassist_actors::turn::ASYNC_BACKGROUND;
 use mangaassist_protocols::metrics::{CacheErrorKind, CacheResult, CacheTier, MetricEvent};
 use mangaassist_protocols::ports::{EnrichmentError, EnrichmentSource};
 use mangaassist_protocols::turn::{Enrichment, FieldSet};
@@ -86,6 +88,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Cache settings, from `[cache]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,34 +316,65 @@ impl EnrichmentSource for TwoTierCache {
         let mut missing: Vec<&str> = Vec::new();
         let mut stale: Vec<&str> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(series_ids.len());
+        // Each source this lookup consults gets a span (under the caller's), with the caller's
+        // `path_type`: the turn waits on a mandatory lookup, nothing waits on a deferrable one.
+        let path_type = lookup_path_type();
 
         // Tier 1.
-        for id in series_ids.iter().map(String::as_str) {
-            if !seen.insert(id) {
-                continue;
-            }
-            let entry = s.memory.get(id).await;
-            let result = s.classify(entry.as_deref(), now);
-            s.metrics.emit(MetricEvent::CacheLookup {
-                tier: CacheTier::Memory,
-                result,
-            });
-            match (result, entry) {
-                (CacheResult::Miss, _) | (_, None) => missing.push(id),
-                (result, Some(entry)) => {
-                    if result == CacheResult::Stale {
-                        stale.push(id);
+        let memory = mangaassist_actors::hop_span!(
+            "enrich.memory",
+            path_type,
+            source = "memory",
+            keys = tracing::field::Empty,
+            hits = tracing::field::Empty,
+        );
+        async {
+            for id in series_ids.iter().map(String::as_str) {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let entry = s.memory.get(id).await;
+                let result = s.classify(entry.as_deref(), now);
+                s.metrics.emit(MetricEvent::CacheLookup {
+                    tier: CacheTier::Memory,
+                    result,
+                });
+                match (result, entry) {
+                    (CacheResult::Miss, _) | (_, None) => missing.push(id),
+                    (result, Some(entry)) => {
+                        if result == CacheResult::Stale {
+                            stale.push(id);
+                        }
+                        found.insert(id, entry);
                     }
-                    found.insert(id, entry);
                 }
             }
         }
+        .instrument(memory.clone())
+        .await;
+        memory.record("keys", seen.len());
+        memory.record("hits", found.len());
+        drop(memory);
 
         // Tier 2, for what tier 1 lacked.
+        let redis_span = || {
+            mangaassist_actors::hop_span!(
+                "enrich.redis",
+                path_type,
+                source = "redis",
+                keys = missing.len(),
+                hits = tracing::field::Empty,
+            )
+        };
         if !missing.is_empty()
             && let Some(redis) = &s.redis
-            && let Some(values) = redis.get_many(&missing, &s.metrics).await
+            && let span = redis_span()
+            && let Some(values) = redis
+                .get_many(&missing, &s.metrics)
+                .instrument(span.clone())
+                .await
         {
+            let before = found.len();
             let mut still_missing = Vec::new();
             for (id, raw) in missing.into_iter().zip(values) {
                 let entry = raw.and_then(|raw| decode(id, &raw));
@@ -361,6 +395,7 @@ impl EnrichmentSource for TwoTierCache {
                     }
                 }
             }
+            span.record("hits", found.len() - before);
             missing = still_missing;
         }
 
@@ -368,7 +403,13 @@ impl EnrichmentSource for TwoTierCache {
         if !stale.is_empty() {
             let claim = s.claim(&stale);
             if let Some((ids, tx)) = claim.fetch {
-                s.spawn_fetch(ids, tx);
+                let span = mangaassist_actors::hop_span!(
+                    "enrich.refresh",
+                    path_type = ASYNC_BACKGROUND,
+                    source = s.inner.name(),
+                    keys = ids.len(),
+                );
+                s.spawn_fetch(ids, tx, span);
             }
         }
 
@@ -377,7 +418,13 @@ impl EnrichmentSource for TwoTierCache {
         if !missing.is_empty() {
             let claim = s.claim(&missing);
             if let Some((ids, tx)) = claim.fetch {
-                s.spawn_fetch(ids, tx);
+                let span = mangaassist_actors::hop_span!(
+                    "enrich.source",
+                    path_type,
+                    source = s.inner.name(),
+                    keys = ids.len(),
+                );
+                s.spawn_fetch(ids, tx, span);
             }
             fetched = wait_all(claim.waits).await?;
             for (id, entry) in &fetched {
@@ -452,11 +499,17 @@ impl Shared {
         Claim { fetch, waits }
     }
 
-    /// Fetches `ids` from the source in a task of our own, so that a caller giving up does not
-    /// cancel it.
-    fn spawn_fetch(self: &Arc<Self>, ids: Vec<String>, tx: watch::Sender<Option<Fetched>>) {
+    /// Fetches `ids` from the source in a task of our own, in `span`, so that a caller giving
+    /// up does not cancel it.
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        ids: Vec<String>,
+        tx: watch::Sender<Option<Fetched>>,
+        span: tracing::Span,
+    ) {
         let shared = self.clone();
-        self.tasks.spawn(async move { shared.fetch(ids, tx).await });
+        self.tasks
+            .spawn(async move { shared.fetch(ids, tx).await }.instrument(span));
     }
 
     async fn fetch(self: Arc<Self>, ids: Vec<String>, tx: watch::Sender<Option<Fetched>>) {
@@ -503,8 +556,15 @@ impl Shared {
         let map = Arc::new(map);
         tx.send_replace(Some(Ok(map.clone())));
         if let Some(redis) = &self.redis {
+            // Nobody waits for the write-back: the answer went out above.
             redis
                 .set_many(&map, self.window_ms, &self.clock, &self.metrics)
+                .instrument(mangaassist_actors::hop_span!(
+                    "enrich.cache_write",
+                    path_type = ASYNC_BACKGROUND,
+                    source = "redis",
+                    keys = map.len(),
+                ))
                 .await;
         }
     }

@@ -31,6 +31,10 @@ impl EnrichmentSource for ChaosEnrichment {
         self.inner.lookup(series_ids, fields).await
     }
 
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
     fn mentioned(&self, text: &str) -> Vec<String> {
         self.inner.mentioned(text)
     }

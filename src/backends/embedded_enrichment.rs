@@ -257,6 +257,10 @@ impl EnrichmentSource for EmbeddedEnrichment {
         Ok(self.facts_for(series_ids, fields))
     }
 
+    fn name(&self) -> &'static str {
+        "embedded_catalog"
+    }
+
     /// Ids of series whose title appears in `text` as whole words (case and punctuation ignored,
     /// titles of at least four characters), longest titles first, at most three. A matched title
     /// masks its words, so a shorter title inside it is not reported too.
@@ -315,6 +319,10 @@ impl EnrichmentSource for WithCatalogNames {
         fields: FieldSet,
     ) -> Result<Vec<Enrichment>, EnrichmentError> {
         self.inner.lookup(series_ids, fields).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 
     fn mentioned(&self, text: &str) -> Vec<String> {

@@ -269,6 +269,10 @@ impl EnrichmentSource for HttpCatalog {
         }
         Ok(out)
     }
+
+    fn name(&self) -> &'static str {
+        "http_catalog"
+    }
 }
 
 fn invalid_url(url: &str, why: &str) -> EnrichmentError {

@@ -68,6 +68,13 @@ async fn metrics(State(state): State<FrontState>) -> Response {
         "# HELP warm_capacity_ready 1 once the warm-up has been through the pipeline and /readyz answers 200.\n# TYPE warm_capacity_ready gauge\nwarm_capacity_ready {}",
         u8::from(state.ready.load(Ordering::Acquire))
     );
+    let background = &state.pipeline.background;
+    let _ = writeln!(
+        body,
+        "# HELP background_jobs_in_flight Background jobs running now.\n# TYPE background_jobs_in_flight gauge\nbackground_jobs_in_flight {}\n# HELP background_jobs_max_in_flight background.max_in_flight: more jobs at once are shed.\n# TYPE background_jobs_max_in_flight gauge\nbackground_jobs_max_in_flight {}",
+        background.in_flight(),
+        background.max_in_flight()
+    );
     let budgets = state.pipeline.settings.budgets;
     let _ = writeln!(
         body,

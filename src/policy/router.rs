@@ -33,10 +33,11 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt as _};
+use mangaassist_actors::background::Background;
 use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_protocols::SessionId;
 use mangaassist_protocols::frame::ModelInfo;
-use mangaassist_protocols::metrics::{MetricEvent, ModelOutcome, ShadowVerdict};
+use mangaassist_protocols::metrics::{BackgroundJob, MetricEvent, ModelOutcome, ShadowVerdict};
 use mangaassist_protocols::ports::{
     ClassifyError, IntentClassifier, ModelBackend, ModelError, ModelEvent, ModelStream, TokenCount,
 };
@@ -98,6 +99,7 @@ pub struct ModelRouter {
     text: Mutex<HashMap<Arc<str>, Built<dyn ModelBackend>>>,
     classifiers: Mutex<HashMap<Arc<str>, Built<dyn IntentClassifier>>>,
     shadow_slots: Arc<Semaphore>,
+    background: Background,
     warned: Mutex<HashSet<Warned>>,
 }
 
@@ -122,7 +124,7 @@ fn classify_failure(e: &ClassifyError) -> Failure {
 /// The span of a shadow call: a child of the caller's (the turn's `generate` or `classify`), off
 /// its path.
 fn shadow_span(task: TaskType, shadow: &ModelRef) -> tracing::Span {
-    tracing::info_span!(
+    mangaassist_actors::hop_span!(
         "shadow",
         path_type = mangaassist_actors::turn::ASYNC_BACKGROUND,
         task_type = task.as_str(),
@@ -156,12 +158,14 @@ fn truncated(s: &str) -> &str {
 
 impl ModelRouter {
     /// A router over `policy`, building backends with `factory`, reporting to `metrics`, running
-    /// at most `shadow_in_flight` shadow calls at once (more are skipped and counted).
+    /// at most `shadow_in_flight` shadow calls at once (more are skipped and counted) as jobs of
+    /// `background`.
     pub fn new(
         policy: PolicySource,
         factory: ModelFactory,
         metrics: MetricsHandle,
         shadow_in_flight: usize,
+        background: Background,
     ) -> Arc<Self> {
         Arc::new(Self {
             policy,
@@ -170,6 +174,7 @@ impl ModelRouter {
             text: Mutex::new(HashMap::new()),
             classifiers: Mutex::new(HashMap::new()),
             shadow_slots: Arc::new(Semaphore::new(shadow_in_flight)),
+            background,
             warned: Mutex::new(HashSet::new()),
         })
     }
@@ -363,7 +368,7 @@ impl ModelRouter {
         let (primary_tx, primary_rx) = oneshot::channel::<String>();
         let router = self.clone();
         let span = shadow_span(task, &shadow);
-        tokio::spawn(tracing::Instrument::instrument(
+        let job = tracing::Instrument::instrument(
             async move {
                 let _permit = permit;
                 let answer = async {
@@ -411,8 +416,11 @@ impl ModelRouter {
                 router.shadow_verdict(task, &shadow, verdict);
             },
             span,
-        ));
-        Some(primary_tx)
+        );
+        // A shed job never runs: the primary's answer has nowhere to go.
+        self.background
+            .spawn(BackgroundJob::Shadow, job)
+            .map(|_| primary_tx)
     }
 
     fn shadow_verdict(&self, task: TaskType, shadow: &ModelRef, verdict: ShadowVerdict) {
@@ -554,7 +562,7 @@ impl ModelRouter {
         let router = self.clone();
         let text = text.to_owned();
         let span = shadow_span(task, &shadow);
-        tokio::spawn(tracing::Instrument::instrument(
+        let job = tracing::Instrument::instrument(
             async move {
                 let _permit = permit;
                 let answer = match router.classifier(&shadow).await {
@@ -586,7 +594,8 @@ impl ModelRouter {
                 router.shadow_verdict(task, &shadow, verdict);
             },
             span,
-        ));
+        );
+        self.background.spawn(BackgroundJob::Shadow, job);
     }
 }
 
