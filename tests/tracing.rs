@@ -135,6 +135,7 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
         "enrich.deferrable",
         "enrich.memory",
         "enrich.source",
+        "preferences.refine",
     ];
     while !CRITICAL
         .iter()
@@ -211,6 +212,11 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     let beside = under("enrich.deferrable", "enrich.memory");
     assert_eq!(beside.len(), 1, "the deferrable lookup's memory tier");
     assert!(attr(beside[0], "path_type").contains("async_background"));
+    // The message's preference refinement: a background job under the front's span.
+    let refine = by_name["preferences.refine"];
+    assert_eq!(refine.parent_span_id, id("front.receive"));
+    assert!(attr(refine, "path_type").contains("async_background"));
+    assert!(attr(refine, "task_type").contains("preference_extraction"));
     // What the turn was, where it applies.
     assert!(attr(by_name["turn"], "intent").contains("purchase_intent"));
     assert!(attr(by_name["turn"], "retrieval_mode").contains("grounded"));
