@@ -166,6 +166,15 @@ impl TurnRecord {
             stats.record_incomplete(&self.timing);
         }
         let turn = self.turn_id.as_str();
+        if !self.end.session_continues() {
+            match &self.end {
+                TurnEnd::Error { code, .. } => stats.count_disconnect(code.as_str()),
+                TurnEnd::Dropped(_) => stats.count_disconnect("connection_lost"),
+                TurnEnd::Protocol(_) => stats.count_disconnect("protocol_error"),
+                TurnEnd::TimedOut(_) => stats.count_disconnect("turn_timeout"),
+                TurnEnd::Done | TurnEnd::Cancelled => {}
+            }
+        }
         match &self.end {
             TurnEnd::Done => stats.turns_ok += 1,
             TurnEnd::Error { code, message } => {

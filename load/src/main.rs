@@ -18,7 +18,9 @@
 //! limit, and printing.
 
 mod client;
+mod compare;
 mod hops;
+mod openai;
 mod plot;
 mod queries;
 mod report;
@@ -27,6 +29,7 @@ mod scenario;
 mod stats;
 #[cfg(test)]
 mod testserver;
+mod timeplot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +42,7 @@ use crate::plot::{Metric, PlotRequest, RunSpec, parse_run_spec, value_label};
 use crate::report::{CommandLine, IdleReport, RunReport, write_json};
 use crate::rss::RssSource;
 use crate::scenario::idle::IdleConfig;
-use crate::scenario::run::RunConfig;
+use crate::scenario::run::{RunConfig, Upstream};
 use mangaassist_protocols::unix_ms;
 
 /// File descriptors kept beyond one per session (stdio, runtime, metrics GETs).
@@ -95,6 +98,73 @@ enum Command {
         Prints each run's p99 to stdout. --metric ttft draws time to first token instead."
     )]
     Plot(PlotArgs),
+    /// Run a scenario file (load/scenarios/*.toml): a `run` described in TOML, with its chaos.
+    ///
+    /// The file gives sessions, turns, ramp, think time, an optional hold (no new turn after
+    /// ramp + hold), the model's pacing (a gap over 10x it is a stalled stream) and optional
+    /// mailbox chaos rules, installed through POST /admin/chaos before the run and removed
+    /// after it. The report is the `run` report, named for the scenario.
+    #[command(after_help = "Examples:\n  \
+        mangaassist-load scenario load/scenarios/steady.toml --server-pid <PID> --json steady.json\n  \
+        mangaassist-load scenario load/scenarios/chaos.toml --sessions 100 --json chaos.json")]
+    Scenario(ScenarioArgs),
+    /// Draw run reports over time as one SVG: TTFT p99, chunk-gap p99, server RSS or CPU.
+    ///
+    /// Reads each report's `timeline` (one point per second, written by `run` and `scenario`;
+    /// RSS and CPU need --server-pid). One line per run, x in seconds since its start.
+    #[command(after_help = "Example:\n  \
+        mangaassist-load timeline --figure rss --out docs/img/rss.svg steady.json=steady chaos.json=chaos")]
+    Timeline(TimelineArgs),
+    /// Print two run reports' figures side by side, with B/A for each.
+    #[command(after_help = "Example:\n  mangaassist-load compare steady.json chaos.json")]
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    /// The scenario file.
+    #[arg(value_name = "FILE.toml")]
+    file: PathBuf,
+
+    /// Use this many sessions instead of the file's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sessions: Option<u64>,
+
+    /// Use this many turns per session instead of the file's.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    turns: Option<u64>,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+struct TimelineArgs {
+    /// Run reports to draw, each as RUN.json=LABEL.
+    #[arg(value_name = "RUN.json=LABEL", required = true, value_parser = parse_run_spec)]
+    runs: Vec<RunSpec>,
+
+    /// SVG file to write; missing parent directories are created.
+    #[arg(long, value_name = "OUT.svg")]
+    out: PathBuf,
+
+    /// Which figure.
+    #[arg(long, value_enum, default_value = "ttft")]
+    figure: timeplot::Figure,
+
+    /// Chart title [default: names the figure].
+    #[arg(long, value_name = "T")]
+    title: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The baseline report.
+    #[arg(value_name = "A.json")]
+    a: PathBuf,
+    /// The report compared with it.
+    #[arg(value_name = "B.json")]
+    b: PathBuf,
 }
 
 /// Options shared by every scenario.
@@ -122,6 +192,26 @@ struct Target {
     /// Connect + WebSocket upgrade + hello -> welcome must finish within this.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     connect_timeout_secs: Duration,
+
+    /// Stream from this OpenAI-compatible endpoint (base URL up to /v1) instead of MangaAssist:
+    /// `mock-model` itself, or a gateway in front of it. The same figures are measured, so the
+    /// runs compare side by side. --url is then unused; give --server-pid for RSS and CPU.
+    #[arg(long, value_name = "URL")]
+    openai: Option<String>,
+
+    /// The model name sent with --openai.
+    #[arg(long, value_name = "NAME", default_value = "mock", requires = "openai")]
+    openai_model: String,
+
+    /// Bearer token sent with --openai.
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        requires = "openai"
+    )]
+    openai_key: Option<String>,
 
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "OUT.json")]
@@ -153,6 +243,11 @@ struct RunArgs {
     /// Stop the whole run after this many seconds and report what was measured.
     #[arg(long, value_name = "T", default_value = "600", value_parser = parse_secs)]
     max_secs: Duration,
+
+    /// The model's token pacing, in milliseconds: a turn with a gap longer than 10x this counts
+    /// as stalled. Without it stalls are not counted.
+    #[arg(long, value_name = "MS", value_parser = parse_ms)]
+    pacing_ms: Option<Duration>,
 
     /// Abandon a turn (and close its session) with no done/error after this many seconds.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
@@ -254,9 +349,29 @@ fn raise_nofile(sessions: u64) -> Option<u64> {
 
 impl Target {
     fn rss_source(&self) -> anyhow::Result<RssSource> {
+        if let Some(base) = &self.openai {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                bail!("--openai {base}: expected http://host:port/v1");
+            }
+            return Ok(match self.server_pid {
+                Some(pid) => RssSource::Proc(pid),
+                None => RssSource::Unavailable("--openai without --server-pid".to_owned()),
+            });
+        }
         check_url(&self.url)?;
         RssSource::choose(self.server_pid, self.metrics_url.as_deref(), &self.url)
             .context("--metrics-url")
+    }
+
+    fn upstream(&self) -> Upstream {
+        match &self.openai {
+            None => Upstream::WebSocket,
+            Some(base) => Upstream::OpenAi {
+                base: base.clone(),
+                model: self.openai_model.clone(),
+                api_key: self.openai_key.clone(),
+            },
+        }
     }
 }
 
@@ -266,6 +381,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let nofile = raise_nofile(args.sessions);
     let cfg = RunConfig {
         url: args.target.url.clone(),
+        upstream: args.target.upstream(),
         token: args.target.token.clone(),
         sessions: args.sessions,
         turns: args.turns,
@@ -275,14 +391,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         turn_timeout: args.turn_timeout_secs,
         connect_timeout: args.target.connect_timeout_secs,
         progress: !args.target.quiet,
+        stall_threshold: args.pacing_ms.map(|p| p * scenario::file::STALL_FACTOR),
+        send_for: None,
     };
     let started = unix_ms();
     let out = scenario::run::execute(&cfg, &rss).await?;
     let mut report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
     // The server's own view of each hop, against its budget (issue 7).
-    let metrics = match &args.target.metrics_url {
-        Some(u) => Some(u.clone()),
-        None => rss::metrics_url_for(&args.target.url).ok(),
+    let metrics = match (&args.target.metrics_url, &args.target.openai) {
+        (Some(u), _) => Some(u.clone()),
+        // Another server: it has no per-hop metrics.
+        (None, Some(_)) => None,
+        (None, None) => rss::metrics_url_for(&args.target.url).ok(),
     };
     if let Some(url) = metrics
         && let Ok(target) = rss::HttpTarget::parse(&url)
@@ -298,6 +418,102 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wrote {}", path.display());
     }
     Ok(exit_code(out.stats.sessions_connected))
+}
+
+async fn scenario_run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let command_line = CommandLine::capture();
+    let mut file = scenario::file::ScenarioFile::load(&args.file)?;
+    if let Some(n) = args.sessions {
+        file.sessions = n;
+    }
+    if let Some(m) = args.turns {
+        file.turns = m;
+    }
+    let rss = args.target.rss_source()?;
+    let nofile = raise_nofile(file.sessions);
+    let cfg = file.run_config(&scenario::file::Target {
+        url: args.target.url.clone(),
+        upstream: args.target.upstream(),
+        token: args.target.token.clone(),
+        connect_timeout: args.target.connect_timeout_secs,
+        progress: !args.target.quiet,
+    })?;
+    eprintln!("scenario {}: {}", file.name, file.description);
+    if !file.chaos.is_empty() && args.target.openai.is_some() {
+        bail!(
+            "scenario {} has chaos rules, which only MangaAssist takes; run it without --openai",
+            file.name
+        );
+    }
+    let chaos = rss::HttpTarget::parse(&rss::http_url_for(&args.target.url, "/admin/chaos")?)?;
+    if !file.chaos.is_empty() {
+        let body = serde_json::json!({ "rules": file.chaos }).to_string();
+        let (status, answer) = rss::http_request(&chaos, "POST", Some(&body)).await?;
+        if status != 200 {
+            bail!(
+                "the server refused the chaos rules ({status}): {}",
+                answer.trim()
+            );
+        }
+        eprintln!("chaos installed: {}", file.chaos.join(", "));
+    }
+    let started = unix_ms();
+    let outcome = scenario::run::execute(&cfg, &rss).await;
+    if !file.chaos.is_empty() {
+        match rss::http_request(&chaos, "DELETE", None).await {
+            Ok((200, _)) => eprintln!("chaos removed"),
+            Ok((status, answer)) => {
+                eprintln!("warning: chaos not removed ({status}): {}", answer.trim());
+            }
+            Err(e) => eprintln!("warning: chaos not removed: {e}"),
+        }
+    }
+    let out = outcome?;
+    let mut report = RunReport::new(command_line, started, &cfg, &rss, nofile, &out);
+    report.scenario = file.name.clone();
+    if args.target.openai.is_none()
+        && let Ok(url) = rss::metrics_url_for(&args.target.url)
+        && let Ok(target) = rss::HttpTarget::parse(&url)
+        && let Ok(table) = hops::fetch(&target, report.latency_ms.ttft.as_ref()).await
+    {
+        report.hops = Some(table);
+    }
+    print!("{}", report.render(&out.stats));
+    if let Some(path) = &args.target.json {
+        write_json(path, &report).await?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(exit_code(out.stats.sessions_connected))
+}
+
+async fn timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
+    let out = args.out.clone();
+    let lines = tokio::task::spawn_blocking(move || {
+        timeplot::run(&args.runs, args.figure, args.title.as_deref(), &args.out)
+    })
+    .await
+    .context("timeline task")??;
+    for l in &lines {
+        let peak = l.points.iter().map(|p| p.1).fold(0.0, f64::max);
+        println!("{:<40} {} points, peak {peak:.2}", l.label, l.points.len());
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare_runs(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let a = compare::read(&args.a)?;
+    let b = compare::read(&args.b)?;
+    print!(
+        "{}",
+        compare::render(
+            &a,
+            &args.a.display().to_string(),
+            &b,
+            &args.b.display().to_string()
+        )
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
@@ -361,6 +577,9 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Idle(args) => idle(args).await,
         Command::Plot(args) => plot_runs(args).await,
+        Command::Scenario(args) => scenario_run(args).await,
+        Command::Compare(args) => compare_runs(&args),
+        Command::Timeline(args) => timeline(args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

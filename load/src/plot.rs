@@ -605,6 +605,7 @@ mod tests {
     /// The JSON report of a synthetic run whose gaps are `gaps_ms`, written to `dir/name`.
     fn write_run(dir: &Path, name: &str, gaps_ms: &[u64]) -> PathBuf {
         let cfg = RunConfig {
+            upstream: crate::scenario::run::Upstream::WebSocket,
             url: "ws://127.0.0.1:8080/ws".into(),
             token: None,
             sessions: 1,
@@ -615,6 +616,8 @@ mod tests {
             turn_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             progress: false,
+            stall_threshold: None,
+            send_for: None,
         };
         let mut stats = RunStats::new().unwrap();
         for &g in gaps_ms {
@@ -630,6 +633,7 @@ mod tests {
                 after: Err("test".into()),
                 peak: None,
             },
+            timeline: Vec::new(),
         };
         let report = RunReport::new(
             CommandLine::from_args(vec!["test".into()]),

@@ -276,7 +276,7 @@ pub struct RunReport {
     /// Its version.
     pub version: &'static str,
     /// `run`.
-    pub scenario: &'static str,
+    pub scenario: String,
     /// The exact command line.
     pub command_line: CommandLine,
     /// When the run started, ms since the Unix epoch.
@@ -312,6 +312,45 @@ pub struct RunReport {
     /// Each hop's server-side latency against its budget, when the server exposes them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hops: Option<crate::hops::HopTable>,
+    /// Streams that stalled: a gap longer than 10x the model's pacing.
+    pub stalls: Stalls,
+    /// Connections lost while the client still wanted them, by reason.
+    pub disconnects: BTreeMap<String, u64>,
+    /// The server's CPU over the run, from the once-a-second samples (`--server-pid` only).
+    pub server_cpu: Option<CpuSummary>,
+    /// One point per second: server RSS and CPU, open sessions, turns, TTFT and chunk gaps.
+    pub timeline: Vec<crate::scenario::TimelinePoint>,
+}
+
+/// Stalled streams.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stalls {
+    /// The gap that makes a stall (10x `--pacing-ms`); `None` when the pacing was not given.
+    pub threshold_ms: Option<f64>,
+    /// Turns with a gap longer than the threshold (observed, or still open at the stop).
+    pub stalled_turns: u64,
+}
+
+/// The server's CPU use, in percent of one core.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuSummary {
+    /// Mean of the once-a-second samples.
+    pub mean_percent: f64,
+    /// Largest sample.
+    pub peak_percent: f64,
+}
+
+impl CpuSummary {
+    fn of(timeline: &[crate::scenario::TimelinePoint]) -> Option<Self> {
+        let samples: Vec<f64> = timeline.iter().filter_map(|p| p.cpu_percent).collect();
+        if samples.is_empty() {
+            return None;
+        }
+        Some(Self {
+            mean_percent: samples.iter().sum::<f64>() / samples.len() as f64,
+            peak_percent: samples.iter().copied().fold(0.0, f64::max),
+        })
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -355,7 +394,7 @@ impl RunReport {
         Self {
             tool: TOOL,
             version: VERSION,
-            scenario: "run",
+            scenario: "run".to_owned(),
             command_line,
             started_unix_ms,
             settings: RunSettings {
@@ -420,6 +459,17 @@ impl RunReport {
                 errors: reading_errors(&[("before", &out.rss.before), ("after", &out.rss.after)]),
             },
             hops: None,
+            stalls: Stalls {
+                threshold_ms: s.stall_threshold.map(|d| secs(d) * 1000.0),
+                stalled_turns: s.stalled_turns,
+            },
+            disconnects: s
+                .disconnects
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            server_cpu: CpuSummary::of(&out.timeline),
+            timeline: out.timeline.clone(),
         }
     }
 
@@ -488,6 +538,15 @@ impl RunReport {
             ),
         );
         incomplete_lines(&mut o, &self.incomplete_turns);
+        kv(
+            &mut o,
+            "stalled streams",
+            match self.stalls.threshold_ms {
+                Some(t) => format!("{} (a gap over {t:.0} ms)", self.stalls.stalled_turns),
+                None => "not counted (give --pacing-ms)".to_owned(),
+            },
+        );
+        kv(&mut o, "disconnects", codes(&self.disconnects));
         kv(&mut o, "tokens received", self.tokens_received.to_string());
         kv(&mut o, "error frames", codes(&self.error_frames));
         kv(&mut o, "protocol errors", self.protocol_errors.to_string());
@@ -508,6 +567,16 @@ impl RunReport {
         kv(&mut o, "peak (sampled 1/s)", opt_mib(r.peak_bytes));
         for e in &r.errors {
             let _ = writeln!(o, "  unavailable: {e}");
+        }
+        if let Some(cpu) = &self.server_cpu {
+            kv(
+                &mut o,
+                "server CPU (1/s)",
+                format!(
+                    "mean {:.0}%, peak {:.0}% of one core",
+                    cpu.mean_percent, cpu.peak_percent
+                ),
+            );
         }
         if let Some(hops) = &self.hops {
             o.push('\n');
@@ -920,6 +989,7 @@ mod tests {
 
     fn sample_run() -> (RunConfig, RunOutcome) {
         let cfg = RunConfig {
+            upstream: crate::scenario::run::Upstream::WebSocket,
             url: "ws://127.0.0.1:8080/ws".into(),
             token: None,
             sessions: 2,
@@ -930,6 +1000,8 @@ mod tests {
             turn_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             progress: false,
+            stall_threshold: None,
+            send_for: None,
         };
         let mut stats = RunStats::new().unwrap();
         let t0 = Instant::now();
@@ -951,6 +1023,7 @@ mod tests {
                 after: Ok(12 * 1024 * 1024),
                 peak: Some(13 * 1024 * 1024),
             },
+            timeline: Vec::new(),
         };
         (cfg, out)
     }

@@ -98,13 +98,18 @@ impl HttpTarget {
 
 /// The metrics URL for a server at WebSocket `ws_url`: same host and port, path `/metrics`.
 pub fn metrics_url_for(ws_url: &str) -> Result<String, RssError> {
+    http_url_for(ws_url, "/metrics")
+}
+
+/// `http://host:port{path}` on the host and port of a `ws://` URL.
+pub fn http_url_for(ws_url: &str, path: &str) -> Result<String, RssError> {
     let rest = ws_url
         .strip_prefix("ws://")
         .ok_or_else(|| RssError::BadUrl(ws_url.to_owned()))?;
     let (authority, _) = split_authority(rest);
     let authority =
         with_default_port(authority, 80).ok_or_else(|| RssError::BadUrl(ws_url.to_owned()))?;
-    Ok(format!("http://{authority}/metrics"))
+    Ok(format!("http://{authority}{path}"))
 }
 
 /// Splits `host:port/path?q` into (`host:port`, `/path?q`).
@@ -199,6 +204,60 @@ impl RssSource {
     }
 }
 
+impl RssSource {
+    /// The server's CPU time so far (user + system), in seconds: from `/proc/<pid>/stat` with
+    /// `--server-pid`; `None` from any other source.
+    pub async fn cpu_seconds(&self) -> Option<f64> {
+        let RssSource::Proc(pid) = self else {
+            return None;
+        };
+        let text = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .await
+            .ok()?;
+        parse_cpu_ticks(&text).map(|ticks| ticks as f64 / CLOCK_TICKS_PER_SEC)
+    }
+}
+
+/// `USER_HZ`: the unit of `/proc/<pid>/stat`'s times, 100 on every Linux this runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks. The command
+/// name (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: field 3 (state) is the first; utime is field 14, the 12th from here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_after_the_command_name() {
+        // Fields 14 and 15 are 250 and 50; the name holds a space and a parenthesis.
+        let stat =
+            "4242 (mangaassist (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn this_process_has_cpu_time() {
+        let me = RssSource::Proc(std::process::id());
+        assert!(me.cpu_seconds().await.is_some());
+        assert!(
+            RssSource::Unavailable("x".into())
+                .cpu_seconds()
+                .await
+                .is_none()
+        );
+    }
+}
+
 /// The `VmRSS:` line of a `/proc/<pid>/status` text, in bytes (the kernel writes kB = KiB).
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
@@ -236,15 +295,33 @@ pub fn parse_metrics_rss(text: &str) -> Option<u64> {
 /// GETs `target` over HTTP/1.1 and returns the body of a 200 answer.
 pub async fn http_get(target: &HttpTarget) -> Result<String, RssError> {
     let url = target.url();
+    let (status, body) = http_request(target, "GET", None).await?;
+    if status != 200 {
+        return Err(RssError::Status { url, status });
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request (`Connection: close`) with an optional JSON body; the status and the
+/// body, whatever the status.
+pub async fn http_request(
+    target: &HttpTarget,
+    method: &str,
+    json: Option<&str>,
+) -> Result<(u16, String), RssError> {
+    let url = target.url();
     let raw = timeout(HTTP_TIMEOUT, async {
         let io = |source| RssError::Io {
             what: url.clone(),
             source,
         };
         let mut stream = TcpStream::connect(&target.authority).await.map_err(io)?;
+        let body = json.unwrap_or_default();
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-            target.path, target.authority
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            target.path,
+            target.authority,
+            body.len()
         );
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut raw = Vec::new();
@@ -258,10 +335,7 @@ pub async fn http_get(target: &HttpTarget) -> Result<String, RssError> {
     .await
     .map_err(|_| RssError::Timeout(url.clone()))??;
     let (status, body) = parse_response(&raw).ok_or_else(|| RssError::BadResponse(url.clone()))?;
-    if status != 200 {
-        return Err(RssError::Status { url, status });
-    }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Splits a whole HTTP/1.1 response into status and body, honouring `Content-Length` and

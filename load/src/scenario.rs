@@ -10,6 +10,7 @@
 //! This module holds what they share: the once-a-second progress line (which also samples the
 //! server's RSS for the peak) and the ramp schedule.
 
+pub mod file;
 pub mod idle;
 pub mod run;
 
@@ -39,12 +40,47 @@ pub async fn read_rss(source: &RssSource) -> RssReading {
     source.read().await.map_err(|e: RssError| e.to_string())
 }
 
-/// The background task printing progress to stderr and sampling the server's RSS each second.
+/// One second of a run, as the ticker saw it: the server's memory and CPU, the client's
+/// counters, and the TTFTs and chunk gaps of the turns that ended within that second.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the run started.
+    pub t_secs: f64,
+    /// The server's resident memory.
+    pub rss_bytes: Option<u64>,
+    /// The server's CPU use over the last second, in percent of one core (`--server-pid` only).
+    pub cpu_percent: Option<f64>,
+    /// Sessions open.
+    pub open_sessions: u64,
+    /// Turns finished so far.
+    pub turns_done: u64,
+    /// TTFT median of the turns recorded this second, in ms.
+    pub ttft_p50_ms: Option<f64>,
+    /// TTFT p99 of the turns recorded this second, in ms.
+    pub ttft_p99_ms: Option<f64>,
+    /// Chunk-gap p99 of the turns recorded this second, in ms.
+    pub gap_p99_ms: Option<f64>,
+}
+
+/// What the ticker gathered: the largest RSS seen and the timeline.
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    /// The largest RSS sampled.
+    pub peak_rss: Option<u64>,
+    /// One point per second.
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// The background task printing progress to stderr and sampling the server each second.
 pub struct ProgressTask {
     /// Stops the task.
     stop: CancellationToken,
-    /// The task; yields the largest RSS sampled.
-    handle: JoinHandle<Option<u64>>,
+    /// The task; yields what it sampled.
+    handle: JoinHandle<Sampled>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
 impl ProgressTask {
@@ -63,17 +99,49 @@ impl ProgressTask {
             let start = Instant::now();
             let mut tick = interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut peak: Option<u64> = None;
+            let mut out = Sampled::default();
+            let mut cpu_before = match &rss {
+                Some(source) => source.cpu_seconds().await.map(|c| (c, Instant::now())),
+                None => None,
+            };
             loop {
                 tokio::select! {
-                    () = token.cancelled() => return peak,
+                    () = token.cancelled() => return out,
                     _ = tick.tick() => {}
                 }
-                if let Some(source) = &rss
-                    && let Ok(v) = source.read().await
-                {
-                    peak = Some(peak.map_or(v, |p| p.max(v)));
+                let mut point = TimelinePoint {
+                    t_secs: start.elapsed().as_secs_f64(),
+                    rss_bytes: None,
+                    cpu_percent: None,
+                    open_sessions: recorder.progress.open_now(),
+                    turns_done: Progress::get(&recorder.progress.turns_done),
+                    ttft_p50_ms: None,
+                    ttft_p99_ms: None,
+                    gap_p99_ms: None,
+                };
+                if let Some(source) = &rss {
+                    if let Ok(v) = source.read().await {
+                        out.peak_rss = Some(out.peak_rss.map_or(v, |p| p.max(v)));
+                        point.rss_bytes = Some(v);
+                    }
+                    if let Some(now) = source.cpu_seconds().await {
+                        let at = Instant::now();
+                        if let Some((before, then)) = cpu_before {
+                            let wall = at.duration_since(then).as_secs_f64();
+                            if wall > 0.0 {
+                                point.cpu_percent = Some((now - before) / wall * 100.0);
+                            }
+                        }
+                        cpu_before = Some((now, at));
+                    }
                 }
+                let (ttft, gap) = recorder.take_windows();
+                if let Some(t) = ttft.summary() {
+                    point.ttft_p50_ms = Some(ms(t.p50_us));
+                    point.ttft_p99_ms = Some(ms(t.p99_us));
+                }
+                point.gap_p99_ms = gap.summary().map(|g| ms(g.p99_us));
+                out.timeline.push(point);
                 if print {
                     eprintln!(
                         "{}",
@@ -85,10 +153,10 @@ impl ProgressTask {
         Self { stop, handle }
     }
 
-    /// Stops the ticker and returns the largest RSS it sampled.
-    pub async fn stop(self) -> Option<u64> {
+    /// Stops the ticker and returns what it sampled.
+    pub async fn stop(self) -> Sampled {
         self.stop.cancel();
-        self.handle.await.ok().flatten()
+        self.handle.await.unwrap_or_default()
     }
 }
 

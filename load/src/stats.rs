@@ -141,6 +141,11 @@ impl LatencyHistogram {
         self.0.saturating_record(us);
     }
 
+    /// Forgets every recorded value.
+    pub fn reset(&mut self) {
+        self.0.reset();
+    }
+
     /// Number of recorded values.
     #[cfg(test)]
     pub fn len(&self) -> u64 {
@@ -277,6 +282,19 @@ pub struct RunStats {
     pub failure_samples: Vec<String>,
     /// The model the first `welcome` announced (shows when answers are simulated).
     pub server_model: Option<ModelInfo>,
+    /// A mid-stream gap longer than this makes its turn a stall (10x the model's pacing);
+    /// `None` counts none.
+    pub stall_threshold: Option<Duration>,
+    /// Turns with a gap longer than [`Self::stall_threshold`]: observed between two tokens, or
+    /// still open when the client stopped reading.
+    pub stalled_turns: u64,
+    /// Connections that ended while the client still wanted them, by reason: an `error` code
+    /// that ends the session, `connection_lost`, `protocol_error` or `turn_timeout`.
+    pub disconnects: BTreeMap<&'static str, u64>,
+    /// TTFTs since the timeline's last sample (taken and reset once a second).
+    pub window_ttft: LatencyHistogram,
+    /// Chunk gaps since the timeline's last sample.
+    pub window_gap: LatencyHistogram,
 }
 
 impl RunStats {
@@ -305,7 +323,24 @@ impl RunStats {
             protocol_errors: 0,
             failure_samples: Vec::new(),
             server_model: None,
+            stall_threshold: None,
+            stalled_turns: 0,
+            disconnects: BTreeMap::new(),
+            window_ttft: LatencyHistogram::new()?,
+            window_gap: LatencyHistogram::new()?,
         })
+    }
+
+    /// Empty statistics counting a gap longer than `threshold` as a stall.
+    pub fn with_stall_threshold(threshold: Option<Duration>) -> Result<Self, StatsError> {
+        let mut s = Self::new()?;
+        s.stall_threshold = threshold;
+        Ok(s)
+    }
+
+    /// Counts a connection the client lost for `reason`.
+    pub fn count_disconnect(&mut self, reason: &'static str) {
+        *self.disconnects.entry(reason).or_insert(0) += 1;
     }
 
     /// Records the timing figures of one turn, whatever its outcome: tokens that arrived before
@@ -313,14 +348,25 @@ impl RunStats {
     pub fn record_timing(&mut self, timing: &TurnTiming) {
         if let Some(t) = timing.ttft {
             self.ttft.record(t);
+            self.window_ttft.record(t);
         }
         for &g in &timing.gaps {
             self.gap.record(g);
+            self.window_gap.record(g);
         }
         if let Some(l) = timing.latency {
             self.turn.record(l);
         }
         self.tokens += timing.tokens;
+        if let Some(limit) = self.stall_threshold {
+            let open = match timing.open_wait {
+                Some(OpenWait::NextToken(d)) => d,
+                _ => Duration::ZERO,
+            };
+            if open > limit || timing.gaps.iter().any(|&g| g > limit) {
+                self.stalled_turns += 1;
+            }
+        }
     }
 
     /// Adds the figures particular to a turn the client stopped reading before it ended (cut by
@@ -434,6 +480,25 @@ impl Recorder {
     /// A copy of the statistics as they are now.
     pub fn snapshot(&self) -> RunStats {
         self.with(|s| s.clone())
+    }
+
+    /// A recorder counting gaps longer than `threshold` as stalls.
+    pub fn with_stall_threshold(threshold: Option<Duration>) -> Result<Self, StatsError> {
+        Ok(Self {
+            stats: Mutex::new(RunStats::with_stall_threshold(threshold)?),
+            progress: Progress::default(),
+        })
+    }
+
+    /// The TTFT and chunk-gap windows since the last call, emptied for the next.
+    pub fn take_windows(&self) -> (LatencyHistogram, LatencyHistogram) {
+        self.with(|s| {
+            let ttft = s.window_ttft.clone();
+            let gap = s.window_gap.clone();
+            s.window_ttft.reset();
+            s.window_gap.reset();
+            (ttft, gap)
+        })
     }
 }
 

@@ -17,16 +17,36 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ProgressTask, RssReading, ramp_at, read_rss};
-use crate::client::{Connection, TurnEnd};
+use crate::client::{Connection, TurnEnd, TurnRecord};
+use crate::openai::OpenAiSession;
 use crate::queries::query_for;
 use crate::rss::RssSource;
 use crate::stats::{Progress, Recorder, RunStats, StatsError};
+
+/// What the sessions talk to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// MangaAssist over WebSocket at [`RunConfig::url`] (protocol v1).
+    WebSocket,
+    /// An OpenAI-compatible streaming endpoint: a model server itself, or a gateway in front of
+    /// one ([`crate::openai`]).
+    OpenAi {
+        /// Base URL up to `/v1`.
+        base: String,
+        /// The model name the endpoint knows.
+        model: String,
+        /// Sent as a bearer token when set.
+        api_key: Option<String>,
+    },
+}
 
 /// What a `run` does; built from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// `ws://host:port/path` of the server.
     pub url: String,
+    /// What the sessions talk to.
+    pub upstream: Upstream,
     /// The token every session presents in `hello`.
     pub token: Option<String>,
     /// Concurrent sessions, one connection each.
@@ -45,6 +65,11 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     /// Print the progress line to stderr once a second.
     pub progress: bool,
+    /// A mid-stream gap longer than this counts its turn as stalled (10x the model's pacing).
+    pub stall_threshold: Option<Duration>,
+    /// No session starts a new turn after this long from the run's start (turns in flight
+    /// finish); `None` sends every turn. The flash-sale scenario ramps, then holds until it.
+    pub send_for: Option<Duration>,
 }
 
 /// Server RSS around a run.
@@ -69,12 +94,14 @@ pub struct RunOutcome {
     pub stopped_by_max: bool,
     /// Server memory.
     pub rss: RunRss,
+    /// One point per second: server RSS and CPU, sessions, turns, TTFT and gaps.
+    pub timeline: Vec<super::TimelinePoint>,
 }
 
 /// Runs the scenario against `cfg.url`, reading server RSS from `rss`.
 pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, StatsError> {
     let before = read_rss(rss).await;
-    let recorder = Arc::new(Recorder::new()?);
+    let recorder = Arc::new(Recorder::with_stall_threshold(cfg.stall_threshold)?);
     let sampler = (!matches!(rss, RssSource::Unavailable(_))).then(|| rss.clone());
     let ticker = ProgressTask::spawn(
         Arc::clone(&recorder),
@@ -88,6 +115,7 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
     let tasks = TaskTracker::new();
     let start = Instant::now();
     let deadline = start + cfg.max;
+    let send_until = cfg.send_for.map(|d| start + d);
 
     let mut stopped_by_max = false;
     for index in 0..cfg.sessions {
@@ -103,6 +131,7 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
             Arc::clone(&shared),
             Arc::clone(&recorder),
             cancel.clone(),
+            send_until,
         ));
     }
     tasks.close();
@@ -121,7 +150,7 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
     let sampled = ticker.stop().await;
     let after = read_rss(rss).await;
     let peak = [
-        sampled,
+        sampled.peak_rss,
         before.as_ref().ok().copied(),
         after.as_ref().ok().copied(),
     ]
@@ -137,12 +166,134 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
             after,
             peak,
         },
+        timeline: sampled.timeline,
     })
 }
 
-/// One session: connect, send the turns, close. Stops early on `cancel` or when a turn's end
-/// leaves the connection unusable.
-async fn session(index: u64, cfg: Arc<RunConfig>, rec: Arc<Recorder>, cancel: CancellationToken) {
+/// One session on whichever upstream the run talks to.
+async fn session(
+    index: u64,
+    cfg: Arc<RunConfig>,
+    rec: Arc<Recorder>,
+    cancel: CancellationToken,
+    send_until: Option<Instant>,
+) {
+    match &cfg.upstream {
+        Upstream::WebSocket => ws_session(index, &cfg, &rec, &cancel, send_until).await,
+        Upstream::OpenAi {
+            base,
+            model,
+            api_key,
+        } => {
+            let progress = &rec.progress;
+            let client =
+                match OpenAiSession::new(base, model, api_key.as_deref(), cfg.connect_timeout) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        rec.with(|s| {
+                            s.connect_failures += 1;
+                            s.sample_failure(e.to_string());
+                        });
+                        Progress::bump(&progress.connect_failed);
+                        Progress::bump(&progress.errors);
+                        return;
+                    }
+                };
+            rec.with(|s| s.record_connected(Duration::ZERO, &client.model_info()));
+            Progress::bump(&progress.connected);
+            let mut client = client;
+            turns(index, &cfg, &rec, &cancel, send_until, &mut client).await;
+            Progress::bump(&progress.closed);
+        }
+    }
+}
+
+/// A session that can be asked one turn at a time.
+pub trait Ask {
+    /// Sends `text` as turn `turn_id` and follows it to its end, `limit` or `cancel`.
+    fn ask(
+        &mut self,
+        turn_id: TurnId,
+        text: &'static str,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = TurnRecord> + Send;
+}
+
+impl Ask for Connection {
+    async fn ask(
+        &mut self,
+        turn_id: TurnId,
+        text: &'static str,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> TurnRecord {
+        self.turn(turn_id, text, limit, cancel).await
+    }
+}
+
+impl Ask for OpenAiSession {
+    async fn ask(
+        &mut self,
+        turn_id: TurnId,
+        text: &'static str,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> TurnRecord {
+        self.turn(turn_id, text, limit, cancel).await
+    }
+}
+
+/// The turns of one session; stops early on `cancel`, when a turn's end leaves the session
+/// unusable, or at `send_until` (no new turn starts after it).
+async fn turns(
+    index: u64,
+    cfg: &RunConfig,
+    rec: &Recorder,
+    cancel: &CancellationToken,
+    send_until: Option<Instant>,
+    session: &mut impl Ask,
+) {
+    let progress = &rec.progress;
+    for n in 1..=cfg.turns {
+        if n > 1 && !cfg.think.is_zero() {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = sleep(cfg.think) => {}
+            }
+        }
+        if send_until.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        let Ok(turn_id) = TurnId::parse(&format!("t{n}")) else {
+            break;
+        };
+        let record = session
+            .ask(turn_id, query_for(index, n), cfg.turn_timeout, cancel)
+            .await;
+        rec.with(|s| record.record_into(s));
+        if record.end != TurnEnd::Cancelled {
+            Progress::bump(&progress.turns_done);
+        }
+        if record.end == TurnEnd::Done {
+            Progress::bump(&progress.turns_ok);
+        } else if record.end.is_failure() {
+            Progress::bump(&progress.errors);
+        }
+        if !record.end.session_continues() {
+            break;
+        }
+    }
+}
+
+/// One WebSocket session: connect, say hello, send the turns, close.
+async fn ws_session(
+    index: u64,
+    cfg: &RunConfig,
+    rec: &Recorder,
+    cancel: &CancellationToken,
+    send_until: Option<Instant>,
+) {
     let progress = &rec.progress;
     let opened = tokio::select! {
         () = cancel.cancelled() => return,
@@ -159,33 +310,7 @@ async fn session(index: u64, cfg: Arc<RunConfig>, rec: Arc<Recorder>, cancel: Ca
     };
     rec.with(|s| s.record_connected(conn.connect_latency(), conn.model()));
     Progress::bump(&progress.connected);
-
-    for n in 1..=cfg.turns {
-        if n > 1 && !cfg.think.is_zero() {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = sleep(cfg.think) => {}
-            }
-        }
-        let Ok(turn_id) = TurnId::parse(&format!("t{n}")) else {
-            break;
-        };
-        let record = conn
-            .turn(turn_id, query_for(index, n), cfg.turn_timeout, &cancel)
-            .await;
-        rec.with(|s| record.record_into(s));
-        if record.end != TurnEnd::Cancelled {
-            Progress::bump(&progress.turns_done);
-        }
-        if record.end == TurnEnd::Done {
-            Progress::bump(&progress.turns_ok);
-        } else if record.end.is_failure() {
-            Progress::bump(&progress.errors);
-        }
-        if !record.end.session_continues() {
-            break;
-        }
-    }
+    turns(index, cfg, rec, cancel, send_until, &mut conn).await;
     conn.close().await;
     Progress::bump(&progress.closed);
 }
@@ -200,6 +325,7 @@ mod tests {
     fn config(url: String, sessions: u64, turns: u64) -> RunConfig {
         RunConfig {
             url,
+            upstream: Upstream::WebSocket,
             token: None,
             sessions,
             turns,
@@ -209,6 +335,8 @@ mod tests {
             turn_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             progress: false,
+            stall_threshold: None,
+            send_for: None,
         }
     }
 
@@ -249,6 +377,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gap_over_the_threshold_is_a_stalled_stream() {
+        let server = TestServer::start(Script::Stream {
+            tokens: 5,
+            gap: Duration::from_millis(20),
+        })
+        .await;
+        let mut cfg = config(server.url(), 2, 2);
+        cfg.stall_threshold = Some(Duration::from_millis(5));
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert_eq!(out.stats.turns_ok, 4);
+        assert_eq!(out.stats.stalled_turns, 4, "every turn has 20 ms gaps");
+        // Control: the same stream against a threshold above its gaps.
+        cfg.stall_threshold = Some(Duration::from_secs(1));
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert_eq!(out.stats.turns_ok, 4);
+        assert_eq!(out.stats.stalled_turns, 0);
+    }
+
+    #[tokio::test]
+    async fn no_turn_starts_after_the_send_window() {
+        let server = TestServer::start(Script::Stream {
+            tokens: 2,
+            gap: Duration::from_millis(1),
+        })
+        .await;
+        let mut cfg = config(server.url(), 1, 1_000);
+        cfg.think = Duration::from_millis(50);
+        cfg.send_for = Some(Duration::from_millis(300));
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert!(!out.stopped_by_max);
+        let ok = out.stats.turns_ok;
+        assert!((2..=10).contains(&ok), "about 300 ms / 50 ms turns: {ok}");
+        assert_eq!(out.stats.turns_failed(), 0);
+    }
+
+    #[tokio::test]
     async fn counts_error_frames_and_protocol_errors() {
         let server = TestServer::start(Script::ErrorEveryOther).await;
         let out = execute(
@@ -272,6 +442,7 @@ mod tests {
         .unwrap();
         let s = &out.stats;
         assert_eq!(s.protocol_errors, 2, "one per session, then it closes");
+        assert_eq!(s.disconnects.get("protocol_error"), Some(&2));
         assert_eq!(s.turns_protocol, 2);
         assert_eq!(s.turns_ok, 0);
     }
