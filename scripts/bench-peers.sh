@@ -18,7 +18,8 @@
 #   TURNS   turns per session (default 3)
 # Environment: PACING_MS (20), CHUNKS (64), FIRST_TOKEN_MS (0), SKIP_LITELLM=1 (no peer),
 #              LITELLM_VERSION (1.80.0: from 1.81 on, `litellm[proxy]` needs a `litellm-proxy`
-#              package that PyPI does not serve for Python 3.11), MAX_SECS per run (300).
+#              package that PyPI does not serve for Python 3.11), MAX_SECS per run (300),
+#              RAMP_RATE new sessions per second (200; the ramp is at least 1 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,7 @@ PACING_MS=${PACING_MS:-20}
 CHUNKS=${CHUNKS:-64}
 FIRST_TOKEN_MS=${FIRST_TOKEN_MS:-0}
 MAX_SECS=${MAX_SECS:-300}
+RAMP_RATE=${RAMP_RATE:-200}
 LITELLM_VERSION=${LITELLM_VERSION:-1.80.0}
 OUT=target/bench/peers
 mkdir -p "$OUT"
@@ -149,8 +151,9 @@ litellm_settings:
   drop_params: true
   set_verbose: false
 EOF
+  # As many workers as MangaAssist has runtime threads: one per core.
   "$VENV/bin/litellm" --config "$OUT/litellm.yaml" --host 127.0.0.1 --port "$LL_PORT" \
-    >"$OUT/litellm.log" 2>&1 &
+    --num_workers "$(nproc)" >"$OUT/litellm.log" 2>&1 &
   PIDS+=($!); LL_PID=$!
   for _ in $(seq 1200); do
     curl -sf "http://127.0.0.1:$LL_PORT/health/liveliness" >/dev/null 2>&1 && break
@@ -163,9 +166,12 @@ fi
 
 # --- the runs -------------------------------------------------------------------------------------
 run() { # PATH N
-  local path=$1 n=$2 ramp
-  ramp=$(python3 -c "print(max(1.0, $n / 500))")
-  local common=(--sessions "$n" --turns "$TURNS" --ramp-secs "$ramp" --pacing-ms "$PACING_MS"
+  local path=$1 n=$2 ramp turns
+  ramp=$(python3 -c "print(max(1.0, $n / $RAMP_RATE))")
+  # Enough turns that the first sessions still stream when the last one starts: N streams at
+  # once, for at least TURNS answers after the ramp.
+  turns=$(python3 -c "import math; print($TURNS + math.ceil($ramp / ($CHUNKS * $PACING_MS / 1000)))")
+  local common=(--sessions "$n" --turns "$turns" --ramp-secs "$ramp" --pacing-ms "$PACING_MS"
     --max-secs "$MAX_SECS" --quiet --json "$OUT/$path-$n.json")
   case $path in
     direct) "$LOAD" run --openai "$MOCK_URL/v1" --server-pid "$MOCK_PID" "${common[@]}" ;;
@@ -194,15 +200,15 @@ def lat(r, k, p):
     except (KeyError, TypeError): return None
 def fmt(x): return "-" if x is None else f"{x:.2f}"
 rows = []
-rows.append("| streams | path | turns ok / planned | TTFT p50 | TTFT p99 | gap p50 | gap p99 | extra TTFT p99 | extra gap p99 | stalled streams | server CPU % |")
-rows.append("|---|---|---|---|---|---|---|---|---|---|---|")
+rows.append("| streams | path | peak open | turns ok / planned | TTFT p50 | TTFT p99 | gap p50 | gap p99 | extra TTFT p99 | extra gap p99 | stalled streams | server CPU % |")
+rows.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
 summary = []
 for n in levels:
     d = load("direct", n)
     for path in paths:
         r = load(path, n)
         if r is None:
-            rows.append(f"| {n} | {path} | run failed | | | | | | | | |"); continue
+            rows.append(f"| {n} | {path} | run failed | | | | | | | | | |"); continue
         extra_t = extra_g = None
         if d is not None and path != "direct":
             a, b = lat(d, "ttft", "p99_ms"), lat(r, "ttft", "p99_ms")
@@ -211,14 +217,18 @@ for n in levels:
             extra_g = None if a is None or b is None else b - a
             summary.append((n, path, extra_t, extra_g))
         cpu = (r.get("server_cpu") or {}).get("mean_percent")
+        peak = max((p.get("open_sessions", 0) for p in r.get("timeline", [])), default=0)
         rows.append(
-            f"| {n} | {path} | {r['turns']['ok']} / {r['turns']['planned']} | {fmt(lat(r,'ttft','p50_ms'))} | {fmt(lat(r,'ttft','p99_ms'))} "
+            f"| {n} | {path} | {peak} | {r['turns']['ok']} / {r['turns']['planned']} | {fmt(lat(r,'ttft','p50_ms'))} | {fmt(lat(r,'ttft','p99_ms'))} "
             f"| {fmt(lat(r,'chunk_gap','p50_ms'))} | {fmt(lat(r,'chunk_gap','p99_ms'))} | {fmt(extra_t)} | {fmt(extra_g)} "
             f"| {r['stalls']['stalled_turns']} | {fmt(cpu)} |")
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 head = (f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC at {commit}: mock-model sends {chunks} chunks "
-        f"{pacing} ms apart, {turns} turns per stream; all times in ms; extra = this path minus direct at the same "
-        f"level; server CPU is the process under test (mock-model itself for direct), % of one core.")
+        f"{pacing} ms apart; each stream asks at least {turns} turns after the ramp (sessions ramp in at 200/s and "
+        f"keep asking, so every one streams when the last starts: 'peak open' is the most sessions open at once, "
+        f"from the load tool's timeline); all times in ms; extra = this path minus direct at the same "
+        f"level; server CPU is the process under test with its worker processes (mock-model itself for direct), "
+        f"mean % of one core.")
 table = head + "\n\n" + "\n".join(rows) + "\n"
 open(f"{out}/table.md", "w").write(table)
 print(table)

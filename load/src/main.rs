@@ -324,6 +324,27 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     if !url.starts_with("ws://") || url.len() <= "ws://".len() {
         bail!("--url {url}: expected ws://host:port/path");
     }
+    check_loopback("--url", url)
+}
+
+/// A load tool aimed at someone else's server is an attack: every target must be this machine.
+fn check_loopback(flag: &str, url: &str) -> anyhow::Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "{flag} {url}: this tool targets loopback only (127.0.0.0/8, ::1, localhost); \
+             run it on the server's machine"
+        );
+    }
     Ok(())
 }
 
@@ -353,12 +374,16 @@ impl Target {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 bail!("--openai {base}: expected http://host:port/v1");
             }
+            check_loopback("--openai", base)?;
             return Ok(match self.server_pid {
                 Some(pid) => RssSource::Proc(pid),
                 None => RssSource::Unavailable("--openai without --server-pid".to_owned()),
             });
         }
         check_url(&self.url)?;
+        if let Some(m) = &self.metrics_url {
+            check_loopback("--metrics-url", m)?;
+        }
         RssSource::choose(self.server_pid, self.metrics_url.as_deref(), &self.url)
             .context("--metrics-url")
     }
@@ -667,5 +692,13 @@ mod tests {
         assert!(check_url("wss://127.0.0.1/ws").is_err());
         assert!(check_url("http://127.0.0.1/ws").is_err());
         assert!(check_url("ws://").is_err());
+        assert!(check_url("ws://localhost:8080/ws").is_ok());
+        assert!(check_url("ws://[::1]:8080/ws").is_ok());
+        assert!(check_url("ws://127.3.0.1/ws").is_ok());
+        let e = check_url("ws://10.0.0.5:8080/ws").unwrap_err().to_string();
+        assert!(e.contains("loopback only"), "{e}");
+        assert!(check_url("ws://example.com/ws").is_err());
+        assert!(check_loopback("--openai", "http://192.168.1.2:4000/v1").is_err());
+        assert!(check_loopback("--openai", "http://127.0.0.1:4000/v1").is_ok());
     }
 }

@@ -398,7 +398,10 @@ impl RunReport {
             command_line,
             started_unix_ms,
             settings: RunSettings {
-                url: cfg.url.clone(),
+                url: match &cfg.upstream {
+                    crate::scenario::run::Upstream::WebSocket => cfg.url.clone(),
+                    crate::scenario::run::Upstream::OpenAi { base, .. } => base.clone(),
+                },
                 sessions: cfg.sessions,
                 turns: cfg.turns,
                 ramp_secs: secs(cfg.ramp),

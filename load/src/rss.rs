@@ -205,8 +205,10 @@ impl RssSource {
 }
 
 impl RssSource {
-    /// The server's CPU time so far (user + system), in seconds: from `/proc/<pid>/stat` with
-    /// `--server-pid`; `None` from any other source.
+    /// The server's CPU time so far (user + system), in seconds, its live child processes
+    /// included (a server with worker processes, such as a gateway run with several workers):
+    /// from `/proc/<pid>/stat` and its children's, with `--server-pid`; `None` from any other
+    /// source.
     pub async fn cpu_seconds(&self) -> Option<f64> {
         let RssSource::Proc(pid) = self else {
             return None;
@@ -214,12 +216,37 @@ impl RssSource {
         let text = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
             .await
             .ok()?;
-        parse_cpu_ticks(&text).map(|ticks| ticks as f64 / CLOCK_TICKS_PER_SEC)
+        let mut ticks = parse_cpu_ticks(&text)?;
+        if let Ok(mut dir) = tokio::fs::read_dir("/proc").await {
+            while let Ok(Some(entry)) = dir.next_entry().await {
+                let name = entry.file_name();
+                let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if child == *pid {
+                    continue;
+                }
+                let Ok(stat) = tokio::fs::read_to_string(format!("/proc/{child}/stat")).await
+                else {
+                    continue;
+                };
+                if parse_ppid(&stat) == Some(*pid) {
+                    ticks += parse_cpu_ticks(&stat).unwrap_or(0);
+                }
+            }
+        }
+        Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
     }
 }
 
 /// `USER_HZ`: the unit of `/proc/<pid>/stat`'s times, 100 on every Linux this runs on.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// The parent pid (field 4) of a `/proc/<pid>/stat` line.
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks. The command
 /// name (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
@@ -242,6 +269,7 @@ mod cpu_tests {
         let stat =
             "4242 (mangaassist (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_ppid(stat), Some(1));
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }
 

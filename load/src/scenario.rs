@@ -126,13 +126,19 @@ impl ProgressTask {
                     }
                     if let Some(now) = source.cpu_seconds().await {
                         let at = Instant::now();
-                        if let Some((before, then)) = cpu_before {
-                            let wall = at.duration_since(then).as_secs_f64();
-                            if wall > 0.0 {
+                        match cpu_before {
+                            // CPU time moves in 10 ms ticks: over less than half a second of wall
+                            // time one tick is a large error, so such a sample waits for the next.
+                            Some((before, then))
+                                if at.duration_since(then) >= Duration::from_millis(500) =>
+                            {
+                                let wall = at.duration_since(then).as_secs_f64();
                                 point.cpu_percent = Some((now - before) / wall * 100.0);
+                                cpu_before = Some((now, at));
                             }
+                            Some(_) => {}
+                            None => cpu_before = Some((now, at)),
                         }
-                        cpu_before = Some((now, at));
                     }
                 }
                 let (ttft, gap) = recorder.take_windows();

@@ -38,10 +38,16 @@ pub const PERCENTILES: [f64; 14] = [
     0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
 ];
 
-/// A histogram could not be built (only possible with invalid constant bounds).
+/// A run could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot create latency histogram: {0}")]
-pub struct StatsError(#[from] hdrhistogram::CreationError);
+pub enum StatsError {
+    /// A histogram could not be built (only possible with invalid constant bounds).
+    #[error("cannot create latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
+    /// The run's client could not be built.
+    #[error("{0}")]
+    Setup(String),
+}
 
 /// Timing of one turn as the client saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

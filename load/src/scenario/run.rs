@@ -116,6 +116,13 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
     let start = Instant::now();
     let deadline = start + cfg.max;
     let send_until = cfg.send_for.map(|d| start + d);
+    let http = match &cfg.upstream {
+        Upstream::WebSocket => None,
+        Upstream::OpenAi { .. } => Some(
+            crate::openai::client(cfg.connect_timeout)
+                .map_err(|e| StatsError::Setup(e.to_string()))?,
+        ),
+    };
 
     let mut stopped_by_max = false;
     for index in 0..cfg.sessions {
@@ -132,6 +139,7 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
             Arc::clone(&recorder),
             cancel.clone(),
             send_until,
+            http.clone(),
         ));
     }
     tasks.close();
@@ -177,6 +185,7 @@ async fn session(
     rec: Arc<Recorder>,
     cancel: CancellationToken,
     send_until: Option<Instant>,
+    http: Option<reqwest::Client>,
 ) {
     match &cfg.upstream {
         Upstream::WebSocket => ws_session(index, &cfg, &rec, &cancel, send_until).await,
@@ -186,19 +195,10 @@ async fn session(
             api_key,
         } => {
             let progress = &rec.progress;
-            let client =
-                match OpenAiSession::new(base, model, api_key.as_deref(), cfg.connect_timeout) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        rec.with(|s| {
-                            s.connect_failures += 1;
-                            s.sample_failure(e.to_string());
-                        });
-                        Progress::bump(&progress.connect_failed);
-                        Progress::bump(&progress.errors);
-                        return;
-                    }
-                };
+            let Some(http) = http else {
+                return;
+            };
+            let client = OpenAiSession::new(http, base, model, api_key.as_deref());
             rec.with(|s| s.record_connected(Duration::ZERO, &client.model_info()));
             Progress::bump(&progress.connected);
             let mut client = client;
