@@ -7,6 +7,12 @@
 //! [`Restart::Transient`] (restarted only when it fails: sessions, which stop normally when their
 //! connection closes). A [`RestartIntensity`] caps restarts per window, as in OTP: past it the
 //! supervisor gives up and stops, which escalates to whoever supervises it.
+//!
+//! Dynamic children ([`SupervisorMsg::StartChild`]) start beside the supervisor's mailbox, not in
+//! it: a child's `pre_start` may do I/O (a session reads its transcript and profile), and starts
+//! queued behind each other made hellos time out when sessions opened at 500 a second. The
+//! supervisor registers each child when its start completes ([`SupervisorMsg`]'s private
+//! `Started`), unless it died first or the supervisor is shutting down.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
 use mangaassist_protocols::metrics::{ActorKind, MetricEvent};
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr,
     SupervisionEvent,
 };
 use tokio::sync::Notify;
@@ -213,9 +219,17 @@ impl Default for RestartIntensity {
 /// Messages of a supervisor.
 pub enum SupervisorMsg {
     /// Start a child now (dynamic children such as sessions); replies once it is running.
+    /// Starts run concurrently: a slow `pre_start` does not hold up the next start.
     StartChild(ChildSpec, RpcReplyPort<Result<ActorCell, String>>),
     /// Stop restarting, stop every child, answer, then stop.
     Shutdown(RpcReplyPort<()>),
+    /// A child's start finished: register it, then answer its `StartChild`.
+    #[doc(hidden)]
+    Started(
+        ActorCell,
+        ChildSpec,
+        RpcReplyPort<Result<ActorCell, String>>,
+    ),
 }
 
 /// Arguments of a supervisor.
@@ -300,15 +314,39 @@ impl Actor for Supervisor {
                     let _ = reply.send(Err("supervisor is shutting down".into()));
                     return Ok(());
                 }
-                match (spec.spawn)(myself.get_cell()).await {
-                    Ok(cell) => {
-                        state.children.insert(cell.get_id(), spec);
-                        let _ = reply.send(Ok(cell));
+                // Beside the mailbox, so that starts do not queue behind a slow `pre_start`.
+                tokio::spawn(async move {
+                    match (spec.spawn)(myself.get_cell()).await {
+                        Ok(cell) => {
+                            let started = SupervisorMsg::Started(cell.clone(), spec, reply);
+                            if myself.send_message(started).is_err() {
+                                // The supervisor is gone: so is the child's place.
+                                cell.stop(Some("supervisor stopped".into()));
+                            }
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
-                    }
+                });
+            }
+            SupervisorMsg::Started(cell, spec, reply) => {
+                if state.shutting_down {
+                    cell.stop(Some("shutdown".into()));
+                    let _ = reply.send(Err("supervisor is shutting down".into()));
+                    return Ok(());
                 }
+                // A child that stopped before this message was not known when its exit was
+                // reported: nothing to register, nothing to restart.
+                if matches!(
+                    cell.get_status(),
+                    ActorStatus::Stopping | ActorStatus::Stopped
+                ) {
+                    let _ = reply.send(Err("the child stopped as it started".into()));
+                    return Ok(());
+                }
+                state.children.insert(cell.get_id(), spec);
+                let _ = reply.send(Ok(cell));
             }
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
@@ -365,5 +403,92 @@ impl Actor for Supervisor {
         }
         state.children.insert(cell.get_id(), spec);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::rpc::CallResult;
+
+    /// An actor whose `pre_start` takes `args` to finish, as a session's does reading its
+    /// transcript.
+    struct Slow;
+
+    impl Actor for Slow {
+        type Msg = ();
+        type State = ();
+        type Arguments = Duration;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<()>,
+            takes: Duration,
+        ) -> Result<(), ActorProcessingErr> {
+            tokio::time::sleep(takes).await;
+            Ok(())
+        }
+    }
+
+    fn spec(takes: Duration) -> ChildSpec {
+        ChildSpec::new(
+            ActorKind::Session,
+            Restart::Transient,
+            || Slow,
+            takes,
+            WorkerSlot::empty(),
+        )
+    }
+
+    async fn start(sup: &ActorRef<SupervisorMsg>, takes: Duration) -> Result<ActorCell, String> {
+        match sup
+            .call(
+                |reply| SupervisorMsg::StartChild(spec(takes), reply),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_start_does_not_hold_up_the_next() {
+        let (sup, _join) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                name: "test",
+                children: Vec::new(),
+                intensity: RestartIntensity::default(),
+                metrics: None,
+            },
+        )
+        .await
+        .unwrap();
+        let slow = {
+            let sup = sup.clone();
+            tokio::spawn(async move { start(&sup, Duration::from_millis(800)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t0 = Instant::now();
+        let fast = start(&sup, Duration::ZERO).await.unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "the fast start waited for the slow one: {took:?}"
+        );
+        assert!(!slow.is_finished(), "the slow one is still starting");
+        let slow = slow.await.unwrap().unwrap();
+        assert_eq!(slow.get_status(), ActorStatus::Running);
+        assert_eq!(fast.get_status(), ActorStatus::Running);
+        let _ = sup
+            .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(5)))
+            .await;
+        assert!(
+            start(&sup, Duration::ZERO).await.is_err(),
+            "no start after shutdown"
+        );
     }
 }
