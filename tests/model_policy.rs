@@ -286,6 +286,25 @@ canary = { model = "sonnet", percent = 30 }
     assert_eq!(mock.calls(), before);
 }
 
+/// Tasks where the simulated model answers and Haiku (on the mock) shadows it.
+const SHADOWED_BY_HAIKU: &str = r#"
+[tasks.intent_classification]
+model = "local"
+[tasks.answer_synthesis]
+model = "simulated"
+shadow = { model = "haiku" }
+"#;
+
+/// Waits (10 s at most) for the shadow's answer to be compared and found different.
+async fn disagreement_counted(h: &Harness) {
+    let disagree = "shadow_comparisons_total{task_type=\"answer_synthesis\",model_id=\"haiku\",verdict=\"disagree\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sink.value(disagree).await == 0.0 {
+        assert!(Instant::now() < deadline, "no shadow verdict");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_shadow_is_compared_off_the_critical_path_and_never_shown() {
     // The shadow (Haiku, on the mock) takes 1.5 s and says something else; the primary
@@ -293,13 +312,7 @@ async fn the_shadow_is_compared_off_the_critical_path_and_never_shown() {
     let mut steps = vec![Step::Sleep(Duration::from_millis(1_500))];
     steps.extend(answer(&["completely ", "different ", "words"], 5, 3));
     let mock = MockBedrock::start(vec![Reply::Stream(steps)]).await;
-    let tasks = r#"
-[tasks.intent_classification]
-model = "local"
-[tasks.answer_synthesis]
-model = "simulated"
-shadow = { model = "haiku" }
-"#;
+    let tasks = SHADOWED_BY_HAIKU;
     let h = fixed(&policy_text(&mock.url, tasks)).await;
     let started = Instant::now();
     let text = answer_of(&h, TaskType::AnswerSynthesis, request(Some("s1")))
@@ -311,12 +324,7 @@ shadow = { model = "haiku" }
         "the primary did not wait for the shadow: {primary_took:?}"
     );
     assert!(!text.contains("completely different"), "{text}");
-    let disagree = "shadow_comparisons_total{task_type=\"answer_synthesis\",model_id=\"haiku\",verdict=\"disagree\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.sink.value(disagree).await == 0.0 {
-        assert!(Instant::now() < deadline, "no shadow verdict");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    disagreement_counted(&h).await;
     assert_eq!(mock.calls(), 1);
 
     // Control: the same slow model as the primary does hold the caller up.
@@ -341,13 +349,7 @@ async fn shadow_calls_beyond_the_background_bound_are_shed_and_the_primary_never
     let mut steps = vec![Step::Sleep(Duration::from_millis(1_500))];
     steps.extend(answer(&["other ", "words"], 5, 2));
     let mock = MockBedrock::start(vec![Reply::Stream(steps)]).await;
-    let tasks = r#"
-[tasks.intent_classification]
-model = "local"
-[tasks.answer_synthesis]
-model = "simulated"
-shadow = { model = "haiku" }
-"#;
+    let tasks = SHADOWED_BY_HAIKU;
     let h = harness_with(
         PolicySource::fixed(file::parse_str(&policy_text(&mock.url, tasks), "test").unwrap()),
         1,
@@ -369,12 +371,7 @@ shadow = { model = "haiku" }
     assert_eq!(h.sink.value(started_jobs).await, 1.0);
     assert_eq!(h.sink.value(shed).await, 1.0);
     // The shed call never reached the model; the one that ran is compared when it ends.
-    let disagree = "shadow_comparisons_total{task_type=\"answer_synthesis\",model_id=\"haiku\",verdict=\"disagree\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.sink.value(disagree).await == 0.0 {
-        assert!(Instant::now() < deadline, "no shadow verdict");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    disagreement_counted(&h).await;
     assert_eq!(mock.calls(), 1);
     // The slot is free again: the next shadow call runs.
     answer_of(&h, TaskType::AnswerSynthesis, request(Some("s3")))

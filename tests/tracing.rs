@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, Killed, assert_streamed, binary_config, free_port, hello_frame, run_turn, wait_ready,
+    Client, Killed, assert_streamed, binary_config, free_port, hello_frame, metrics_at, run_turn,
+    wait_ready,
 };
 use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use mangaassist_protocols::ServerFrame;
@@ -108,24 +109,8 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     let r = run_turn(&mut c, "how much is one piece?").await;
     assert_streamed(&r);
     // The frames name the caller's trace.
-    let started = r
-        .frames
-        .iter()
-        .find_map(|f| match f {
-            ServerFrame::TurnStarted { trace_id, .. } => Some(trace_id.clone()),
-            _ => None,
-        })
-        .unwrap();
-    let done = r
-        .frames
-        .iter()
-        .find_map(|f| match f {
-            ServerFrame::Done { trace_id, .. } => Some(trace_id.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(started.as_str(), ROOT);
-    assert_eq!(done.as_str(), ROOT);
+    assert_eq!(r.started_trace_id().as_str(), ROOT);
+    assert_eq!(r.done_trace_id().as_str(), ROOT);
 
     // Collect until every hop (and the enrichment lookups and their sources) has arrived.
     let mut spans: Vec<ExportedSpan> = Vec::new();
@@ -244,12 +229,7 @@ async fn one_turn_is_one_connected_trace_under_the_caller_s_header_on_otlp() {
     // A second turn on the connection joins the same trace, under a new front span.
     let r = run_turn(&mut c, "any romance manga?").await;
     assert_streamed(&r);
-    let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_at(port).await;
     assert!(
         m.lines()
             .any(|l| l == "trace_spans_dropped_total{reason=\"queue_full\"} 0"),
@@ -274,15 +254,6 @@ async fn sampling_keeps_or_drops_whole_traces_and_honours_the_caller_s_decision(
         ),
     )
     .await;
-    let trace_of = |r: &common::TurnResult| {
-        r.frames
-            .iter()
-            .find_map(|f| match f {
-                ServerFrame::Done { trace_id, .. } => Some(trace_id.as_str().to_owned()),
-                _ => None,
-            })
-            .unwrap()
-    };
     // Unsampled: three turns of a client with no header.
     let mut c = Client::ws_at(format!("127.0.0.1:{port}").parse().unwrap()).await;
     c.send(hello_frame(common::READER, None)).await;
@@ -295,7 +266,7 @@ async fn sampling_keeps_or_drops_whole_traces_and_honours_the_caller_s_decision(
     ] {
         let r = run_turn(&mut c, q).await;
         assert_streamed(&r);
-        let id = trace_of(&r);
+        let id = r.done_trace_id().as_str().to_owned();
         assert!(
             id.starts_with("1-") && id.len() == 35,
             "an X-Ray id even unsampled: {id}"
@@ -307,7 +278,7 @@ async fn sampling_keeps_or_drops_whole_traces_and_honours_the_caller_s_decision(
     let mut sampled = traced_client(port, &header).await;
     let r = run_turn(&mut sampled, "how much is one piece?").await;
     assert_streamed(&r);
-    assert_eq!(trace_of(&r), ROOT);
+    assert_eq!(r.done_trace_id().as_str(), ROOT);
 
     let mut spans: Vec<ExportedSpan> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -336,19 +307,9 @@ async fn sampling_keeps_or_drops_whole_traces_and_honours_the_caller_s_decision(
             s.name
         );
     }
-    let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let exported: usize = m
-        .lines()
-        .find_map(|l| l.strip_prefix("trace_spans_exported_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(exported, spans.len(), "{m}");
+    let m = metrics_at(port).await;
+    let exported = common::metric(&m, "trace_spans_exported_total");
+    assert_eq!(exported as usize, spans.len(), "{m}");
 }
 
 /// Without a header the turn starts its own trace, with an X-Ray id (epoch seconds first).
@@ -370,14 +331,7 @@ async fn a_turn_without_a_header_gets_its_own_x_ray_trace_over_the_daemon_protoc
     assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
     let r = run_turn(&mut c, "how much is frieren?").await;
     assert_streamed(&r);
-    let trace_id = r
-        .frames
-        .iter()
-        .find_map(|f| match f {
-            ServerFrame::TurnStarted { trace_id, .. } => Some(trace_id.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let trace_id = r.started_trace_id().clone();
     let parts: Vec<&str> = trace_id.as_str().split('-').collect();
     assert_eq!(parts.len(), 3, "{trace_id}");
     assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("1", 8, 24));
@@ -494,19 +448,9 @@ async fn a_dead_collector_costs_the_turns_nothing_and_its_drops_are_counted() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let failed: u64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("trace_spans_dropped_total{reason=\"export_failed\"} "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        if failed > 0 {
+        let m = metrics_at(port).await;
+        let failed = common::metric(&m, "trace_spans_dropped_total{reason=\"export_failed\"}");
+        if failed > 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "no failed export counted:\n{m}");
@@ -618,18 +562,7 @@ async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
         let url = format!("{base}{path}");
         async move { reqwest::get(url).await.ok().map(|r| r.status().as_u16()) }
     };
-    let gauge = || async {
-        let m = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        m.lines()
-            .find_map(|l| l.strip_prefix("warm_capacity_ready "))
-            .unwrap()
-            .to_owned()
-    };
+    let gauge = || async { common::metric(&metrics_at(http_port).await, "warm_capacity_ready") };
     let deadline = Instant::now() + Duration::from_secs(60);
     while status("/healthz").await != Some(200) {
         assert!(server.0.try_wait().unwrap().is_none(), "serve exited");
@@ -641,12 +574,12 @@ async fn healthz_answers_at_once_and_readyz_after_the_warm_up() {
         Some(503),
         "ready before the warm-up"
     );
-    assert_eq!(gauge().await, "0");
+    assert_eq!(gauge().await, 0.0);
     while status("/readyz").await != Some(200) {
         assert!(Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gauge().await, "1");
+    assert_eq!(gauge().await, 1.0);
 }
 
 /// `exporter = "stdout"`: the same segment documents as JSON lines on stdout, flushed when the

@@ -172,8 +172,6 @@ pub struct ForwarderState {
     span: tracing::Span,
     /// `generate`, for the `first_token` and `stream_end` events.
     generate: tracing::Span,
-    /// Whether `first_token` was recorded.
-    first_token_seen: bool,
     /// When the first token arrived from the model.
     first_event_at: Option<Instant>,
     /// When the first token frame was queued.
@@ -273,11 +271,6 @@ impl ForwarderState {
                         Ok(None) => pending = Some(Pending::new(text)),
                         Err(_) => return self.wind_down().await,
                     }
-                    if !self.first_token_seen {
-                        // After the frame is queued: the event costs the token nothing.
-                        self.first_token_seen = true;
-                        tracing::info!(parent: &self.generate, "first_token");
-                    }
                 }
                 Some(StreamEvent::End {
                     usage,
@@ -352,6 +345,8 @@ impl ForwarderState {
         place.send_text(frame.encode(), Mark::Token);
         if self.first_frame_at.is_none() {
             self.first_frame_at = Some(Instant::now());
+            // After the frame is queued: the event costs the token nothing.
+            tracing::info!(parent: &self.generate, "first_token");
         }
         if p.tokens > 1 {
             self.metrics.emit(MetricEvent::TokensCoalesced {
@@ -417,7 +412,6 @@ impl Actor for ForwarderActor {
             sent_len: 0,
             span: args.span,
             generate: args.generate,
-            first_token_seen: false,
             first_event_at: None,
             first_frame_at: None,
         })

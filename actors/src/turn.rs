@@ -166,7 +166,8 @@ impl Default for TurnSettings {
 
 /// Where a turn's trace id comes from. With a tracing exporter installed it is the
 /// OpenTelemetry trace of the turn's span (X-Ray ids, or the caller's trace when a header named
-/// one); without, [`NoTraceContext`] and the turn makes a fresh X-Ray-format id. Spans are the
+/// one); without one the implementation answers `None` (the runtime's does so by itself;
+/// [`NoTraceContext`] always does) and the turn makes a fresh X-Ray-format id. Spans are the
 /// `tracing` crate's either way: exporting them is a subscriber's business, never the turn's.
 pub trait TraceContext: Send + Sync {
     /// The trace `span` belongs to, if it belongs to one.

@@ -25,7 +25,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::report::PercentileMs;
 
 /// Chart size in pixels (width, height of the plot; the legend strip is added below).
-const SIZE: (u32, u32) = (1000, 600);
+pub(crate) const SIZE: (u32, u32) = (1000, 600);
 
 /// Height of one legend row, in pixels.
 const LEGEND_ROW: u32 = 24;
@@ -46,7 +46,7 @@ const X_LIGHT: [f64; 7] = [25.0, 75.0, 95.0, 99.5, 99.95, 99.995, 99.9995];
 const MAX_DECADES_1_2_5: i32 = 5;
 
 /// Line colours, in order (Okabe-Ito: tell apart with colour-vision deficiency and in grey).
-const COLORS: [RGBColor; 8] = [
+pub(crate) const COLORS: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
@@ -554,18 +554,22 @@ pub fn run(req: &PlotRequest) -> Result<Vec<Series>, PlotError> {
         .title
         .as_deref()
         .unwrap_or_else(|| req.metric.default_title());
-    let svg = render_svg(&series, title, req.metric)?;
+    write_svg(&req.out, &render_svg(&series, title, req.metric)?)?;
+    Ok(series)
+}
+
+/// Writes `svg` to `out`, creating missing parent directories.
+pub fn write_svg(out: &std::path::Path, svg: &str) -> Result<(), PlotError> {
     let write_err = |source| PlotError::Write {
-        path: req.out.clone(),
+        path: out.to_owned(),
         source,
     };
-    if let Some(dir) = req.out.parent()
+    if let Some(dir) = out.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
-    std::fs::write(&req.out, svg).map_err(write_err)?;
-    Ok(series)
+    std::fs::write(out, svg).map_err(write_err)
 }
 
 #[cfg(test)]

@@ -44,9 +44,9 @@ pub enum StatsError {
     /// A histogram could not be built (only possible with invalid constant bounds).
     #[error("cannot create latency histogram: {0}")]
     Histogram(#[from] hdrhistogram::CreationError),
-    /// The run's client could not be built.
-    #[error("{0}")]
-    Setup(String),
+    /// The run's HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::openai::OpenAiError),
 }
 
 /// Timing of one turn as the client saw it.

@@ -5,12 +5,12 @@
 //! `scenario`). A report without one (an older version, or a run shorter than a second) is an
 //! error naming the file.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::plot::{PlotError, RunSpec};
+use crate::plot::{COLORS, PlotError, RunSpec, SIZE};
 
 /// A figure of the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,16 +97,6 @@ pub fn load_line(spec: &RunSpec, figure: Figure) -> Result<Line, PlotError> {
     })
 }
 
-const SIZE: (u32, u32) = (960, 540);
-const COLORS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-    RGBColor(23, 190, 207),
-];
-
 /// Draws `lines` as an SVG document.
 pub fn render_svg(lines: &[Line], title: &str, figure: Figure) -> Result<String, PlotError> {
     let mut svg = String::new();
@@ -171,24 +161,14 @@ pub fn run(
     runs: &[RunSpec],
     figure: Figure,
     title: Option<&str>,
-    out: &PathBuf,
+    out: &Path,
 ) -> Result<Vec<Line>, PlotError> {
     let lines = runs
         .iter()
         .map(|spec| load_line(spec, figure))
         .collect::<Result<Vec<_>, _>>()?;
     let title = title.map_or_else(|| format!("{} over time", figure.y_desc()), str::to_owned);
-    let svg = render_svg(&lines, &title, figure)?;
-    let write_err = |source| PlotError::Write {
-        path: out.clone(),
-        source,
-    };
-    if let Some(dir) = out.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(write_err)?;
-    }
-    std::fs::write(out, svg).map_err(write_err)?;
+    crate::plot::write_svg(out, &render_svg(&lines, &title, figure)?)?;
     Ok(lines)
 }
 

@@ -8,8 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_bedrockruntime::Client;
@@ -20,71 +21,12 @@ use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
 use aws_sdk_bedrockruntime::types::{
     ContentBlock, ContentBlockDelta, ConversationRole, ConverseStreamOutput, Message, StopReason,
 };
+use common::MockModel;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
 /// The pinned Bedrock id the runtime's policy uses; its `:` is percent-encoded on the wire.
 const MODEL_ID: &str = "anthropic.claude-3-haiku-20240307-v1:0";
-
-/// A running `mock-model` process, killed when dropped.
-struct MockModel {
-    /// The process.
-    child: Child,
-    /// `http://IP:PORT`, from the `listening on` line.
-    url: String,
-}
-
-impl MockModel {
-    /// Starts the binary with `args` and waits for its `listening on` line.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-model"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mock-model starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.wait();
-            let mut stderr = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-            panic!("no listening line (stdout {line:?}, stderr {stderr:?})");
-        };
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        let url = url.to_owned();
-        Self { child, url }
-    }
-
-    /// Sends SIGTERM, waits for the exit, and returns stderr.
-    fn terminate(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "SIGTERM is a clean exit: {exit:?}");
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        stderr
-    }
-}
-
-impl Drop for MockModel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A streaming chat-completions request, as the runtime's OpenAI backend sends it.
 async fn post_chat(url: &str, stream: bool) -> reqwest::Response {

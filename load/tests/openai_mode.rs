@@ -5,45 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-struct Mock {
-    child: Child,
-    url: String,
-}
+use std::process::{Command, Stdio};
 
-impl Mock {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-model"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("a listening line")
-            .to_owned();
-        Self { child, url }
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::MockModel;
 
 /// Runs the load tool against `mock` and returns its JSON report.
-fn run(mock: &Mock, dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+fn run(mock: &MockModel, dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let out = dir.join("report.json");
     let pid = mock.child.id().to_string();
     let status = Command::new(env!("CARGO_BIN_EXE_mangaassist-load"))
@@ -71,7 +40,7 @@ fn dir() -> std::path::PathBuf {
 
 #[test]
 fn the_direct_path_measures_the_model_server_itself() {
-    let mock = Mock::start(&[
+    let mock = MockModel::start(&[
         "--chunks",
         "8",
         "--pacing-ms",
@@ -112,7 +81,7 @@ fn the_direct_path_measures_the_model_server_itself() {
 #[test]
 fn a_stalling_model_is_counted_as_stalled_streams() {
     // Every second request stalls 300 ms halfway: far over 10 x 5 ms.
-    let mock = Mock::start(&[
+    let mock = MockModel::start(&[
         "--chunks",
         "8",
         "--pacing-ms",
@@ -137,7 +106,7 @@ fn a_stalling_model_is_counted_as_stalled_streams() {
 
 #[test]
 fn a_throttling_model_is_an_error_not_a_hang() {
-    let mock = Mock::start(&[
+    let mock = MockModel::start(&[
         "--chunks",
         "4",
         "--pacing-ms",

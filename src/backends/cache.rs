@@ -357,18 +357,15 @@ impl EnrichmentSource for TwoTierCache {
         drop(memory);
 
         // Tier 2, for what tier 1 lacked.
-        let redis_span = || {
-            mangaassist_actors::hop_span!(
+        if !missing.is_empty()
+            && let Some(redis) = &s.redis
+            && let span = mangaassist_actors::hop_span!(
                 "enrich.redis",
                 path_type,
                 source = "redis",
                 keys = missing.len(),
                 hits = tracing::field::Empty,
             )
-        };
-        if !missing.is_empty()
-            && let Some(redis) = &s.redis
-            && let span = redis_span()
             && let Some(values) = redis
                 .get_many(&missing, &s.metrics)
                 .instrument(span.clone())

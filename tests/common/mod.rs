@@ -254,6 +254,28 @@ impl TurnResult {
     pub fn answer(&self) -> String {
         self.tokens.concat()
     }
+
+    /// The trace id `turn_started` carried.
+    pub fn started_trace_id(&self) -> &mangaassist_protocols::TraceId {
+        self.frames
+            .iter()
+            .find_map(|f| match f {
+                ServerFrame::TurnStarted { trace_id, .. } => Some(trace_id),
+                _ => None,
+            })
+            .expect("a turn_started frame")
+    }
+
+    /// The trace id `done` carried.
+    pub fn done_trace_id(&self) -> &mangaassist_protocols::TraceId {
+        self.frames
+            .iter()
+            .find_map(|f| match f {
+                ServerFrame::Done { trace_id, .. } => Some(trace_id),
+                _ => None,
+            })
+            .expect("a done frame")
+    }
 }
 
 pub async fn run_turn(client: &mut Client, text: &str) -> TurnResult {
@@ -331,6 +353,16 @@ pub async fn metrics_text(server: &Server) -> String {
     let (status, body) = http(server, "GET", "/metrics", "").await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// The `/metrics` text of a server started as a binary, on `http_port`.
+pub async fn metrics_at(http_port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {

@@ -118,10 +118,7 @@ pub async fn execute(cfg: &RunConfig, rss: &RssSource) -> Result<RunOutcome, Sta
     let send_until = cfg.send_for.map(|d| start + d);
     let http = match &cfg.upstream {
         Upstream::WebSocket => None,
-        Upstream::OpenAi { .. } => Some(
-            crate::openai::client(cfg.connect_timeout)
-                .map_err(|e| StatsError::Setup(e.to_string()))?,
-        ),
+        Upstream::OpenAi { .. } => Some(crate::openai::client(cfg.connect_timeout)?),
     };
 
     let mut stopped_by_max = false;
