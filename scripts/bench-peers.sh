@@ -10,7 +10,7 @@
 #
 # Everything runs on this machine's cores: mock-model, the gateway under test and the load tool.
 # For each level it prints TTFT and chunk-gap p50/p99 per path, and the extra over direct, and
-# writes the table to target/bench/peers/table.md and into docs/benchmarks.md between the
+# writes the table to target/bench/peers/$TABLE.md and into docs/benchmarks.md between the
 # "peers:begin" and "peers:end" markers.
 #
 # Usage: scripts/bench-peers.sh [LEVELS] [TURNS]
@@ -19,9 +19,19 @@
 # Environment: PACING_MS (20), CHUNKS (64), FIRST_TOKEN_MS (0), SKIP_LITELLM=1 (no peer),
 #              LITELLM_VERSION (1.80.0: from 1.81 on, `litellm[proxy]` needs a `litellm-proxy`
 #              package that PyPI does not serve for Python 3.11), MAX_SECS per run (300),
-#              RAMP_RATE new sessions per second (200; the ramp is at least 1 s).
+#              RAMP_RATE new sessions per second (200; the ramp is at least 1 s),
+#              PATHS to run (default "direct mangaassist litellm"),
+#              ANSWER_MODEL=mock (default: answer_synthesis streams from mock-model over HTTP) or
+#              simulated (MangaAssist's in-process model, paced alike: no upstream socket per
+#              stream, for concurrency beyond what the file-descriptor limit allows with one),
+#              TABLE marker name in docs/benchmarks.md (default "peers").
+#
+# Each table says, per path, the most concurrent streams held with no stall (no gap longer than
+# 10x pacing, every turn answered, all open at once) among the levels run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log() { echo "==> $*" >&2; }
+die() { echo "bench-peers: $*" >&2; exit 1; }
 
 LEVELS=${1:-"1 100 200 1000 5000"}
 TURNS=${2:-3}
@@ -31,11 +41,14 @@ FIRST_TOKEN_MS=${FIRST_TOKEN_MS:-0}
 MAX_SECS=${MAX_SECS:-300}
 RAMP_RATE=${RAMP_RATE:-200}
 LITELLM_VERSION=${LITELLM_VERSION:-1.80.0}
+ANSWER_MODEL=${ANSWER_MODEL:-mock}
+TABLE=${TABLE:-peers}
+PATHS=${PATHS:-"direct mangaassist litellm"}
+[ "${SKIP_LITELLM:-0}" = 1 ] && PATHS=${PATHS//litellm/}
+case $ANSWER_MODEL in mock|simulated) ;; *) die "ANSWER_MODEL must be mock or simulated, not '$ANSWER_MODEL'" ;; esac
+has_path() { [[ " $PATHS " == *" $1 "* ]]; }
 OUT=target/bench/peers
 mkdir -p "$OUT"
-
-log() { echo "==> $*" >&2; }
-die() { echo "bench-peers: $*" >&2; exit 1; }
 
 log "building release binaries"
 cargo build --release --bin mangaassist
@@ -55,7 +68,7 @@ wait_http() { # URL WHAT
 }
 
 # --- the peer: LiteLLM's proxy in its own venv -------------------------------------------------
-if [ "${SKIP_LITELLM:-0}" != 1 ]; then
+if has_path litellm; then
   VENV=$OUT/litellm-venv
   if [ ! -x "$VENV/bin/litellm" ]; then
     log "installing litellm[proxy]==$LITELLM_VERSION into $VENV (once)"
@@ -108,7 +121,7 @@ model = "local"
 model = "local"
 
 [tasks.answer_synthesis]
-model = "mock"
+model = "$ANSWER_MODEL"
 
 [tasks.summarization]
 model = "simulated"
@@ -128,6 +141,9 @@ tcp_listen = "127.0.0.1:$TCP_PORT"
 dir = "$OUT/var"
 [policy]
 file = "$OUT/policy.toml"
+[model]
+first_token_delay_ms = $FIRST_TOKEN_MS
+token_pacing_ms = $PACING_MS
 EOF
 "$SERVER" policy validate "$OUT/policy.toml" >/dev/null || die "the bench policy does not validate"
 export MANGAASSIST_AUTH_SECRET=bench-secret-of-at-least-thirty-two-bytes
@@ -135,10 +151,10 @@ export MANGAASSIST_TOKEN=$("$SERVER" token --user load --ttl 1d --config "$OUT/m
 RUST_LOG=warn "$SERVER" serve --config "$OUT/mangaassist.toml" >"$OUT/mangaassist.log" 2>&1 &
 PIDS+=($!); MA_PID=$!
 wait_http "http://127.0.0.1:$HTTP_PORT/readyz" MangaAssist
-log "MangaAssist at ws://127.0.0.1:$HTTP_PORT/ws"
+log "MangaAssist at ws://127.0.0.1:$HTTP_PORT/ws (answers from $ANSWER_MODEL)"
 
 # --- LiteLLM in front of the same mock ----------------------------------------------------------
-if [ "${SKIP_LITELLM:-0}" != 1 ]; then
+if has_path litellm; then
   LL_PORT=$(free_port)
   cat >"$OUT/litellm.yaml" <<EOF
 model_list:
@@ -183,12 +199,12 @@ run() { # PATH N
 # Warm MangaAssist's enrichment cache first (one turn of every built-in query, not recorded): the
 # comparison is of a runtime whose cache holds what the load asks about, and a cold miss pays the
 # embedded catalog's simulated 2-8 ms (enrichment.latency_*_ms), which is the dependency's time.
-log "warming MangaAssist's caches (not measured)"
-"$LOAD" run --url "ws://127.0.0.1:$HTTP_PORT/ws" --sessions 64 --turns 2 --ramp-secs 1 --quiet \
-  >/dev/null 2>"$OUT/warm.err" || die "the warm-up run failed: $(tail -3 "$OUT/warm.err")"
+if has_path mangaassist; then
+  log "warming MangaAssist's caches (not measured)"
+  "$LOAD" run --url "ws://127.0.0.1:$HTTP_PORT/ws" --sessions 64 --turns 2 --ramp-secs 1 --quiet \
+    >/dev/null 2>"$OUT/warm.err" || die "the warm-up run failed: $(tail -3 "$OUT/warm.err")"
+fi
 
-PATHS="direct mangaassist"
-[ "${SKIP_LITELLM:-0}" != 1 ] && PATHS="$PATHS litellm"
 for n in $LEVELS; do
   for path in $PATHS; do
     log "$path: $n concurrent streams x $TURNS turns"
@@ -196,9 +212,10 @@ for n in $LEVELS; do
   done
 done
 
-python3 - "$OUT" "$LEVELS" "$PATHS" "$PACING_MS" "$CHUNKS" "$TURNS" <<'PY'
+python3 - "$OUT" "$LEVELS" "$PATHS" "$PACING_MS" "$CHUNKS" "$TURNS" "$ANSWER_MODEL" "$TABLE" "$RAMP_RATE" <<'PY'
 import json, os, re, subprocess, sys, datetime
-out, levels, paths, pacing, chunks, turns = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4], sys.argv[5], sys.argv[6]
+out, levels, paths, pacing, chunks, turns, answer_model, table_name, ramp_rate = sys.argv[1:10]
+levels, paths = levels.split(), paths.split()
 def load(path, n):
     f = f"{out}/{path}-{n}.json"
     return json.load(open(f)) if os.path.exists(f) else None
@@ -207,47 +224,56 @@ def lat(r, k, p):
     except (KeyError, TypeError): return None
 def fmt(x): return "-" if x is None else f"{x:.2f}"
 rows = []
-rows.append("| streams | path | peak open | turns ok / planned | TTFT p50 | TTFT p99 | gap p50 | gap p99 | extra TTFT p99 | extra gap p99 | stalled streams | server CPU % |")
+rows.append("| streams | path | peak open | turns ok / planned | TTFT p50 | TTFT p99 | gap p50 | gap p99 | extra TTFT p50 / p99 | extra gap p50 / p99 | stalled streams | server CPU % |")
 rows.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
 summary = []
+held = {}
 for n in levels:
     d = load("direct", n)
     for path in paths:
         r = load(path, n)
         if r is None:
             rows.append(f"| {n} | {path} | run failed | | | | | | | | | |"); continue
-        extra_t = extra_g = None
+        def extra(k, p):
+            a, b = lat(d, k, p), lat(r, k, p)
+            return None if a is None or b is None else b - a
+        extra_t = extra_g = (None, None)
         if d is not None and path != "direct":
-            a, b = lat(d, "ttft", "p99_ms"), lat(r, "ttft", "p99_ms")
-            extra_t = None if a is None or b is None else b - a
-            a, b = lat(d, "chunk_gap", "p99_ms"), lat(r, "chunk_gap", "p99_ms")
-            extra_g = None if a is None or b is None else b - a
-            summary.append((n, path, extra_t, extra_g))
+            extra_t = (extra("ttft", "p50_ms"), extra("ttft", "p99_ms"))
+            extra_g = (extra("chunk_gap", "p50_ms"), extra("chunk_gap", "p99_ms"))
+            summary.append((n, path, extra_t[1], extra_g[1]))
         cpu = (r.get("server_cpu") or {}).get("mean_percent")
         peak = max((p.get("open_sessions", 0) for p in r.get("timeline", [])), default=0)
+        if r["stalls"]["stalled_turns"] == 0 and r["turns"]["ok"] == r["turns"]["planned"] and peak >= int(n):
+            held[path] = max(held.get(path, 0), int(n))
         rows.append(
             f"| {n} | {path} | {peak} | {r['turns']['ok']} / {r['turns']['planned']} | {fmt(lat(r,'ttft','p50_ms'))} | {fmt(lat(r,'ttft','p99_ms'))} "
-            f"| {fmt(lat(r,'chunk_gap','p50_ms'))} | {fmt(lat(r,'chunk_gap','p99_ms'))} | {fmt(extra_t)} | {fmt(extra_g)} "
+            f"| {fmt(lat(r,'chunk_gap','p50_ms'))} | {fmt(lat(r,'chunk_gap','p99_ms'))} | {fmt(extra_t[0])} / {fmt(extra_t[1])} | {fmt(extra_g[0])} / {fmt(extra_g[1])} "
             f"| {r['stalls']['stalled_turns']} | {fmt(cpu)} |")
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-head = (f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC at {commit}: mock-model sends {chunks} chunks "
-        f"{pacing} ms apart; each stream asks at least {turns} turns after the ramp (sessions ramp in at 200/s and "
+source = (f"mock-model sends {chunks} chunks {pacing} ms apart" if answer_model == "mock" else
+          f"MangaAssist answers from its in-process simulated model, one token every {pacing} ms (no upstream "
+          f"socket per stream); direct is mock-model sending {chunks} chunks {pacing} ms apart")
+most = ", ".join(f"{p} {held[p]:,}" if p in held else f"{p} none of these levels" for p in paths)
+head = (f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC at {commit}: {source}; each stream asks at least "
+        f"{turns} turns after the ramp (sessions ramp in at {ramp_rate}/s and "
         f"keep asking, so every one streams when the last starts: 'peak open' is the most sessions open at once, "
         f"from the load tool's timeline); all times in ms; extra = this path minus direct at the same "
         f"level; server CPU is the process under test with its worker processes (mock-model itself for direct), "
-        f"mean % of one core.")
+        f"mean % of one core.\n\nMost concurrent streams held with no stall (no gap over {10 * int(pacing)} ms, "
+        f"every turn answered, all open at once), of the levels run: {most}.")
 table = head + "\n\n" + "\n".join(rows) + "\n"
-open(f"{out}/table.md", "w").write(table)
+open(f"{out}/{table_name}.md", "w").write(table)
 print(table)
 for n, path, t, g in summary:
     print(f"{n:>6} streams  {path:<12} extra TTFT p99 {fmt(t)} ms, extra gap p99 {fmt(g)} ms")
 doc = "docs/benchmarks.md"
 text = open(doc).read()
-begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
+begin, end = f"<!-- {table_name}:begin -->", f"<!-- {table_name}:end -->"
 if begin in text and end in text:
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), begin + "\n" + table + end, text, flags=re.S)
     open(doc, "w").write(text)
     print(f"wrote the table into {doc}")
 else:
-    print(f"{doc} has no {begin} ... {end} markers; the table is in {out}/table.md")
+    print(f"{doc} has no {begin} ... {end} markers; the table is in {out}/{table_name}.md")
 PY

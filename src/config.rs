@@ -296,6 +296,14 @@ pub struct RawServer {
     pub slow_client_timeout_ms: Option<u64>,
     /// Close a connection with no frame either way for this long; 0 never does.
     pub idle_timeout_ms: Option<u64>,
+    /// Frames a second one connection may send; 0 is no limit.
+    pub max_messages_per_sec: Option<u32>,
+    /// Longest `user_message.text`, in characters.
+    pub max_turn_chars: Option<usize>,
+    /// Sessions open at once on this process; 0 is no limit.
+    pub max_sessions: Option<usize>,
+    /// Sessions one user may have open at once on this process; 0 is no limit.
+    pub max_sessions_per_user: Option<usize>,
 }
 
 /// `[data]`
@@ -436,6 +444,12 @@ pub struct Config {
     pub slow_client_timeout: Duration,
     /// Idle timeout (`None`: connections are never closed for idleness).
     pub idle_timeout: Option<Duration>,
+    /// Frames a second per connection (`None`: no limit).
+    pub max_messages_per_sec: Option<u32>,
+    /// Longest turn text, in characters.
+    pub max_turn_chars: usize,
+    /// Sessions open at once, in all and per user (`0`: no limit).
+    pub session_limits: mangaassist_actors::session::SessionLimits,
     /// Catalog file, or `None` for the built-in one.
     pub catalog: Option<PathBuf>,
     /// Data directory.
@@ -600,6 +614,18 @@ fn transcript_store(d: &RawData) -> Result<TranscriptStoreConfig, ConfigError> {
     }
 }
 
+/// `server.max_messages_per_sec`: far above a person typing, and above a client that pings and
+/// cancels busily, while a flood is cut to this.
+const DEFAULT_MAX_MESSAGES_PER_SEC: u32 = 50;
+/// `server.max_turn_chars`: a long question with pasted context, well under a model's window.
+const DEFAULT_MAX_TURN_CHARS: usize = 8_000;
+/// `server.max_sessions`: what one process holds with its streams smooth (see
+/// docs/benchmarks.md: 10,000 streams on two cores), with room for idle sessions.
+const DEFAULT_MAX_SESSIONS: usize = 50_000;
+/// `server.max_sessions_per_user`: a person with many tabs open, not one client taking the
+/// server's share.
+const DEFAULT_MAX_SESSIONS_PER_USER: usize = 64;
+
 fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
     field: &'static str,
     v: Option<T>,
@@ -661,6 +687,36 @@ impl RawConfig {
             0,
             86_400_000,
         )?;
+        let max_messages_per_sec = ranged(
+            "server.max_messages_per_sec",
+            s.max_messages_per_sec,
+            DEFAULT_MAX_MESSAGES_PER_SEC,
+            0,
+            1_000_000,
+        )?;
+        let max_turn_chars = ranged(
+            "server.max_turn_chars",
+            s.max_turn_chars,
+            DEFAULT_MAX_TURN_CHARS,
+            1,
+            max_frame_bytes,
+        )?;
+        let session_limits = mangaassist_actors::session::SessionLimits {
+            total: ranged(
+                "server.max_sessions",
+                s.max_sessions,
+                DEFAULT_MAX_SESSIONS,
+                0,
+                10_000_000,
+            )?,
+            per_user: ranged(
+                "server.max_sessions_per_user",
+                s.max_sessions_per_user,
+                DEFAULT_MAX_SESSIONS_PER_USER,
+                0,
+                10_000_000,
+            )?,
+        };
 
         let m = self.model;
         if let Some(b) = m.backend.as_deref()
@@ -1019,6 +1075,9 @@ impl RawConfig {
             outbound_queue,
             slow_client_timeout,
             idle_timeout: (idle_ms != 0).then(|| ms(idle_ms)),
+            max_messages_per_sec: (max_messages_per_sec != 0).then_some(max_messages_per_sec),
+            max_turn_chars,
+            session_limits,
             catalog: self.data.catalog,
             data_dir: self.data.dir.unwrap_or_else(|| PathBuf::from("var")),
             transcript_commit_linger: ms(ranged(

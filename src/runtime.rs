@@ -480,7 +480,7 @@ impl Runtime {
             shutdown.clone(),
             &tasks,
         );
-        let registry = SessionRegistry::new();
+        let registry = SessionRegistry::with_limits(config.session_limits);
         let ready = Arc::new(AtomicBool::new(false));
         let front = FrontState {
             pipeline: pipeline.clone(),
@@ -491,6 +491,8 @@ impl Runtime {
                 outbound_queue: config.outbound_queue,
                 slow_client_timeout: config.slow_client_timeout,
                 idle_timeout: config.idle_timeout,
+                max_messages_per_sec: config.max_messages_per_sec,
+                max_turn_chars: config.max_turn_chars,
             },
             router: router.clone(),
             ready: ready.clone(),

@@ -529,14 +529,57 @@ impl Actor for SessionActor {
 }
 
 /// Which sessions are open on some connection of this process, so one session is never driven
-/// from two connections at once.
+/// from two connections at once, and how many: a claim beyond [`SessionLimits`] is refused, so
+/// an overload is shed at `hello` instead of queueing.
 ///
 /// A std `Mutex` is right here: the critical sections are a hash-map insert or remove, never
 /// held across an `.await`.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
+    open: Mutex<Open>,
+    limits: SessionLimits,
+}
+
+#[derive(Debug, Default)]
+struct Open {
     /// Open sessions: their user and their connection's outbound queue (to end them).
-    open: Mutex<HashMap<SessionId, (UserId, Outbound)>>,
+    sessions: HashMap<SessionId, (UserId, Outbound)>,
+    /// Open sessions per user, for the per-user limit.
+    per_user: HashMap<UserId, usize>,
+}
+
+/// How many sessions may be open at once on this process (`0`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// In all (`server.max_sessions`).
+    pub total: usize,
+    /// For one user (`server.max_sessions_per_user`).
+    pub per_user: usize,
+}
+
+/// Why a session could not be claimed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Another connection holds the session.
+    #[error("session `{0}` is open on another connection")]
+    InUse(SessionId),
+    /// The process holds as many sessions as it may.
+    #[error("the server holds {max} sessions, its limit (server.max_sessions); try again later")]
+    Full {
+        /// The limit.
+        max: usize,
+    },
+    /// The user holds as many sessions as they may.
+    #[error(
+        "user `{user}` has {max} sessions open, the limit per user \
+         (server.max_sessions_per_user); close one first"
+    )]
+    UserFull {
+        /// Whose sessions.
+        user: UserId,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Proof that a session is open here; released by [`SessionLease::release`] or on drop.
@@ -549,25 +592,50 @@ pub struct SessionLease {
 }
 
 impl SessionRegistry {
-    /// A new, empty registry.
+    /// A new, empty registry with no limits.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::with_limits(SessionLimits::default())
     }
 
-    /// Claims `id` for `user` on the connection owning `outbound`, or `None` if another
-    /// connection holds it.
+    /// A new, empty registry that refuses claims beyond `limits`.
+    pub fn with_limits(limits: SessionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            open: Mutex::default(),
+            limits,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `id` for `user` on the connection owning `outbound`. Refused if another connection
+    /// holds it, or if the process or the user is at their limit.
     pub fn claim(
         self: &Arc<Self>,
         id: &SessionId,
         user: &UserId,
         outbound: &Outbound,
-    ) -> Option<SessionLease> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.contains_key(id) {
-            return None;
+    ) -> Result<SessionLease, ClaimError> {
+        let mut open = self.lock();
+        if open.sessions.contains_key(id) {
+            return Err(ClaimError::InUse(id.clone()));
         }
-        open.insert(id.clone(), (user.clone(), outbound.clone()));
-        Some(SessionLease {
+        let SessionLimits { total, per_user } = self.limits;
+        if total != 0 && open.sessions.len() >= total {
+            return Err(ClaimError::Full { max: total });
+        }
+        let of_user = open.per_user.get(user).copied().unwrap_or(0);
+        if per_user != 0 && of_user >= per_user {
+            return Err(ClaimError::UserFull {
+                user: user.clone(),
+                max: per_user,
+            });
+        }
+        open.sessions
+            .insert(id.clone(), (user.clone(), outbound.clone()));
+        open.per_user.insert(user.clone(), of_user + 1);
+        Ok(SessionLease {
             registry: self.clone(),
             id: id.clone(),
             released: std::sync::atomic::AtomicBool::new(false),
@@ -576,9 +644,8 @@ impl SessionRegistry {
 
     /// The connections of `user`'s open sessions, for ending them (an erasure).
     pub fn connections_of(&self, user: &UserId) -> Vec<(SessionId, Outbound)> {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
+            .sessions
             .iter()
             .filter(|(_, (u, _))| u == user)
             .map(|(id, (_, out))| (id.clone(), out.clone()))
@@ -587,12 +654,30 @@ impl SessionRegistry {
 
     /// Sessions open now.
     pub fn len(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().sessions.len()
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sessions `user` has open now.
+    pub fn len_of(&self, user: &UserId) -> usize {
+        self.lock().per_user.get(user).copied().unwrap_or(0)
+    }
+
+    fn remove(&self, id: &SessionId) {
+        let mut open = self.lock();
+        let Some((user, _)) = open.sessions.remove(id) else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Occupied(mut n) = open.per_user.entry(user) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
     }
 }
 
@@ -600,11 +685,7 @@ impl SessionLease {
     /// Frees the session for other connections (idempotent).
     pub fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            self.registry
-                .open
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.id);
+            self.registry.remove(&self.id);
         }
     }
 }
@@ -612,5 +693,83 @@ impl SessionLease {
 impl Drop for SessionLease {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn claim(
+        registry: &Arc<SessionRegistry>,
+        session: &str,
+        user: &str,
+    ) -> Result<SessionLease, ClaimError> {
+        let (outbound, _rx) = Outbound::channel(1, Duration::from_secs(1));
+        registry.claim(
+            &SessionId::parse(session).unwrap(),
+            &UserId::parse(user).unwrap(),
+            &outbound,
+        )
+    }
+
+    #[test]
+    fn claims_beyond_the_limits_are_refused_until_a_lease_is_released() {
+        let registry = SessionRegistry::with_limits(SessionLimits {
+            total: 3,
+            per_user: 2,
+        });
+        let a1 = claim(&registry, "a1", "alice").unwrap();
+        let _a2 = claim(&registry, "a2", "alice").unwrap();
+        assert_eq!(
+            claim(&registry, "a3", "alice").unwrap_err(),
+            ClaimError::UserFull {
+                user: UserId::parse("alice").unwrap(),
+                max: 2
+            }
+        );
+        assert!(matches!(
+            claim(&registry, "a1", "bob"),
+            Err(ClaimError::InUse(_))
+        ));
+        let _b1 = claim(&registry, "b1", "bob").unwrap();
+        assert_eq!(
+            claim(&registry, "b2", "bob").unwrap_err(),
+            ClaimError::Full { max: 3 }
+        );
+        assert_eq!(
+            (
+                registry.len(),
+                registry.len_of(&UserId::parse("alice").unwrap())
+            ),
+            (3, 2)
+        );
+
+        // A released lease frees its place, once: dropping it after release changes nothing.
+        a1.release();
+        assert_eq!(registry.len_of(&UserId::parse("alice").unwrap()), 1);
+        let _a3 = claim(&registry, "a3", "alice").unwrap();
+        drop(a1);
+        assert_eq!(
+            (
+                registry.len(),
+                registry.len_of(&UserId::parse("alice").unwrap())
+            ),
+            (3, 2)
+        );
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let registry = SessionRegistry::new();
+        let leases: Vec<_> = (0..100)
+            .map(|i| claim(&registry, &format!("s{i}"), "alice").unwrap())
+            .collect();
+        assert_eq!(registry.len(), 100);
+        drop(leases);
+        assert!(registry.is_empty());
+        assert_eq!(registry.len_of(&UserId::parse("alice").unwrap()), 0);
     }
 }

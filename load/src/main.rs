@@ -19,6 +19,7 @@
 
 mod client;
 mod compare;
+mod credentials;
 mod hops;
 mod openai;
 mod plot;
@@ -174,10 +175,15 @@ struct Target {
     #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
 
-    /// The token every session presents in `hello`; mint one with
-    /// `mangaassist token --user load --ttl 1d`.
+    /// The token every session presents in `hello` (they are then all one user); mint one with
+    /// `mangaassist token --user load --ttl 1d`. --auth-secret takes precedence.
     #[arg(long, env = "MANGAASSIST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// The server's HMAC secret: each session signs its own token as user `load-N`, so a run
+    /// of N sessions is N users and the server's per-user session limit does not cap it.
+    #[arg(long, env = "MANGAASSIST_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
 
     /// Prometheus metrics URL exposing process_resident_memory_bytes
     /// [default: same host:port as --url, path /metrics].
@@ -369,6 +375,10 @@ fn raise_nofile(sessions: u64) -> Option<u64> {
 }
 
 impl Target {
+    fn credentials(&self) -> anyhow::Result<credentials::Credentials> {
+        credentials::Credentials::new(self.token.clone(), self.auth_secret.clone())
+    }
+
     fn rss_source(&self) -> anyhow::Result<RssSource> {
         if let Some(base) = &self.openai {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -407,7 +417,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = RunConfig {
         url: args.target.url.clone(),
         upstream: args.target.upstream(),
-        token: args.target.token.clone(),
+        credentials: args.target.credentials()?,
         sessions: args.sessions,
         turns: args.turns,
         ramp: args.ramp_secs,
@@ -459,7 +469,7 @@ async fn scenario_run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let cfg = file.run_config(&scenario::file::Target {
         url: args.target.url.clone(),
         upstream: args.target.upstream(),
-        token: args.target.token.clone(),
+        credentials: args.target.credentials()?,
         connect_timeout: args.target.connect_timeout_secs,
         progress: !args.target.quiet,
     })?;
@@ -547,7 +557,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
     let nofile = raise_nofile(args.sessions);
     let cfg = IdleConfig {
         url: args.target.url.clone(),
-        token: args.target.token.clone(),
+        credentials: args.target.credentials()?,
         sessions: args.sessions,
         ramp: args.ramp_secs,
         connect_timeout: args.target.connect_timeout_secs,

@@ -611,7 +611,7 @@ mod tests {
         let cfg = RunConfig {
             upstream: crate::scenario::run::Upstream::WebSocket,
             url: "ws://127.0.0.1:8080/ws".into(),
-            token: None,
+            credentials: crate::credentials::Credentials::None,
             sessions: 1,
             turns: 1,
             ramp: Duration::ZERO,

@@ -48,8 +48,23 @@ impl CommandLine {
         )
     }
 
-    /// A command line from its arguments.
-    pub fn from_args(argv: Vec<String>) -> Self {
+    /// A command line from its arguments, with the values of credential options replaced by
+    /// `<redacted>`: reports are shared, secrets are not.
+    pub fn from_args(mut argv: Vec<String>) -> Self {
+        let mut redact_next = false;
+        for arg in &mut argv {
+            if std::mem::take(&mut redact_next) {
+                *arg = REDACTED.to_owned();
+                continue;
+            }
+            if let Some(option) = SECRET_OPTIONS.iter().find(|o| arg.starts_with(*o)) {
+                match arg.as_bytes().get(option.len()) {
+                    None => redact_next = true,
+                    Some(b'=') => *arg = format!("{option}={REDACTED}"),
+                    Some(_) => {}
+                }
+            }
+        }
         let shell = argv
             .iter()
             .map(|a| shell_quote(a))
@@ -58,6 +73,10 @@ impl CommandLine {
         Self { argv, shell }
     }
 }
+
+/// Options whose values are credentials.
+const SECRET_OPTIONS: [&str; 3] = ["--token", "--auth-secret", "--openai-key"];
+const REDACTED: &str = "<redacted>";
 
 /// Quotes `arg` for a POSIX shell when it holds anything beyond a safe set.
 fn shell_quote(arg: &str) -> String {
@@ -990,11 +1009,46 @@ mod tests {
         assert_eq!(cl.argv.len(), 6);
     }
 
+    #[test]
+    fn credentials_never_reach_the_report() {
+        let cl = CommandLine::from_args(
+            [
+                "mangaassist-load",
+                "run",
+                "--token",
+                "eyJhbGciOi.secret.sig",
+                "--auth-secret=hunter2hunter2hunter2hunter2hunter2",
+                "--openai-key",
+                "sk-live",
+                "--tokenish",
+                "kept",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let json = serde_json::to_string(&cl).unwrap();
+        for secret in ["eyJhbGciOi", "hunter2", "sk-live"] {
+            assert!(!json.contains(secret), "{json}");
+        }
+        assert_eq!(
+            cl.argv[2..],
+            [
+                "--token",
+                "<redacted>",
+                "--auth-secret=<redacted>",
+                "--openai-key",
+                "<redacted>",
+                "--tokenish",
+                "kept"
+            ]
+        );
+    }
+
     fn sample_run() -> (RunConfig, RunOutcome) {
         let cfg = RunConfig {
             upstream: crate::scenario::run::Upstream::WebSocket,
             url: "ws://127.0.0.1:8080/ws".into(),
-            token: None,
+            credentials: crate::credentials::Credentials::None,
             sessions: 2,
             turns: 1,
             ramp: Duration::from_secs(2),

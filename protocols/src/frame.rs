@@ -132,11 +132,19 @@ pub enum ErrorCode {
     Unauthorized,
     /// `hello` named a session that belongs to another user; the connection stays open.
     Forbidden,
+    /// The connection sent more frames a second than `server.max_messages_per_sec`; the frame
+    /// was dropped and the connection stays open.
+    RateLimited,
+    /// The server or the user holds as many sessions as it may (`server.max_sessions`,
+    /// `server.max_sessions_per_user`); the `hello` is refused, not queued.
+    Overloaded,
+    /// `user_message.text` is longer than `server.max_turn_chars`.
+    TextTooLong,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive metric labels.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::TooLarge,
@@ -155,6 +163,9 @@ impl ErrorCode {
         ErrorCode::SessionEnded,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
+        ErrorCode::TextTooLong,
     ];
 
     /// The wire (and metric label) spelling.
@@ -178,6 +189,9 @@ impl ErrorCode {
             ErrorCode::SessionEnded => "session_ended",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TextTooLong => "text_too_long",
         }
     }
 }

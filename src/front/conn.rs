@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
-use mangaassist_actors::session::{Refusal, SessionActor, SessionArgs, SessionMsg};
+use mangaassist_actors::session::{ClaimError, Refusal, SessionActor, SessionArgs, SessionMsg};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
 use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
 use mangaassist_protocols::metrics::{
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::FrontState;
+use super::limit::{RateLimit, Verdict};
 
 /// How long closing waits for the session to record its last turn and release itself.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(6);
@@ -48,6 +49,8 @@ pub struct Connection {
     session: Option<Bound>,
     /// The caller's trace (`X-Amzn-Trace-Id` on the upgrade, or `hello.trace_header`).
     trace_header: Option<String>,
+    /// `server.max_messages_per_sec`, when set.
+    rate: Option<RateLimit>,
 }
 
 impl Connection {
@@ -61,12 +64,17 @@ impl Connection {
             transport,
             opened: true,
         });
+        let rate = state
+            .limits
+            .max_messages_per_sec
+            .map(|r| RateLimit::new(r, Instant::now()));
         let conn = Self {
             state,
             outbound,
             transport,
             session: None,
             trace_header: None,
+            rate,
         };
         (conn, rx)
     }
@@ -83,6 +91,9 @@ impl Connection {
 
     /// Handles one text frame read at `received_at`.
     pub async fn on_text(&mut self, text: &str, received_at: Instant) {
+        if !self.admit(received_at).await {
+            return;
+        }
         match decode_client(text, self.state.limits.max_frame_bytes) {
             Ok(frame) => self.on_frame(frame, received_at).await,
             Err(e) => self.reject(&e).await,
@@ -91,6 +102,9 @@ impl Connection {
 
     /// A frame was larger than the limit (the transport stopped reading it at `len` bytes).
     pub async fn on_too_large(&mut self, len: usize) {
+        if !self.admit(Instant::now()).await {
+            return;
+        }
         let e = FrameError::TooLarge {
             len,
             max: self.state.limits.max_frame_bytes,
@@ -101,18 +115,49 @@ impl Connection {
     /// A line that is not valid UTF-8 (TCP; WebSocket text frames are checked by the WebSocket
     /// layer, which closes the connection as RFC 6455 requires).
     pub async fn on_not_utf8(&mut self) {
+        if !self.admit(Instant::now()).await {
+            return;
+        }
         self.send_error(None, ErrorCode::BadRequest, "frame is not valid UTF-8")
             .await;
     }
 
     /// A frame the transport cannot carry as text (a binary WebSocket message).
     pub async fn on_binary(&mut self) {
+        if !self.admit(Instant::now()).await {
+            return;
+        }
         self.send_error(
             None,
             ErrorCode::BadRequest,
             "binary frames are not supported; send JSON text frames",
         )
         .await;
+    }
+
+    /// Whether a frame received at `at` is within `server.max_messages_per_sec`. A frame over
+    /// it is dropped, whatever it is; the client hears `rate_limited` at most once a second.
+    async fn admit(&mut self, at: Instant) -> bool {
+        let Some(rate) = &mut self.rate else {
+            return true;
+        };
+        match rate.check(at) {
+            Verdict::Admit => true,
+            Verdict::Drop => false,
+            Verdict::DropAndNotify => {
+                let max = self.state.limits.max_messages_per_sec.unwrap_or_default();
+                self.send_error(
+                    None,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {max} frames a second (server.max_messages_per_sec); frames \
+                         over the rate are dropped"
+                    ),
+                )
+                .await;
+                false
+            }
+        }
     }
 
     async fn reject(&mut self, e: &FrameError) {
@@ -214,18 +259,22 @@ impl Connection {
             self.trace_header = hello.trace_header;
         }
         let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
-        let Some(lease) = self
+        let lease = match self
             .state
             .registry
             .claim(&session_id, &user, &self.outbound)
-        else {
-            return self
-                .send_error(
-                    None,
-                    ErrorCode::SessionInUse,
-                    format!("session `{session_id}` is open on another connection"),
-                )
-                .await;
+        {
+            Ok(lease) => lease,
+            Err(e) => {
+                let code = match e {
+                    ClaimError::InUse(_) => ErrorCode::SessionInUse,
+                    ClaimError::Full { .. } | ClaimError::UserFull { .. } => {
+                        tracing::warn!(%user, error = %e, "hello shed");
+                        ErrorCode::Overloaded
+                    }
+                };
+                return self.send_error(None, code, e.to_string()).await;
+            }
         };
         let slot = WorkerSlot::empty();
         let args = SessionArgs {
@@ -284,6 +333,19 @@ impl Connection {
 
     async fn on_user_message(&mut self, message: UserMessage, received_at: Instant) {
         let turn_id = message.turn_id.clone();
+        let max_chars = self.state.limits.max_turn_chars;
+        if message.text.len() > max_chars && message.text.chars().nth(max_chars).is_some() {
+            return self
+                .send_error(
+                    Some(turn_id),
+                    ErrorCode::TextTooLong,
+                    format!(
+                        "`user_message.text` is longer than {max_chars} characters \
+                         (server.max_turn_chars)"
+                    ),
+                )
+                .await;
+        }
         let Some(session) = &self.session else {
             return self
                 .send_error(

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod conn;
 pub mod http;
+pub mod limit;
 pub mod tcp;
 pub mod ws;
 
@@ -35,6 +36,10 @@ pub struct FrontLimits {
     pub slow_client_timeout: Duration,
     /// Close a connection with no frame either way for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Frames a second one connection may send (`None`: no limit).
+    pub max_messages_per_sec: Option<u32>,
+    /// Longest `user_message.text`, in characters.
+    pub max_turn_chars: usize,
 }
 
 /// What the fronts need from the runtime. Cheap to clone.

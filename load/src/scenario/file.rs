@@ -25,6 +25,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use super::run::RunConfig;
+use crate::credentials::Credentials;
 
 /// One scenario file, as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,8 +80,8 @@ pub struct Target {
     pub url: String,
     /// What the sessions talk to.
     pub upstream: super::run::Upstream,
-    /// The token sessions present.
-    pub token: Option<String>,
+    /// What sessions present in `hello`.
+    pub credentials: Credentials,
     /// Connect + hello timeout.
     pub connect_timeout: Duration,
     /// Print progress.
@@ -119,7 +120,7 @@ impl ScenarioFile {
         let _ = s.run_config(&Target {
             url: String::new(),
             upstream: super::run::Upstream::WebSocket,
-            token: None,
+            credentials: Credentials::None,
             connect_timeout: Duration::ZERO,
             progress: false,
         })?;
@@ -139,7 +140,7 @@ impl ScenarioFile {
         Ok(RunConfig {
             url: target.url.clone(),
             upstream: target.upstream.clone(),
-            token: target.token.clone(),
+            credentials: target.credentials.clone(),
             sessions: self.sessions,
             turns: self.turns,
             ramp,
@@ -207,7 +208,7 @@ mod tests {
             .run_config(&Target {
                 url: "ws://127.0.0.1:1/ws".into(),
                 upstream: super::super::run::Upstream::WebSocket,
-                token: None,
+                credentials: Credentials::None,
                 connect_timeout: Duration::from_secs(1),
                 progress: false,
             })

@@ -7,6 +7,7 @@
 //! at the second reading. The connections then stay open [`IdleConfig::hold`] longer (to look at
 //! the server by hand, or to see an idle timeout drop them) and close.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{ProgressTask, RssReading, ramp_at, read_rss};
 use crate::client::{Connection, IdleEnd};
+use crate::credentials::Credentials;
 use crate::rss::RssSource;
 use crate::stats::{Progress, Recorder, RunStats, StatsError};
 
@@ -28,8 +30,8 @@ const OPEN_SLACK: Duration = Duration::from_secs(5);
 pub struct IdleConfig {
     /// `ws://host:port/path` of the server.
     pub url: String,
-    /// The token every session presents in `hello`.
-    pub token: Option<String>,
+    /// What each session presents in `hello`.
+    pub credentials: Credentials,
     /// Idle sessions to open.
     pub sessions: u64,
     /// Session starts are spread evenly over this.
@@ -107,7 +109,7 @@ pub async fn execute(cfg: &IdleConfig, rss: &RssSource) -> Result<IdleOutcome, S
         sleep_until(ramp_at(start, cfg.ramp, index, cfg.sessions)).await;
         tasks.spawn(idle_session(
             cfg.url.clone(),
-            cfg.token.clone(),
+            cfg.credentials.token(index).map(Cow::into_owned),
             cfg.connect_timeout,
             Arc::clone(&recorder),
             cancel.clone(),
@@ -194,7 +196,7 @@ mod tests {
         let server = TestServer::start(Script::Silent).await;
         let cfg = IdleConfig {
             url: server.url(),
-            token: None,
+            credentials: Credentials::None,
             sessions: 20,
             ramp: Duration::from_millis(20),
             connect_timeout: Duration::from_secs(2),

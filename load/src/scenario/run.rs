@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{ProgressTask, RssReading, ramp_at, read_rss};
 use crate::client::{Connection, TurnEnd, TurnRecord};
+use crate::credentials::Credentials;
 use crate::openai::OpenAiSession;
 use crate::queries::query_for;
 use crate::rss::RssSource;
@@ -47,8 +48,8 @@ pub struct RunConfig {
     pub url: String,
     /// What the sessions talk to.
     pub upstream: Upstream,
-    /// The token every session presents in `hello`.
-    pub token: Option<String>,
+    /// What each session presents in `hello`.
+    pub credentials: Credentials,
     /// Concurrent sessions, one connection each.
     pub sessions: u64,
     /// Turns each session sends, one after another.
@@ -292,9 +293,10 @@ async fn ws_session(
     send_until: Option<Instant>,
 ) {
     let progress = &rec.progress;
+    let token = cfg.credentials.token(index);
     let opened = tokio::select! {
         () = cancel.cancelled() => return,
-        opened = Connection::open(&cfg.url, cfg.token.as_deref(), cfg.connect_timeout) => opened,
+        opened = Connection::open(&cfg.url, token.as_deref(), cfg.connect_timeout) => opened,
     };
     let mut conn = match opened {
         Ok(conn) => conn,
@@ -323,7 +325,7 @@ mod tests {
         RunConfig {
             url,
             upstream: Upstream::WebSocket,
-            token: None,
+            credentials: Credentials::None,
             sessions,
             turns,
             ramp: Duration::from_millis(20),
