@@ -87,15 +87,29 @@ pub struct ConfiguredSecret {
     pub source: SecretSource,
 }
 
+/// The subject of admin tokens.
+pub const ADMIN_SUBJECT: &str = "admin";
+
 /// The claims of a token.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
-    /// The user id.
+    /// The user id ([`ADMIN_SUBJECT`] in an admin token).
     sub: String,
     /// Issued at, Unix seconds.
     iat: u64,
     /// Expires at, Unix seconds.
     exp: u64,
+    /// `admin` in an admin token, absent in a user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+}
+
+/// What a token is for, when it is not a user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Role {
+    /// The admin routes (`/admin/*`), and nothing else.
+    Admin,
 }
 
 /// Why a token was refused. The message is what the client reads in its `unauthorized` error.
@@ -119,6 +133,15 @@ pub enum AuthError {
     /// `sub` is not a valid user id.
     #[error("the token's subject is not a valid user id: {0}")]
     BadSubject(IdError),
+    /// An admin token in `hello`: it opens the admin routes, not sessions.
+    #[error("an admin token does not open sessions; present a user's token")]
+    AdminToken,
+    /// A user's token on an admin route.
+    #[error(
+        "a user's token does not open the admin routes; mint an admin token with \
+         `mangaassist token --admin`"
+    )]
+    NotAdmin,
 }
 
 /// Why the authenticator could not be set up.
@@ -206,25 +229,58 @@ impl Authenticator {
     /// A token for `user` issued at `iat` and expiring at `exp` (Unix seconds); tests use it
     /// for tokens that are already expired.
     pub fn mint_at(&self, user: &UserId, iat: u64, exp: u64) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: user.as_str().to_owned(),
             iat,
             exp,
-        };
+            role: None,
+        })
+    }
+
+    /// An admin token, valid for `ttl` from now: it opens the admin routes (`/admin/*`, on
+    /// loopback) and no session.
+    pub fn mint_admin(&self, ttl: Duration) -> String {
+        let now = unix_secs();
+        self.sign(&Claims {
+            sub: ADMIN_SUBJECT.to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+            role: Some(Role::Admin),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
         // HS256 over a serializable struct: signing with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .unwrap_or_default()
     }
 
-    /// The user a token names, if this server signed it and it has not expired.
-    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+    fn claims(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Forged,
                 _ => AuthError::Malformed(e.to_string()),
-            })?;
-        UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)
+            })
+    }
+
+    /// The user a token names, if this server signed it, it has not expired, and it is a
+    /// user's (not an admin token).
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let claims = self.claims(token)?;
+        if claims.role.is_some() {
+            return Err(AuthError::AdminToken);
+        }
+        UserId::parse(&claims.sub).map_err(AuthError::BadSubject)
+    }
+
+    /// Whether a token is an admin token this server signed that has not expired.
+    pub fn verify_admin(&self, token: &str) -> Result<(), AuthError> {
+        match self.claims(token)?.role {
+            Some(Role::Admin) => Ok(()),
+            None => Err(AuthError::NotAdmin),
+        }
     }
 }
 
@@ -354,6 +410,7 @@ mod tests {
                 sub: "alice".into(),
                 iat: now,
                 exp: now + 60,
+                role: None,
             },
             &EncodingKey::from_secret(A.as_bytes()).unwrap(),
         )
@@ -366,11 +423,36 @@ mod tests {
                 sub: "has space".into(),
                 iat: now,
                 exp: now + 60,
+                role: None,
             },
             &EncodingKey::from_secret(A.as_bytes()).unwrap(),
         )
         .unwrap();
         assert!(matches!(a.verify(&bad), Err(AuthError::BadSubject(_))));
+    }
+
+    #[test]
+    fn admin_tokens_open_the_admin_routes_and_no_session() {
+        let a = Authenticator::new(&Secret::new(A).unwrap(), SecretSource::Config);
+        let admin = a.mint_admin(Duration::from_secs(60));
+        assert_eq!(a.verify_admin(&admin), Ok(()));
+        assert_eq!(a.verify(&admin), Err(AuthError::AdminToken));
+        // The control: a user's token, even one whose subject is `admin`, is not an admin token.
+        let user = a.mint(
+            &UserId::parse(ADMIN_SUBJECT).unwrap(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(a.verify_admin(&user), Err(AuthError::NotAdmin));
+        assert!(a.verify(&user).is_ok());
+        // Another server's admin token is a forgery here.
+        let b = Authenticator::new(
+            &Secret::new("another-secret-of-at-least-thirty-two-bytes").unwrap(),
+            SecretSource::Config,
+        );
+        assert_eq!(
+            a.verify_admin(&b.mint_admin(Duration::from_secs(60))),
+            Err(AuthError::Forged)
+        );
     }
 
     #[test]

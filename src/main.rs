@@ -195,18 +195,28 @@ enum Command {
     /// mangaassist ingest rollback --backend opensearch --url http://127.0.0.1:9200
     #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     Ingest(IngestArgs),
-    /// Mint a token for a user: the credential a client presents in `hello` (docs/protocol.md).
+    /// Mint a token for a user: the credential a client presents in `hello` (docs/protocol.md);
+    /// or, with --admin, the token the admin routes (/admin/*, loopback only) require.
     ///
     /// Signs with MANGAASSIST_AUTH_SECRET, else the config's [auth] secret, else the development
     /// secret under the data directory (created if there is none; a server started on the same
-    /// data directory uses it). Prints the token on stdout. Example:
+    /// data directory uses it). Prints the token on stdout. Examples:
     ///
     /// mangaassist token --user alice --ttl 1h
+    /// curl -H "Authorization: Bearer $(mangaassist token --admin)" localhost:8080/admin/chaos
     #[command(verbatim_doc_comment)]
     Token {
         /// The user id the token names (letters, digits, _ . : -; at most 64 bytes).
-        #[arg(long, value_name = "ID")]
-        user: String,
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "admin",
+            conflicts_with = "admin"
+        )]
+        user: Option<String>,
+        /// An admin token: it opens the admin routes and no session.
+        #[arg(long)]
+        admin: bool,
         /// How long it is valid: 90s, 15m, 1h, 7d (at most 366d).
         #[arg(long, value_name = "DURATION", default_value = "1h",
               value_parser = mangaassist::auth::parse_ttl)]
@@ -482,6 +492,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "a token for user `{user}`, valid 24h: {}",
                     runtime.auth.mint(&user, Duration::from_secs(24 * 3_600))
                 );
+                eprintln!(
+                    "an admin token (/admin/*, loopback only), valid 24h: {}",
+                    runtime.auth.mint_admin(Duration::from_secs(24 * 3_600))
+                );
             }
             eprintln!("chat with it: cargo run --release -- chat   (Ctrl-C to stop the server)");
             shutdown_signal().await;
@@ -508,12 +522,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("chat with {url}"))
         }
-        Command::Token { user, ttl, config } => {
-            let user = parse_user(&user)?;
+        Command::Token {
+            user,
+            admin,
+            ttl,
+            config,
+        } => {
             let auth = authenticator(config.as_deref())?;
-            println!("{}", auth.mint(&user, ttl));
+            let (token, whom) = match user {
+                Some(user) if !admin => {
+                    let user = parse_user(&user)?;
+                    (auth.mint(&user, ttl), format!("user `{user}`"))
+                }
+                _ => (auth.mint_admin(ttl), "the admin routes".to_owned()),
+            };
+            println!("{token}");
             eprintln!(
-                "token for user `{user}`, valid {}s, signed with {}",
+                "token for {whom}, valid {}s, signed with {}",
                 ttl.as_secs(),
                 describe_source(auth.source())
             );
@@ -661,8 +686,12 @@ async fn erase(
     let user = UserId::parse(&user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
     if let Some(url) = url {
         let endpoint = format!("{}/admin/erase", url.trim_end_matches('/'));
+        // An admin token for one request, signed as the server signs (same config, environment
+        // or data directory).
+        let admin = authenticator(config.as_deref())?.mint_admin(Duration::from_secs(60));
         let answer = reqwest::Client::new()
             .post(&endpoint)
+            .bearer_auth(admin)
             .json(&serde_json::json!({ "user_id": user.as_str() }))
             .send()
             .await

@@ -719,6 +719,43 @@ async fn chaos_rules_are_set_listed_and_cleared_over_the_admin_route() {
 }
 
 #[tokio::test]
+async fn admin_routes_need_an_admin_token_and_an_admin_token_opens_no_session() {
+    let server = start().await;
+    let user = token("alice");
+    let other_server = mangaassist::auth::Authenticator::new(
+        &mangaassist::auth::Secret::new("another-secret-of-at-least-thirty-two-bytes").unwrap(),
+        mangaassist::auth::SecretSource::Config,
+    )
+    .mint_admin(Duration::from_secs(60));
+    for (bearer, why) in [
+        (None, "Authorization: Bearer"),
+        (Some(user.as_str()), "a user's token"),
+        (Some(other_server.as_str()), "does not verify"),
+        (Some("not-a-jwt"), "not a valid"),
+    ] {
+        for (method, path) in [("GET", "/admin/chaos"), ("POST", "/admin/erase")] {
+            let (status, body) =
+                http_as(&server, bearer, method, path, r#"{"user_id":"alice"}"#).await;
+            assert_eq!(status, 401, "{method} {path} with {bearer:?}: {body}");
+            assert!(body.contains(why), "{body}");
+        }
+    }
+    // The control: the same request with an admin token is served.
+    let (status, body) = http(&server, "GET", "/admin/chaos", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"rules":[]}"#));
+
+    // An admin token is not a user's: `hello` with it is refused and the connection closed.
+    let admin = authority().mint_admin(Duration::from_secs(60));
+    let mut c = Client::ws(&server).await;
+    c.send(json!({"type": "hello", "protocol": 1, "token": admin}))
+        .await;
+    let e = c.expect_error().await;
+    assert_eq!(e.code, ErrorCode::Unauthorized);
+    assert!(e.message.contains("admin token"), "{}", e.message);
+    c.expect_closed().await;
+}
+
+#[tokio::test]
 async fn disconnects_are_counted_by_reason() {
     let server = start().await;
     let mut ws = Client::ws(&server).await;

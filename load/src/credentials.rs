@@ -34,6 +34,8 @@ struct Claims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
 }
 
 impl Credentials {
@@ -56,24 +58,33 @@ impl Credentials {
         match self {
             Self::None => None,
             Self::Shared(token) => Some(Cow::Borrowed(token)),
-            Self::PerSession(key) => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let sub = format!("load-{index}");
-                let claims = Claims {
-                    sub: &sub,
-                    iat: now,
-                    exp: now + MINTED_TTL.as_secs(),
-                };
-                // HS256 over a serializable struct: signing with an HMAC key cannot fail.
-                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
-                    .ok()
-                    .map(Cow::Owned)
-            }
+            Self::PerSession(key) => sign(key, &format!("load-{index}"), None).map(Cow::Owned),
         }
     }
+
+    /// An admin token (for `/admin/chaos`), when the secret is known.
+    pub fn admin_token(&self) -> Option<String> {
+        match self {
+            Self::PerSession(key) => sign(key, "admin", Some("admin")),
+            Self::None | Self::Shared(_) => None,
+        }
+    }
+}
+
+/// A token for `sub` (with `role`, for an admin token), valid for [`MINTED_TTL`].
+fn sign(key: &EncodingKey, sub: &str, role: Option<&str>) -> Option<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = Claims {
+        sub,
+        iat: now,
+        exp: now + MINTED_TTL.as_secs(),
+        role,
+    };
+    // HS256 over a serializable struct: signing with an HMAC key cannot fail.
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()
 }
 
 /// Never prints a token or the secret.
@@ -120,6 +131,49 @@ mod tests {
         assert!(
             jsonwebtoken::decode::<Decoded>(other.token(0).unwrap().as_bytes(), &key, &validation)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn with_a_secret_an_admin_token_says_its_role() {
+        #[derive(Deserialize)]
+        struct Admin {
+            sub: String,
+            role: String,
+        }
+        let secret = "load-test-secret-of-at-least-thirty-two-bytes";
+        let key = DecodingKey::from_secret(secret.as_bytes()).unwrap();
+        let admin = Credentials::new(None, Some(secret.into()))
+            .unwrap()
+            .admin_token()
+            .unwrap();
+        let claims = jsonwebtoken::decode::<Admin>(
+            admin.as_bytes(),
+            &key,
+            &Validation::new(Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(
+            (claims.sub.as_str(), claims.role.as_str()),
+            ("admin", "admin")
+        );
+        // Without the secret there is none to give, and session tokens carry no role.
+        assert_eq!(
+            Credentials::new(Some("tok".into()), None)
+                .unwrap()
+                .admin_token(),
+            None
+        );
+        let session = Credentials::new(None, Some(secret.into())).unwrap();
+        let token = session.token(1).unwrap();
+        assert!(
+            jsonwebtoken::decode::<Admin>(
+                token.as_bytes(),
+                &key,
+                &Validation::new(Algorithm::HS256)
+            )
+            .is_err()
         );
     }
 

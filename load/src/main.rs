@@ -185,6 +185,11 @@ struct Target {
     #[arg(long, env = "MANGAASSIST_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
 
+    /// The admin token a scenario's chaos rules are installed with (POST /admin/chaos); mint
+    /// one with `mangaassist token --admin`. Not needed with --auth-secret, which mints its own.
+    #[arg(long, env = "MANGAASSIST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
     /// Prometheus metrics URL exposing process_resident_memory_bytes
     /// [default: same host:port as --url, path /metrics].
     #[arg(long, value_name = "URL")]
@@ -481,9 +486,21 @@ async fn scenario_run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let chaos = rss::HttpTarget::parse(&rss::http_url_for(&args.target.url, "/admin/chaos")?)?;
+    let admin = args
+        .target
+        .admin_token
+        .clone()
+        .or_else(|| cfg.credentials.admin_token());
     if !file.chaos.is_empty() {
+        let Some(admin) = admin.as_deref() else {
+            bail!(
+                "scenario {} has chaos rules, installed through the admin route: give \
+                 --admin-token (mangaassist token --admin) or --auth-secret",
+                file.name
+            );
+        };
         let body = serde_json::json!({ "rules": file.chaos }).to_string();
-        let (status, answer) = rss::http_request(&chaos, "POST", Some(&body)).await?;
+        let (status, answer) = rss::http_request(&chaos, "POST", Some(&body), Some(admin)).await?;
         if status != 200 {
             bail!(
                 "the server refused the chaos rules ({status}): {}",
@@ -495,7 +512,7 @@ async fn scenario_run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let started = unix_ms();
     let outcome = scenario::run::execute(&cfg, &rss).await;
     if !file.chaos.is_empty() {
-        match rss::http_request(&chaos, "DELETE", None).await {
+        match rss::http_request(&chaos, "DELETE", None, admin.as_deref()).await {
             Ok((200, _)) => eprintln!("chaos removed"),
             Ok((status, answer)) => {
                 eprintln!("warning: chaos not removed ({status}): {}", answer.trim());

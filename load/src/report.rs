@@ -75,7 +75,7 @@ impl CommandLine {
 }
 
 /// Options whose values are credentials.
-const SECRET_OPTIONS: [&str; 3] = ["--token", "--auth-secret", "--openai-key"];
+const SECRET_OPTIONS: [&str; 4] = ["--token", "--auth-secret", "--admin-token", "--openai-key"];
 const REDACTED: &str = "<redacted>";
 
 /// Quotes `arg` for a POSIX shell when it holds anything beyond a safe set.

@@ -323,19 +323,20 @@ pub fn parse_metrics_rss(text: &str) -> Option<u64> {
 /// GETs `target` over HTTP/1.1 and returns the body of a 200 answer.
 pub async fn http_get(target: &HttpTarget) -> Result<String, RssError> {
     let url = target.url();
-    let (status, body) = http_request(target, "GET", None).await?;
+    let (status, body) = http_request(target, "GET", None, None).await?;
     if status != 200 {
         return Err(RssError::Status { url, status });
     }
     Ok(body)
 }
 
-/// One HTTP/1.1 request (`Connection: close`) with an optional JSON body; the status and the
-/// body, whatever the status.
+/// One HTTP/1.1 request (`Connection: close`) with an optional JSON body and bearer token; the
+/// status and the body, whatever the status.
 pub async fn http_request(
     target: &HttpTarget,
     method: &str,
     json: Option<&str>,
+    bearer: Option<&str>,
 ) -> Result<(u16, String), RssError> {
     let url = target.url();
     let raw = timeout(HTTP_TIMEOUT, async {
@@ -345,8 +346,11 @@ pub async fn http_request(
         };
         let mut stream = TcpStream::connect(&target.authority).await.map_err(io)?;
         let body = json.unwrap_or_default();
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "{method} {} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             target.path,
             target.authority,
             body.len()

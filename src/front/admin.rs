@@ -1,4 +1,7 @@
-//! Admin routes, answered only to clients on the loopback interface.
+//! Admin routes, answered only to clients on the loopback interface that present an admin
+//! token (`Authorization: Bearer <token>`, minted with `mangaassist token --admin`; a user's
+//! token is refused). A refusal is a JSON `{"error": ...}` naming what is wrong: 403 off
+//! loopback, 401 for a missing, forged, expired or user's token.
 //!
 //! - `GET /admin/chaos`: the installed mailbox chaos rules.
 //! - `POST /admin/chaos`: replace them with `{"rules": ["enricher=4000ms", ...]}` (or a bare JSON
@@ -22,25 +25,52 @@ use mangaassist_actors::chaos::{ChaosRule, parse_rule};
 
 use super::FrontState;
 
-/// The admin routes, behind the loopback check.
-pub fn routes() -> Router<FrontState> {
+/// The admin routes, behind the loopback and admin-token checks.
+pub fn routes(state: &FrontState) -> Router<FrontState> {
     Router::new()
         .route("/admin/chaos", get(list).post(replace).delete(clear))
         .route("/admin/policy", get(policy_show))
         .route("/admin/policy/reload", axum::routing::post(policy_reload))
         .route("/admin/erase", axum::routing::post(erase))
-        .route_layer(middleware::from_fn(loopback_only))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
 }
 
-/// Refuses every admin request whose peer is not on the loopback interface.
-async fn loopback_only(
+/// Refuses every admin request whose peer is not on the loopback interface, or that does not
+/// carry an admin token this server signed.
+async fn admin_only(
+    State(state): State<FrontState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    match refuse_remote(peer) {
-        Some(refusal) => refusal,
-        None => next.run(request).await,
+    if let Some(refusal) = refuse_remote(peer) {
+        return refusal;
+    }
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let verdict = match bearer {
+        None => Err(
+            "admin routes need `Authorization: Bearer <admin token>`; mint one with \
+             `mangaassist token --admin`"
+                .to_owned(),
+        ),
+        Some(token) => state
+            .auth
+            .verify_admin(token.trim())
+            .map_err(|e| e.to_string()),
+    };
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err(why) => {
+            tracing::warn!(%peer, path = %request.uri().path(), reason = %why, "admin request refused");
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": why }),
+            )
+        }
     }
 }
 

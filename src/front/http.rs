@@ -21,7 +21,7 @@ pub fn router(state: FrontState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(super::admin::routes())
+        .merge(super::admin::routes(&state))
         .with_state(state)
 }
 

@@ -371,10 +371,26 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name_and_labels} missing"))
 }
 
+/// An HTTP request to the server with an admin token (`/admin/*` require one).
 pub async fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    let admin = authority().mint_admin(Duration::from_secs(3_600));
+    http_as(server, Some(&admin), method, path, body).await
+}
+
+/// An HTTP request presenting `bearer` (or no `Authorization` header).
+pub async fn http_as(
+    server: &Server,
+    bearer: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(server.runtime.http_addr).await.unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
