@@ -285,3 +285,144 @@ async fn preferences_carry_into_the_next_session_on_the_redis_store() {
     let redis = RedisServer::start().await;
     preferences_carry_into_the_next_session(on_redis(redis.url())).await;
 }
+
+/// `mangaassist serve` on `redis`, sharing transcripts, preferences and the enrichment cache
+/// with every other process configured alike (or, without `redis`, on its own embedded store);
+/// killed when dropped.
+async fn serve_node(dir: &std::path::Path, name: &str, redis: Option<&str>) -> (Killed, u16) {
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let config = dir.join(format!("{name}.toml"));
+    let shared = redis.map_or_else(String::new, |redis| {
+        format!(
+            "transcript_store = \"redis\"\ntranscript_redis_url = {redis:?}\n\
+             transcript_redis_prefix = \"multinode:\"\n\
+             [cache]\nredis_url = {redis:?}\nredis_key_prefix = \"multinode:enrichment:\"\n"
+        )
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http_port}\"\ntcp_listen = \"127.0.0.1:{tcp_port}\"\n\
+             [model]\ntoken_pacing_ms = 20\n\
+             [auth]\nsecret = {TEST_SECRET:?}\n\
+             [data]\ndir = {:?}\n{shared}",
+            dir.join(format!("var-{name}")),
+        ),
+    )
+    .unwrap();
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&mut server.0, http_port).await;
+    (server, http_port)
+}
+
+/// `hello` as alice on the server at `port`, resuming `session` if given: the client and the
+/// `welcome`'s session and resumed turns.
+async fn alice_on(port: u16, session: Option<&SessionId>) -> (Client, SessionId, u32) {
+    let mut c = Client::ws_at(([127, 0, 0, 1], port).into()).await;
+    c.send(hello_frame("alice", session)).await;
+    match c.next().await {
+        ServerFrame::Welcome {
+            session_id,
+            resumed_turns,
+            ..
+        } => (c, session_id, resumed_turns),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+/// Two `serve` processes share one real Redis. One is killed with SIGKILL in the middle of an
+/// answer; the client reconnects to the other, which resumes the session with every committed
+/// turn and the user's preferences. Only the answer that was streaming when the process died is
+/// gone: it was never committed.
+#[tokio::test]
+async fn a_conversation_survives_a_sigkilled_node_on_the_other_node() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, port_a) = serve_node(dir.path(), "a", Some(&redis.url())).await;
+    let (_b, port_b) = serve_node(dir.path(), "b", Some(&redis.url())).await;
+
+    let (mut c, session, resumed) = alice_on(port_a, None).await;
+    assert_eq!(resumed, 0);
+    assert_streamed(&run_turn(&mut c, "do you have Frieren?").await);
+    assert_streamed(&run_turn(&mut c, PREFERENCE).await);
+    // The profile saver runs beside the session: a preference is durable once it is in Redis.
+    let store = mangaassist::backends::redis_store::RedisTranscriptStore::connect(
+        mangaassist::backends::redis_store::RedisStoreSettings {
+            url: redis.url(),
+            key_prefix: "multinode:".to_owned(),
+            timeout: std::time::Duration::from_secs(2),
+            ttl: std::time::Duration::from_secs(3_600),
+        },
+    )
+    .await
+    .unwrap();
+    let alice = mangaassist_protocols::UserId::parse("alice").unwrap();
+    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        use mangaassist_protocols::ports::ProfileStore as _;
+        let stored = store.load_user_preferences(&alice).await.unwrap();
+        if stored.is_some_and(|p| p.max_volumes.is_some_and(|n| n.value == 4)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A third turn is streaming when node A dies.
+    c.send(serde_json::json!({"type": "user_message", "turn_id": "dying", "text": ASK}))
+        .await;
+    loop {
+        if let ServerFrame::Token { .. } = c.next().await {
+            break;
+        }
+    }
+    a.0.kill().unwrap(); // SIGKILL
+    a.0.wait().unwrap();
+    drop(c);
+
+    // The client reconnects to node B with its session: both committed turns are there.
+    let (mut c, resumed_session, resumed) = alice_on(port_b, Some(&session)).await;
+    assert_eq!(resumed_session, session);
+    assert_eq!(
+        resumed, 2,
+        "every committed turn, and not the one cut by the kill"
+    );
+    // Alice's preference holds on node B: no series over 4 volumes, no horror.
+    let r = run_turn(&mut c, ASK).await;
+    assert_streamed(&r);
+    for s in recommended(&r) {
+        assert!(
+            acceptable(&s),
+            "node B recommended {} ({} volumes, {:?})",
+            s.title,
+            s.volumes,
+            s.genres
+        );
+    }
+    drop(c);
+    // B's turn is committed beside A's: a reconnect sees all three.
+    let (_c, _, resumed) = alice_on(port_b, Some(&session)).await;
+    assert_eq!(resumed, 3);
+}
+
+/// The control: two nodes each on their own embedded store share nothing, so the check above
+/// can fail. Node B has never seen the session node A served.
+#[tokio::test]
+async fn negative_control_nodes_on_their_own_stores_lose_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a, port_a) = serve_node(dir.path(), "a", None).await;
+    let (_b, port_b) = serve_node(dir.path(), "b", None).await;
+    let (mut c, session, _) = alice_on(port_a, None).await;
+    assert_streamed(&run_turn(&mut c, "do you have Frieren?").await);
+    drop(c);
+    let (_c, _, resumed) = alice_on(port_b, Some(&session)).await;
+    assert_eq!(resumed, 0);
+}
