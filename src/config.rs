@@ -304,6 +304,8 @@ pub struct RawServer {
     pub max_sessions: Option<usize>,
     /// Sessions one user may have open at once on this process; 0 is no limit.
     pub max_sessions_per_user: Option<usize>,
+    /// On SIGTERM, how long streaming turns may take to finish before they are ended.
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// `[data]`
@@ -450,6 +452,8 @@ pub struct Config {
     pub max_turn_chars: usize,
     /// Sessions open at once, in all and per user (`0`: no limit).
     pub session_limits: mangaassist_actors::session::SessionLimits,
+    /// How long a shutdown lets streaming turns finish.
+    pub shutdown_grace: Duration,
     /// Catalog file, or `None` for the built-in one.
     pub catalog: Option<PathBuf>,
     /// Data directory.
@@ -701,6 +705,13 @@ impl RawConfig {
             1,
             max_frame_bytes,
         )?;
+        let shutdown_grace = ms(ranged(
+            "server.shutdown_grace_ms",
+            s.shutdown_grace_ms,
+            10_000,
+            0,
+            600_000,
+        )?);
         let session_limits = mangaassist_actors::session::SessionLimits {
             total: ranged(
                 "server.max_sessions",
@@ -1078,6 +1089,7 @@ impl RawConfig {
             max_messages_per_sec: (max_messages_per_sec != 0).then_some(max_messages_per_sec),
             max_turn_chars,
             session_limits,
+            shutdown_grace,
             catalog: self.data.catalog,
             data_dir: self.data.dir.unwrap_or_else(|| PathBuf::from("var")),
             transcript_commit_linger: ms(ranged(

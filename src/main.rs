@@ -499,7 +499,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             eprintln!("chat with it: cargo run --release -- chat   (Ctrl-C to stop the server)");
             shutdown_signal().await;
-            eprintln!("shutting down");
+            eprintln!("shutting down: streaming turns have server.shutdown_grace_ms to finish");
             runtime.shutdown().await;
             // Flushes the spans still queued (a blocking call, bounded to a few seconds).
             tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;

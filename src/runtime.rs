@@ -15,8 +15,9 @@
 //! dry run through the classifier, the catalog search, the enrichment source and (when simulated)
 //! the answer model's stream, so the index's
 //! files, the connection pools and the caches have served a request. Then `/readyz` answers 200
-//! and `warm_capacity_ready` is 1, and `start` returns. [`Runtime::shutdown`] stops accepting, closes connections
-//! with `server_shutdown`, then stops sessions and workers.
+//! and `warm_capacity_ready` is 1, and `start` returns. [`Runtime::shutdown`] stops accepting,
+//! lets streaming turns finish within `server.shutdown_grace_ms`, closes connections with
+//! `server_shutdown`, then stops sessions and workers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,8 +144,18 @@ pub struct Runtime {
     workers: ActorRef<SupervisorMsg>,
     sessions: ActorRef<SupervisorMsg>,
     cache: Arc<TwoTierCache>,
+    /// `/readyz`: false again once shutdown begins.
+    ready: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins (see [`FrontState::draining`]).
+    draining: CancellationToken,
+    /// Cancelled at the drain deadline, and for everything else that stops with the runtime.
     shutdown: CancellationToken,
+    /// Listeners and watchers.
     tasks: TaskTracker,
+    /// One task per connection.
+    connections: TaskTracker,
+    /// `server.shutdown_grace_ms`.
+    drain_grace: Duration,
     background_grace: Duration,
 }
 
@@ -460,7 +471,9 @@ impl Runtime {
             })?;
 
         let shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let connections = TaskTracker::new();
         if let Some(live) = &live {
             live.watch(DEFAULT_ALIAS_POLL, shutdown.clone(), &tasks);
         }
@@ -496,14 +509,15 @@ impl Runtime {
             },
             router: router.clone(),
             ready: ready.clone(),
+            draining: draining.clone(),
             shutdown: shutdown.clone(),
-            tasks: tasks.clone(),
+            tasks: connections.clone(),
             policy: policy.clone(),
             data_dir: config.data_dir.clone(),
             auth: auth.clone(),
         };
         let app = http::router(front.clone());
-        let stop = shutdown.clone();
+        let stop = draining.clone();
         tasks.spawn(async move {
             // Token frames are small and latency-bound: no Nagle delay on any connection.
             let listener = http_listener.tap_io(|tcp| {
@@ -536,8 +550,12 @@ impl Runtime {
             workers,
             sessions,
             cache,
+            ready,
+            draining,
             shutdown,
             tasks,
+            connections,
+            drain_grace: config.shutdown_grace,
             background_grace: config.background_grace,
         })
     }
@@ -549,9 +567,35 @@ impl Runtime {
 
     /// Stops accepting, closes every connection with `server_shutdown`, stops the actors.
     pub async fn shutdown(self) {
+        // Drain: not ready, no new connections; each connection closes with `server_shutdown`
+        // once its streaming turn has written its last frame (at once when it has none).
+        self.ready.store(false, Ordering::Release);
+        self.draining.cancel();
+        self.connections.close();
+        let streaming = self.registry.len();
+        if streaming > 0 {
+            tracing::info!(
+                sessions = streaming,
+                grace_ms = self.drain_grace.as_millis() as u64,
+                "draining: open sessions close as their turns end"
+            );
+        }
+        if tokio::time::timeout(self.drain_grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.drain_grace.as_millis() as u64,
+                "turns still streaming at the drain deadline (server.shutdown_grace_ms): ending them with server_shutdown"
+            );
+        }
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+        let closed = async {
+            self.connections.wait().await;
+            self.tasks.wait().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), closed)
             .await
             .is_err()
         {

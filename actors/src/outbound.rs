@@ -9,12 +9,12 @@
 //! when there is none it coalesces the next tokens into one pending frame while it
 //! [`Outbound::reserve`]s (see `forwarder.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mangaassist_protocols::ServerFrame;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,11 @@ struct Shared {
     opened: Instant,
     /// Milliseconds after `opened` of the last frame read or written.
     last_activity_ms: AtomicU64,
+    /// A turn was accepted and its last frame is not written yet (what a draining shutdown
+    /// waits for).
+    turn_open: AtomicBool,
+    /// Woken when a turn's last frame is written.
+    turn_written: Notify,
 }
 
 /// Producer side of a connection's outbound queue. Cheap to clone.
@@ -102,6 +107,8 @@ impl Outbound {
                     reason: OnceLock::new(),
                     opened: Instant::now(),
                     last_activity_ms: AtomicU64::new(0),
+                    turn_open: AtomicBool::new(false),
+                    turn_written: Notify::new(),
                 }),
                 slow_client_timeout,
             },
@@ -196,6 +203,32 @@ impl Outbound {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// A turn was accepted on this connection: until its last frame is written,
+    /// [`Outbound::turn_idle`] waits.
+    pub fn turn_opened(&self) {
+        self.shared.turn_open.store(true, Ordering::Release);
+    }
+
+    /// The socket writer wrote a turn's last frame (`done` or `error`).
+    pub fn turn_last_frame_written(&self) {
+        self.shared.turn_open.store(false, Ordering::Release);
+        self.shared.turn_written.notify_waiters();
+    }
+
+    /// Returns once no turn of this connection is streaming: at once when none is, else when
+    /// the streaming turn's last frame has been written to the socket.
+    pub async fn turn_idle(&self) {
+        loop {
+            let written = self.shared.turn_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if !self.shared.turn_open.load(Ordering::Acquire) {
+                return;
+            }
+            written.await;
         }
     }
 

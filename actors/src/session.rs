@@ -419,6 +419,8 @@ impl Actor for SessionActor {
                     turn_id: message.turn_id.clone(),
                     control,
                 });
+                // Until the turn's last frame is written, a draining shutdown waits for it.
+                state.args.outbound.turn_opened();
                 let me = myself.clone();
                 let turn_id = message.turn_id;
                 state.tasks.spawn(run_turn(ctx, move |record| {

@@ -27,6 +27,9 @@ use tracing::Instrument as _;
 use super::FrontState;
 use super::limit::{RateLimit, Verdict};
 
+/// How long a closing connection may take to write the frames queued before its close.
+const LAST_FRAMES_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long closing waits for the session to record its last turn and release itself.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -499,6 +502,18 @@ impl Connection {
     }
 }
 
+/// The server is draining: once this connection's streaming turn (if any) has written its last
+/// frame, or when the drain deadline passes (`state.shutdown`), the connection closes with
+/// `server_shutdown`. Frames the client sends meanwhile are not read.
+pub async fn drain(outbound: &Outbound, state: &FrontState) {
+    tokio::select! {
+        () = outbound.turn_idle() => {}
+        () = state.shutdown.cancelled() => {}
+        () = outbound.closing().cancelled() => {}
+    }
+    outbound.close(CloseReason::ServerShutdown);
+}
+
 /// Why the server ended a connection, as an error frame (sent best-effort before closing);
 /// `None` when the frame that says why is already queued (`unauthorized` names what was wrong
 /// with the token).
@@ -623,16 +638,26 @@ where
             f = rx.recv() => f,
             () = outbound.closing().cancelled() => {
                 // An erased user's connection first gets what was queued before the close (the
-                // `erased` answer), a refused one its `unauthorized` error; every other close
-                // reason drops it (a slow client would not read it, a shutdown does not wait).
+                // `erased` answer), a refused one its `unauthorized` error, a shutdown its last
+                // turn's end and `server_shutdown`; a slow client would not read it. Bounded, so
+                // a client that stopped reading cannot hold the close.
                 if matches!(
                     outbound.close_reason(),
-                    Some(CloseReason::UserErased | CloseReason::Unauthorized)
+                    Some(
+                        CloseReason::UserErased
+                            | CloseReason::Unauthorized
+                            | CloseReason::ServerShutdown
+                    )
                 ) {
-                    while let Ok(f) = rx.try_recv() {
-                        sink.feed(f.text).await.map_err(|_| ())?;
+                    let last = async {
+                        while let Ok(f) = rx.try_recv() {
+                            sink.feed(f.text).await?;
+                        }
+                        sink.flush().await
+                    };
+                    if !matches!(tokio::time::timeout(LAST_FRAMES_TIMEOUT, last).await, Ok(Ok(()))) {
+                        return Err(());
                     }
-                    sink.flush().await.map_err(|_| ())?;
                 }
                 return Ok(sink);
             }
@@ -655,6 +680,9 @@ where
         outbound.touch(now);
         for m in &marks {
             timer.written(*m, now);
+            if matches!(m, Mark::TurnEnd) {
+                outbound.turn_last_frame_written();
+            }
         }
     }
 }

@@ -57,7 +57,10 @@ pub struct FrontState {
     pub router: Arc<crate::policy::router::ModelRouter>,
     /// True once warm; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
-    /// Cancelled when the runtime shuts down.
+    /// Cancelled when shutdown begins: listeners stop accepting and connections close as soon
+    /// as their streaming turn has ended.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain deadline passes: whatever still streams is ended.
     pub shutdown: CancellationToken,
     /// Owner of connection tasks.
     pub tasks: TaskTracker,

@@ -22,7 +22,7 @@ pub async fn serve(listener: TcpListener, state: FrontState) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = state.shutdown.cancelled() => return,
+            () = state.draining.cancelled() => return,
         };
         match accepted {
             Ok((stream, _peer)) => {
@@ -95,8 +95,8 @@ async fn handle(stream: tokio::net::TcpStream, state: FrontState) {
             let read = tokio::select! {
                 r = read_half.read_buf(&mut buf) => r,
                 () = outbound.closing().cancelled() => break DisconnectReason::Error,
-                () = state.shutdown.cancelled() => {
-                    outbound.close(CloseReason::ServerShutdown);
+                () = state.draining.cancelled() => {
+                    super::conn::drain(&outbound, &state).await;
                     break DisconnectReason::ServerShutdown;
                 }
                 () = outbound.idle_for(state.limits.idle_timeout) => {

@@ -94,8 +94,8 @@ async fn run(socket: WebSocket, state: FrontState, trace_header: Option<String>)
                 m = stream.next() => m,
                 // The writer failed (or the server closed the connection; `close` knows why).
                 () = outbound.closing().cancelled() => break DisconnectReason::Error,
-                () = state.shutdown.cancelled() => {
-                    outbound.close(CloseReason::ServerShutdown);
+                () = state.draining.cancelled() => {
+                    super::conn::drain(&outbound, &state).await;
                     break DisconnectReason::ServerShutdown;
                 }
                 () = outbound.idle_for(state.limits.idle_timeout) => {
