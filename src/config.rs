@@ -322,7 +322,8 @@ pub struct RawData {
     pub inactivity_ttl_days: Option<u64>,
     /// `embedded` (a redb file in the data directory, the default) or `redis`.
     pub transcript_store: Option<String>,
-    /// The Redis transcript store, `redis://host:port[/db]` (with `transcript_store = "redis"`).
+    /// The Redis transcript store, `redis://host:port[/db]` or `redis-cluster://...` (with
+    /// `transcript_store = "redis"`).
     pub transcript_redis_url: Option<String>,
     /// Prepended to every transcript key.
     pub transcript_redis_prefix: Option<String>,
@@ -581,10 +582,12 @@ fn transcript_store(d: &RawData) -> Result<TranscriptStoreConfig, ConfigError> {
                     "is required with data.transcript_store = \"redis\", e.g. redis://127.0.0.1:6379".to_string(),
                 )
             })?;
-            if !url.starts_with("redis://") {
+            if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
                 return Err(invalid(
                     "data.transcript_redis_url",
-                    format!("`{url}` must start with redis:// (no TLS in this build)"),
+                    format!(
+                        "`{url}` must start with redis:// or redis-cluster:// (no TLS in this build)"
+                    ),
                 ));
             }
             let key_prefix = d
@@ -1797,6 +1800,16 @@ mod tests {
             }
         );
         assert_eq!(c.inactivity_ttl, Duration::from_secs(7 * 86_400));
+        let cluster = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001";
+        let c = parse(&format!(
+            "[data]\ntranscript_store = \"redis\"\ntranscript_redis_url = \"{cluster}\"\n"
+        ))
+        .unwrap();
+        assert!(
+            matches!(&c.transcript_store, TranscriptStoreConfig::Redis { url, .. } if url == cluster),
+            "{:?}",
+            c.transcript_store
+        );
         for (text, field) in [
             (
                 "[data]\ntranscript_store = \"s3\"\n",

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,7 +26,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
-use redis_server::{NOT_INSTALLED, RedisServer, free_port, ping};
+use redis_server::{RedisCluster, RedisServer, ping};
 
 /// A plain fred client connected to `server` (for checking what the cache wrote).
 async fn raw_client(server: &RedisServer) -> Client {
@@ -486,51 +485,8 @@ async fn negative_control_a_plain_client_waits_for_a_dead_redis() {
 async fn works_against_a_redis_cluster() {
     // Three masters, no replicas. In a cluster one MGET cannot span slots; the cache reads
     // with one GET per key instead.
-    let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().to_str().unwrap().to_owned();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let port = free_port();
-        let conf = format!("nodes-{port}.conf");
-        let extra = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            conf.as_str(),
-            "--dir",
-            dir_arg.as_str(),
-        ];
-        nodes.push(RedisServer::start_with(port, &extra).await);
-    }
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let created = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}. {NOT_INSTALLED}"));
-    assert!(created.success(), "redis-cli --cluster create failed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = Command::new("redis-cli")
-            .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cluster never became ok");
-        sleep(Duration::from_millis(100)).await;
-    }
-    let url = format!(
-        "redis-cluster://{}?node={}&node={}",
-        addrs[0], addrs[1], addrs[2]
-    );
+    let cluster = RedisCluster::start().await;
+    let url = cluster.url();
     let cluster_settings = || CacheSettings {
         ttl: Duration::from_secs(60),
         stale: Duration::from_secs(60),

@@ -14,11 +14,15 @@ use common::transcript_record;
 use mangaassist::backends::redis_store::{RedisStoreSettings, RedisTranscriptStore};
 use mangaassist_protocols::ports::TranscriptStore;
 use mangaassist_protocols::{SessionId, UserId};
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 
 fn settings(redis: &RedisServer) -> RedisStoreSettings {
+    settings_at(redis.url())
+}
+
+fn settings_at(url: String) -> RedisStoreSettings {
     RedisStoreSettings {
-        url: redis.url(),
+        url,
         key_prefix: "rt:".into(),
         timeout: Duration::from_millis(500),
         ttl: Duration::from_secs(3600),
@@ -28,9 +32,66 @@ fn settings(redis: &RedisServer) -> RedisStoreSettings {
 #[tokio::test]
 async fn turns_load_in_order_for_their_own_user_only() {
     let redis = RedisServer::start().await;
-    let store = RedisTranscriptStore::connect(settings(&redis))
+    turns_owners_and_erasure(settings(&redis)).await;
+}
+
+/// On a 3-master cluster, the same: every key of one user shares a hash slot, so nothing spans
+/// slots (no CROSSSLOT), and the users' keys spread over the masters.
+#[tokio::test]
+async fn the_store_works_against_a_redis_cluster() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    use mangaassist_protocols::memory::Preferences;
+    use mangaassist_protocols::ports::ProfileStore;
+
+    let cluster = RedisCluster::start().await;
+    turns_owners_and_erasure(settings_at(cluster.url())).await;
+
+    let store = RedisTranscriptStore::connect(settings_at(cluster.url()))
         .await
         .unwrap();
+    let s = SessionId::parse("s9").unwrap();
+    let users: Vec<UserId> = (0..24)
+        .map(|i| UserId::parse(&format!("user-{i}")).unwrap())
+        .collect();
+    for user in &users {
+        store.append(transcript_record(user, &s, 0)).await.unwrap();
+        store
+            .save_user_preferences(user, &Preferences::default())
+            .await
+            .unwrap();
+    }
+    let mut holding = 0;
+    for node in &cluster.nodes {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &node.port.to_string(), "dbsize"])
+            .output()
+            .unwrap();
+        let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        holding += usize::from(keys > 0);
+    }
+    assert!(holding >= 2, "24 users' keys all on one master");
+    // A key the user's session list does not name is found by the erasure's SCAN, which goes to
+    // the master of the user's slot.
+    let stray = "rt:{user-3}:stray";
+    let direct = fred::types::Builder::from_config(
+        fred::types::config::Config::from_url(&cluster.url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    direct.init().await.unwrap();
+    let _: () = direct.set(stray, "x", None, None, false).await.unwrap();
+    store.erase_user(&users[3]).await.unwrap();
+    let left: Option<String> = direct.get(stray).await.unwrap();
+    assert_eq!(left, None, "the erasure missed a key of the user's");
+    assert!(store.load_session(&users[3], &s).await.unwrap().is_empty());
+    assert_eq!(store.load_session(&users[4], &s).await.unwrap().len(), 1);
+    let _ = direct.quit().await;
+    store.quit().await;
+}
+
+/// Turns in order, kept apart by user; the owner of a session by id; erasure.
+async fn turns_owners_and_erasure(settings: RedisStoreSettings) {
+    let store = RedisTranscriptStore::connect(settings).await.unwrap();
     let (alice, bob) = (
         UserId::parse("alice").unwrap(),
         UserId::parse("bob").unwrap(),

@@ -108,6 +108,78 @@ impl Drop for RedisServer {
     }
 }
 
+/// A local Redis Cluster of three masters and no replicas, each a [`RedisServer`] of its own;
+/// every node is killed on drop.
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create`, and
+    /// waits until the cluster says `cluster_state:ok`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_arg = dir.path().to_str().unwrap().to_owned();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = format!("nodes-{port}.conf");
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.as_str(),
+                "--dir",
+                dir_arg.as_str(),
+            ];
+            nodes.push(RedisServer::start_with(port, &extra).await);
+        }
+        let cluster = Self { nodes, _dir: dir };
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.addrs())
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}. {NOT_INSTALLED}"));
+        assert!(created.success(), "redis-cli --cluster create failed");
+        // Every node must agree before a client asks any of them for the slot map.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = cluster.nodes.iter().all(|node| {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                let info = String::from_utf8_lossy(&info.stdout);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ok {
+                return cluster;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `127.0.0.1:PORT` of each master.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// `redis-cluster://first?node=second&node=third`, as fred (and the config) take it.
+    pub fn url(&self) -> String {
+        let a = self.addrs();
+        format!("redis-cluster://{}?node={}&node={}", a[0], a[1], a[2])
+    }
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
