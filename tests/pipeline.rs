@@ -1031,3 +1031,172 @@ async fn an_idle_connection_is_closed_with_idle_timeout_and_a_busy_one_is_not() 
         "{m}"
     );
 }
+
+/// Tasks alive on this test's runtime (the server runs on it): every actor, connection and turn
+/// is one or more.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// The live-task count once it has held still for 200 ms.
+async fn steady_tasks() -> usize {
+    let (mut last, mut still) = (alive_tasks(), 0);
+    while still < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = alive_tasks();
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// Waits until the runtime is back to `baseline` tasks; the count it settled on.
+async fn settle_to(baseline: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = alive_tasks();
+        if now == baseline || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One turn on every client at once.
+async fn all_turns(clients: &mut [Client], text: &str) -> Vec<TurnResult> {
+    futures_util::future::join_all(clients.iter_mut().map(|c| run_turn(c, text))).await
+}
+
+/// `actor` panics once while turns are in flight: two sessions are streaming answers when a
+/// third asks. The turn the actor was serving ends with an `error` frame (or, for the retriever
+/// and the enricher, degrades by design: it answers without what they give); the streaming turns
+/// go on to `done`; the actor is restarted (a new forwarder serves each turn); every session's
+/// next turn works; and the runtime's live tasks return to their count before the panic, so
+/// nothing leaked.
+async fn a_panic_with_turns_in_flight(actor: ActorKind) {
+    // Answers long enough (a token every 25 ms) to be streaming when the panic comes.
+    let server = start_with(|c| c.model.token_pacing = Duration::from_millis(25)).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::ws(&server).await;
+        c.hello().await;
+        clients.push(c);
+    }
+    for r in all_turns(&mut clients, "do you have berserk").await {
+        assert_streamed(&r);
+    }
+    let baseline = steady_tasks().await;
+
+    let mut rule = ChaosRule::panic(actor, 1);
+    if actor == ActorKind::Session {
+        // Not a streaming session's own `turn_ended`: the asking session's message.
+        rule.message = Some("user_message".into());
+    }
+    let chaos = &server.runtime.chaos;
+    let [c0, c1, c2] = &mut clients[..] else {
+        unreachable!()
+    };
+    let (r0, r1, r2) = tokio::join!(
+        run_turn(c0, "any romance manga?"),
+        run_turn(c1, "any comedy manga?"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(alive_tasks() > baseline, "the streaming turns hold tasks");
+            chaos.add(rule);
+            run_turn(c2, "how much is one piece?").await
+        }
+    );
+    let failed: Vec<_> = [&r0, &r1, &r2]
+        .iter()
+        .filter_map(|r| r.error.as_ref())
+        .collect();
+    match actor {
+        // Off the answer, or degraded by design: no turn fails.
+        ActorKind::MetricsSink | ActorKind::Retriever | ActorKind::Enricher => {
+            assert!(failed.is_empty(), "{actor:?}: {failed:?}");
+        }
+        // It serves every streaming turn's chunks: one of them (whichever was next) fails.
+        ActorKind::ChunkForwarder => {
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert_eq!(failed[0].code, ErrorCode::Internal, "{:?}", failed[0]);
+        }
+        // The asking session's turn fails; the two streaming ones go on.
+        _ => {
+            let e = r2
+                .error
+                .as_ref()
+                .expect("the turn the actor was serving fails");
+            assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+            assert_eq!(failed.len(), 1, "{actor:?}: {failed:?}");
+        }
+    }
+    for r in [&r0, &r1, &r2].into_iter().filter(|r| r.error.is_none()) {
+        assert_streamed(r);
+    }
+    // Every session goes on.
+    for r in all_turns(&mut clients, "any romance manga?").await {
+        assert_streamed(&r);
+    }
+    if actor != ActorKind::ChunkForwarder {
+        // A forwarder lives for one turn; the others are supervised and were restarted.
+        let m = metrics_text(&server).await;
+        let restarts = format!("actor_restarts_total{{actor=\"{}\"}}", actor.as_str());
+        assert_eq!(metric(&m, &restarts), 1.0, "{restarts}");
+    }
+    assert_eq!(
+        settle_to(baseline).await,
+        baseline,
+        "{actor:?}: live tasks back to the count before the panic"
+    );
+}
+
+#[tokio::test]
+async fn session_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::Session).await;
+}
+
+#[tokio::test]
+async fn classifier_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::Classifier).await;
+}
+
+#[tokio::test]
+async fn retriever_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::Retriever).await;
+}
+
+#[tokio::test]
+async fn enricher_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::Enricher).await;
+}
+
+#[tokio::test]
+async fn generator_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::Generator).await;
+}
+
+#[tokio::test]
+async fn chunk_forwarder_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::ChunkForwarder).await;
+}
+
+#[tokio::test]
+async fn metrics_sink_panic_with_turns_in_flight_leaks_nothing() {
+    a_panic_with_turns_in_flight(ActorKind::MetricsSink).await;
+}
+
+/// The control: the live-task count does see a leak. A session left open holds its tasks, so
+/// the count stays above the baseline it was taken at.
+#[tokio::test]
+async fn negative_control_live_tasks_see_what_is_left_open() {
+    let server = start().await;
+    let baseline = steady_tasks().await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    assert_streamed(&run_turn(&mut c, "do you have berserk").await);
+    assert!(steady_tasks().await > baseline);
+    drop(c);
+    assert_eq!(settle_to(baseline).await, baseline, "closed, it is let go");
+}

@@ -94,6 +94,13 @@ async fn metrics(State(state): State<FrontState>) -> Response {
         budgets.network.as_millis(),
         budgets.target.as_millis()
     );
+    let _ = writeln!(
+        body,
+        "# HELP runtime_alive_tasks Tasks alive on the async runtime now: every actor, connection, turn and background job is one or more; after a failure it returns to its baseline when nothing leaked.\n# TYPE runtime_alive_tasks gauge\nruntime_alive_tasks {}",
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    );
     crate::telemetry::render_metrics(&mut body);
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(
