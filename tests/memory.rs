@@ -82,6 +82,38 @@ fn recommended(r: &TurnResult) -> Vec<Series> {
         .collect()
 }
 
+/// Asserts `r` streamed and everything it recommends is a series the customer of turn 3 would
+/// accept; `who` names the recommender in the message.
+fn assert_all_acceptable(r: &TurnResult, who: &str) {
+    assert_streamed(r);
+    for s in recommended(r) {
+        assert!(
+            acceptable(&s),
+            "{who} recommended {} ({} volumes, {:?})",
+            s.title,
+            s.volumes,
+            s.genres
+        );
+    }
+}
+
+/// Waits until `user`'s stored preferences hold the [`PREFERENCE`] (at most 4 volumes): the
+/// profile saver runs beside the session, so a preference is durable once this returns.
+async fn wait_for_preference(
+    store: &dyn mangaassist_protocols::ports::ProfileStore,
+    user: &mangaassist_protocols::UserId,
+) {
+    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let stored = store.load_user_preferences(user).await.unwrap();
+        if stored.is_some_and(|p| p.max_volumes.is_some_and(|n| n.value == 4)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Points the runtime's transcripts at a Redis server.
 fn on_redis(url: String) -> impl Fn(&mut Config) + Clone {
     move |c: &mut Config| {
@@ -229,36 +261,11 @@ async fn preferences_carry_into_the_next_session(configure: impl Fn(&mut Config)
     };
     let mut first = open("alice").await;
     assert_streamed(&run_turn(&mut first, PREFERENCE).await);
-    // The profile saver runs beside the session: wait until the user's preferences are stored.
-    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let stored = server
-            .runtime
-            .pipeline
-            .profiles
-            .load_user_preferences(&alice)
-            .await
-            .unwrap();
-        if stored.is_some_and(|p| p.max_volumes.is_some_and(|n| n.value == 4)) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_preference(&*server.runtime.pipeline.profiles, &alice).await;
     drop(first);
 
     let mut second = open("alice").await;
-    let r = run_turn(&mut second, ASK).await;
-    assert_streamed(&r);
-    for s in recommended(&r) {
-        assert!(
-            acceptable(&s),
-            "alice's new session recommended {} ({} volumes, {:?})",
-            s.title,
-            s.volumes,
-            s.genres
-        );
-    }
+    assert_all_acceptable(&run_turn(&mut second, ASK).await, "alice's new session");
     // The control: bob said nothing, and gets long series.
     let mut bob = open("bob").await;
     let r = run_turn(&mut bob, ASK).await;
@@ -310,32 +317,7 @@ async fn serve_node(dir: &std::path::Path, name: &str, redis: Option<&str>) -> (
         ),
     )
     .unwrap();
-    let mut server = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, http_port).await;
-    (server, http_port)
-}
-
-/// `hello` as alice on the server at `port`, resuming `session` if given: the client and the
-/// `welcome`'s session and resumed turns.
-async fn alice_on(port: u16, session: Option<&SessionId>) -> (Client, SessionId, u32) {
-    let mut c = Client::ws_at(([127, 0, 0, 1], port).into()).await;
-    c.send(hello_frame("alice", session)).await;
-    match c.next().await {
-        ServerFrame::Welcome {
-            session_id,
-            resumed_turns,
-            ..
-        } => (c, session_id, resumed_turns),
-        other => panic!("expected welcome, got {other:?}"),
-    }
+    (serve_binary(&config, http_port).await, http_port)
 }
 
 /// Two `serve` processes share one real Redis. One is killed with SIGKILL in the middle of an
@@ -349,11 +331,11 @@ async fn a_conversation_survives_a_sigkilled_node_on_the_other_node() {
     let (mut a, port_a) = serve_node(dir.path(), "a", Some(&redis.url())).await;
     let (_b, port_b) = serve_node(dir.path(), "b", Some(&redis.url())).await;
 
-    let (mut c, session, resumed) = alice_on(port_a, None).await;
+    let (mut c, session, resumed) = welcome_at(port_a, "alice", None).await;
     assert_eq!(resumed, 0);
     assert_streamed(&run_turn(&mut c, "do you have Frieren?").await);
     assert_streamed(&run_turn(&mut c, PREFERENCE).await);
-    // The profile saver runs beside the session: a preference is durable once it is in Redis.
+    // Node A's profile saver writes to Redis; read it back from there.
     let store = mangaassist::backends::redis_store::RedisTranscriptStore::connect(
         mangaassist::backends::redis_store::RedisStoreSettings {
             url: redis.url(),
@@ -365,16 +347,7 @@ async fn a_conversation_survives_a_sigkilled_node_on_the_other_node() {
     .await
     .unwrap();
     let alice = mangaassist_protocols::UserId::parse("alice").unwrap();
-    let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        use mangaassist_protocols::ports::ProfileStore as _;
-        let stored = store.load_user_preferences(&alice).await.unwrap();
-        if stored.is_some_and(|p| p.max_volumes.is_some_and(|n| n.value == 4)) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_preference(&store, &alice).await;
 
     // A third turn is streaming when node A dies.
     c.send(serde_json::json!({"type": "user_message", "turn_id": "dying", "text": ASK}))
@@ -389,27 +362,17 @@ async fn a_conversation_survives_a_sigkilled_node_on_the_other_node() {
     drop(c);
 
     // The client reconnects to node B with its session: both committed turns are there.
-    let (mut c, resumed_session, resumed) = alice_on(port_b, Some(&session)).await;
+    let (mut c, resumed_session, resumed) = welcome_at(port_b, "alice", Some(&session)).await;
     assert_eq!(resumed_session, session);
     assert_eq!(
         resumed, 2,
         "every committed turn, and not the one cut by the kill"
     );
     // Alice's preference holds on node B: no series over 4 volumes, no horror.
-    let r = run_turn(&mut c, ASK).await;
-    assert_streamed(&r);
-    for s in recommended(&r) {
-        assert!(
-            acceptable(&s),
-            "node B recommended {} ({} volumes, {:?})",
-            s.title,
-            s.volumes,
-            s.genres
-        );
-    }
+    assert_all_acceptable(&run_turn(&mut c, ASK).await, "node B");
     drop(c);
     // B's turn is committed beside A's: a reconnect sees all three.
-    let (_c, _, resumed) = alice_on(port_b, Some(&session)).await;
+    let (_c, _, resumed) = welcome_at(port_b, "alice", Some(&session)).await;
     assert_eq!(resumed, 3);
 }
 
@@ -420,9 +383,9 @@ async fn negative_control_nodes_on_their_own_stores_lose_the_conversation() {
     let dir = tempfile::tempdir().unwrap();
     let (_a, port_a) = serve_node(dir.path(), "a", None).await;
     let (_b, port_b) = serve_node(dir.path(), "b", None).await;
-    let (mut c, session, _) = alice_on(port_a, None).await;
+    let (mut c, session, _) = welcome_at(port_a, "alice", None).await;
     assert_streamed(&run_turn(&mut c, "do you have Frieren?").await);
     drop(c);
-    let (_c, _, resumed) = alice_on(port_b, Some(&session)).await;
+    let (_c, _, resumed) = welcome_at(port_b, "alice", Some(&session)).await;
     assert_eq!(resumed, 0);
 }

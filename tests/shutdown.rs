@@ -11,8 +11,8 @@ use common::*;
 
 use std::time::Duration;
 
+use mangaassist_protocols::ServerFrame;
 use mangaassist_protocols::frame::ErrorCode;
-use mangaassist_protocols::{ServerFrame, SessionId};
 use serde_json::json;
 
 /// `serve` on `dir` (its data kept between starts) with `grace_ms` to drain; answers stream a
@@ -26,17 +26,7 @@ async fn serve(dir: &std::path::Path, grace_ms: u64) -> (Killed, u16) {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let mut server = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, port).await;
-    (server, port)
+    (serve_binary(&config, port).await, port)
 }
 
 fn sigterm(server: &Killed) {
@@ -62,19 +52,6 @@ async fn exited(server: &mut Killed, limit: Duration) -> std::process::ExitStatu
     }
 }
 
-async fn hello(port: u16, session: Option<&SessionId>) -> (Client, SessionId, u32) {
-    let mut c = Client::ws_at(([127, 0, 0, 1], port).into()).await;
-    c.send(hello_frame(READER, session)).await;
-    match c.next().await {
-        ServerFrame::Welcome {
-            session_id,
-            resumed_turns,
-            ..
-        } => (c, session_id, resumed_turns),
-        other => panic!("expected welcome, got {other:?}"),
-    }
-}
-
 /// What a streaming client saw after SIGTERM: how many tokens, whether `done` came, and whether
 /// `server_shutdown` ended it.
 struct Ending {
@@ -89,8 +66,8 @@ struct Ending {
 async fn sigterm_mid_stream(grace_ms: u64) -> (Ending, u32) {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, port) = serve(dir.path(), grace_ms).await;
-    let (mut idle, _, _) = hello(port, None).await;
-    let (mut c, session, _) = hello(port, None).await;
+    let (mut idle, _, _) = welcome_at(port, READER, None).await;
+    let (mut c, session, _) = welcome_at(port, READER, None).await;
     assert_streamed(&run_turn(&mut c, "do you have Frieren?").await);
     c.send(json!({"type": "user_message", "turn_id": "streaming", "text": "any romance manga?"}))
         .await;
@@ -124,7 +101,7 @@ async fn sigterm_mid_stream(grace_ms: u64) -> (Ending, u32) {
     assert!(exited(&mut server, Duration::from_secs(20)).await.success());
 
     let (_server, port) = serve(dir.path(), grace_ms).await;
-    let (_c, resumed_session, resumed) = hello(port, Some(&session)).await;
+    let (_c, resumed_session, resumed) = welcome_at(port, READER, Some(&session)).await;
     assert_eq!(resumed_session, session);
     (ending, resumed)
 }

@@ -42,17 +42,7 @@ async fn serve_paced(
              [tracing]\nexport_interval_ms = 100\n{tracing}"
         ),
     );
-    let mut server = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, http_port).await;
-    (server, http_port)
+    (common::serve_binary(&config, http_port).await, http_port)
 }
 
 /// A WebSocket client whose upgrade carries `X-Amzn-Trace-Id: header`.

@@ -481,3 +481,38 @@ pub async fn wait_ready(child: &mut std::process::Child, http_port: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `mangaassist serve --config CONFIG` (the real binary, warnings only), once `/readyz` on
+/// `http_port` answers 200; killed when dropped.
+pub async fn serve_binary(config: &std::path::Path, http_port: u16) -> Killed {
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mangaassist"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&mut server.0, http_port).await;
+    server
+}
+
+/// `hello` as `user` on the server at `http_port` (another process), resuming `session` if
+/// given: the client, and the `welcome`'s session and resumed turns.
+pub async fn welcome_at(
+    http_port: u16,
+    user: &str,
+    session: Option<&SessionId>,
+) -> (Client, SessionId, u32) {
+    let mut c = Client::ws_at(([127, 0, 0, 1], http_port).into()).await;
+    c.send(hello_frame(user, session)).await;
+    match c.next().await {
+        ServerFrame::Welcome {
+            session_id,
+            resumed_turns,
+            ..
+        } => (c, session_id, resumed_turns),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
