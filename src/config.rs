@@ -306,6 +306,11 @@ pub struct RawServer {
     pub max_sessions_per_user: Option<usize>,
     /// On SIGTERM, how long streaming turns may take to finish before they are ended.
     pub shutdown_grace_ms: Option<u64>,
+    /// How long a session whose connection dropped waits for its client to resume; 0 turns
+    /// resume off.
+    pub resume_window_ms: Option<u64>,
+    /// Bytes of frames kept per turn for a resuming client; 0 turns resume off.
+    pub replay_buffer_bytes: Option<usize>,
 }
 
 /// `[data]`
@@ -632,6 +637,12 @@ const DEFAULT_MAX_SESSIONS: usize = 50_000;
 /// `server.max_sessions_per_user`: a person with many tabs open, not one client taking the
 /// server's share.
 const DEFAULT_MAX_SESSIONS_PER_USER: usize = 64;
+/// `server.resume_window_ms`: a phone changing networks or a laptop waking comes back well
+/// within it; the model keeps generating meanwhile, so not much longer.
+const DEFAULT_RESUME_WINDOW_MS: u64 = 30_000;
+/// `server.replay_buffer_bytes`: a long answer's frames (about 40 bytes each) several times
+/// over.
+const DEFAULT_REPLAY_BUFFER_BYTES: usize = 256 * 1024;
 
 fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
     field: &'static str,
@@ -715,6 +726,26 @@ impl RawConfig {
             0,
             600_000,
         )?);
+        let resume_window = ms(ranged(
+            "server.resume_window_ms",
+            s.resume_window_ms,
+            DEFAULT_RESUME_WINDOW_MS,
+            0,
+            3_600_000,
+        )?);
+        let replay_buffer_bytes = ranged(
+            "server.replay_buffer_bytes",
+            s.replay_buffer_bytes,
+            DEFAULT_REPLAY_BUFFER_BYTES,
+            0,
+            64 * 1024 * 1024,
+        )?;
+        let resume = (!resume_window.is_zero() && replay_buffer_bytes > 0).then_some(
+            mangaassist_actors::turn::ResumePolicy {
+                window: resume_window,
+                buffer_bytes: replay_buffer_bytes,
+            },
+        );
         let session_limits = mangaassist_actors::session::SessionLimits {
             total: ranged(
                 "server.max_sessions",
@@ -898,6 +929,7 @@ impl RawConfig {
             )?,
             open_timeout: Duration::from_secs(2),
             transcript_timeout: Duration::from_secs(5),
+            resume,
             enrichment_mode,
             fields,
             append_deadline,

@@ -446,6 +446,7 @@ impl Runtime {
             token_counter: answer_model,
             chaos: chaos.clone(),
             background: background.clone(),
+            replays: mangaassist_actors::replay::Retention::new(),
             settings: Arc::new(config.turn.clone()),
         };
 
@@ -493,6 +494,7 @@ impl Runtime {
             shutdown.clone(),
             &tasks,
         );
+        pipeline.replays.run(REPLAY_SWEEP, shutdown.clone(), &tasks);
         let registry = SessionRegistry::with_limits(config.session_limits);
         let ready = Arc::new(AtomicBool::new(false));
         let front = FrontState {
@@ -626,6 +628,9 @@ impl Runtime {
         self.cache.shutdown().await;
     }
 }
+
+/// How often ended turns' replay buffers past their resume window are let go.
+const REPLAY_SWEEP: Duration = Duration::from_secs(1);
 
 /// How often idle sessions are looked for (and once at start).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(3600);

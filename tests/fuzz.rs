@@ -38,7 +38,7 @@ const TYPES: [&str; 8] = [
 ];
 
 /// The field names of every client frame, and a few others.
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "protocol",
     "token",
     "session_id",
@@ -46,6 +46,7 @@ const FIELDS: [&str; 9] = [
     "text",
     "trace_header",
     "resume_from",
+    "seq",
     "type",
     "x",
 ];

@@ -113,7 +113,7 @@ async fn sessions_beyond_the_limits_are_shed_with_overloaded_and_a_closed_one_fr
 
     // When alice closes one, her third hello is let in (the lease is released once the session
     // has stopped, so retry briefly).
-    drop(a1);
+    a1.close().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         a3.send(hello_frame("alice", None)).await;

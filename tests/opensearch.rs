@@ -231,6 +231,59 @@ async fn the_runtime_grounds_turns_on_opensearch_and_falls_back_when_it_is_down(
     admin::delete_index(&client, &v1).await.unwrap();
 }
 
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
+
+/// The same runtime, its cluster down and back: turns fall back while it is down and are grounded
+/// again once it returns, with no restart. The cluster is reached through a proxy the test cuts
+/// (the shared server behind it stays up for the other tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_fall_back_while_opensearch_is_down_and_are_grounded_once_it_is_back() {
+    use common::{Client, run_turn, start_with};
+    use mangaassist::config::RetrievalBackendConfig;
+    use mangaassist_protocols::ServerFrame;
+    use mangaassist_protocols::turn::RetrievalMode;
+
+    let client = server().await;
+    let (alias, v1, _) = names();
+    load(&client, &v1, &catalog()).await;
+    admin::swap_alias(&client, &alias, &v1, None).await.unwrap();
+    let proxy = tcp_proxy::Proxy::start("127.0.0.1:9200".parse().unwrap()).await;
+    let mut settings = OpenSearchSettings::new(format!("http://{}", proxy.addr()));
+    settings.alias = alias.clone();
+    settings.timeout = Duration::from_millis(300);
+    let server =
+        start_with(move |c| c.retrieval_backend = RetrievalBackendConfig::OpenSearch(settings))
+            .await;
+    let mut c = Client::ws(&server).await;
+    c.hello().await;
+    let mut ask = async || {
+        let r = run_turn(&mut c, "do you have frieren").await;
+        assert!(
+            r.error.is_none(),
+            "a turn never fails for retrieval: {:?}",
+            r.error
+        );
+        match r.frames.first() {
+            Some(ServerFrame::TurnStarted { retrieval_mode, .. }) => *retrieval_mode,
+            other => panic!("expected turn_started, got {other:?}"),
+        }
+    };
+    assert_eq!(ask().await, RetrievalMode::Grounded, "up");
+
+    proxy.down();
+    assert_eq!(ask().await, RetrievalMode::Fallback, "down");
+    assert_eq!(ask().await, RetrievalMode::Fallback, "still down");
+
+    proxy.up().await;
+    assert_eq!(
+        ask().await,
+        RetrievalMode::Grounded,
+        "back: the next turn is grounded again"
+    );
+    admin::delete_index(&client, &v1).await.unwrap();
+}
+
 // ---- blue/green ingest on OpenSearch (the same job, gates and CLI as tantivy) ------------------
 
 use mangaassist::ingest::job::{self, IngestError, IngestOptions, Outcome};

@@ -1197,6 +1197,6 @@ async fn negative_control_live_tasks_see_what_is_left_open() {
     c.hello().await;
     assert_streamed(&run_turn(&mut c, "do you have berserk").await);
     assert!(steady_tasks().await > baseline);
-    drop(c);
+    c.close().await;
     assert_eq!(settle_to(baseline).await, baseline, "closed, it is let go");
 }

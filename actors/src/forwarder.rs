@@ -31,6 +31,7 @@ use crate::chaos::Chaos;
 use crate::enricher::EnricherMsg;
 use crate::metrics_sink::MetricsHandle;
 use crate::outbound::{CloseReason, Mark, Outbound, Place};
+use crate::replay::{Handover, TurnLog};
 use crate::supervisor::WorkerSlot;
 
 /// How long a forwarder whose connection closed waits for the model's partial usage.
@@ -105,6 +106,9 @@ pub struct ForwarderArgs {
     /// The turn's `generate` span: the forwarder records `first_token` and `stream_end` on it,
     /// after the frame is queued.
     pub generate: tracing::Span,
+    /// The turn's replay buffer (`None` when resume is off): every token frame is recorded,
+    /// and the stream outlives its connection until the session gives up on the client.
+    pub log: Option<Arc<TurnLog>>,
 }
 
 /// The anti-pattern of `--enrichment-mode inline`: an enrichment lookup awaited between a token
@@ -144,6 +148,24 @@ async fn sleep_until_after(since: Option<Instant>, timeout: Duration) {
     }
 }
 
+/// Where [`ForwarderState::stream`] left off.
+enum Step {
+    /// The stream is over.
+    Ended(Forwarded),
+    /// The connection went away under it.
+    Gone,
+    /// A resumed connection takes the stream over.
+    Handover(Handover),
+}
+
+/// Returns when a resume is handed to the producer of `log` (never without a log).
+async fn resumed(log: Option<&TurnLog>) {
+    match log {
+        Some(log) => log.resumed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long an inline lookup may hold a token (it has no budget: that is the point).
 const INLINE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -176,63 +198,88 @@ pub struct ForwarderState {
     first_event_at: Option<Instant>,
     /// When the first token frame was queued.
     first_frame_at: Option<Instant>,
+    /// The turn's replay buffer.
+    log: Option<Arc<TurnLog>>,
 }
 
 impl ForwarderState {
-    /// Forwards the whole stream until it ends or the connection closes.
+    /// Forwards the whole stream until it ends, following the turn to a resumed connection.
     ///
-    /// Per chunk: receive, mailbox chaos, encode, queue. The queue is never waited on while
-    /// tokens arrive: when it is full, tokens are merged into one pending frame (up to
-    /// `coalesce_max_bytes`) that goes out as soon as a place frees. If no place frees within the
-    /// slow-client timeout, the connection is closed as `slow_consumer`.
+    /// Without a replay buffer, a closed connection ends the stream here ([`Self::wind_down`]).
+    /// With one, the forwarder goes on recording the stream while it is detached; the session
+    /// decides when to give up on the client (it cancels the turn) and a resume hands the stream
+    /// to the new connection.
     async fn forward(&mut self) -> Forwarded {
-        let closing = self.outbound.closing().clone();
-        let closed = closing.cancelled();
-        tokio::pin!(closed);
-        let outbound = self.outbound.clone();
-        // Time to first token can be long (cold model, slow preflight): keep proxies' idle timers
-        // from cutting a healthy stream.
-        let first = loop {
-            tokio::select! {
-                biased;
-                event = self.events.recv() => break event,
-                () = &mut closed => return self.wind_down().await,
-                () = tokio::time::sleep(self.keepalive) => {
-                    if outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
-                        return self.wind_down().await;
-                    }
-                }
+        loop {
+            let step = match self.stream().await {
+                Step::Gone => match self.log.clone() {
+                    None => return self.wind_down().await,
+                    Some(log) => self.detached(&log).await,
+                },
+                step => step,
+            };
+            match step {
+                Step::Ended(outcome) => return outcome,
+                Step::Handover(h) => self.adopt(h).await,
+                Step::Gone => unreachable!("a detached stream ends or is handed over"),
             }
-        };
-        let mut next = Some(first);
+        }
+    }
+
+    /// Streams to the current connection until the stream ends, the connection goes, or a
+    /// resume hands the turn to another connection.
+    ///
+    /// Per chunk: receive, mailbox chaos, encode, record, queue. The queue is never waited on
+    /// while tokens arrive: when it is full, tokens are merged into one pending frame (up to
+    /// `coalesce_max_bytes`) that goes out as soon as a place frees. If no place frees within
+    /// the slow-client timeout, the connection is closed as `slow_consumer`.
+    async fn stream(&mut self) -> Step {
+        let outbound = self.outbound.clone();
+        let closed = outbound.closing().cancelled();
+        tokio::pin!(closed);
+        let log = self.log.clone();
         let mut pending: Option<Pending> = None;
         loop {
-            let event = match next.take() {
-                Some(event) => event,
-                None => {
-                    let room = pending
-                        .as_ref()
-                        .is_none_or(|p| p.text.len() < self.coalesce_max_bytes);
-                    let stuck_since = pending.as_ref().map(|p| p.since);
-                    tokio::select! {
-                        biased;
-                        () = &mut closed => return self.wind_down().await,
-                        place = outbound.reserve(), if pending.is_some() => {
-                            let Ok(place) = place else {
-                                return self.wind_down().await;
-                            };
-                            if let Some(p) = pending.take() {
-                                self.queue(place, p);
-                            }
-                            continue;
-                        }
-                        () = sleep_until_after(stuck_since, outbound.slow_client_timeout()), if pending.is_some() => {
-                            outbound.close(CloseReason::SlowConsumer);
-                            return self.wind_down().await;
-                        }
-                        event = self.events.recv(), if room => event,
+            let room = pending
+                .as_ref()
+                .is_none_or(|p| p.text.len() < self.coalesce_max_bytes);
+            let stuck_since = pending.as_ref().map(|p| p.since);
+            // Time to first token can be long (cold model, slow preflight): keep proxies' idle
+            // timers from cutting a healthy stream.
+            let waiting_for_first = self.first_event_at.is_none() && pending.is_none();
+            let event = tokio::select! {
+                biased;
+                () = &mut closed => return self.gone(pending),
+                () = resumed(log.as_deref()) => {
+                    let handover = match pending.take() {
+                        Some(p) => self.record(p),
+                        None => log.as_ref().and_then(|l| l.take_handover()),
+                    };
+                    if let Some(h) = handover {
+                        return Step::Handover(h);
                     }
+                    continue;
                 }
+                place = outbound.reserve(), if pending.is_some() => {
+                    let Ok(place) = place else {
+                        return self.gone(pending);
+                    };
+                    if let Some(h) = pending.take().and_then(|p| self.queue(place, p)) {
+                        return Step::Handover(h);
+                    }
+                    continue;
+                }
+                () = sleep_until_after(stuck_since, outbound.slow_client_timeout()), if pending.is_some() => {
+                    outbound.close(CloseReason::SlowConsumer);
+                    return self.gone(pending);
+                }
+                () = tokio::time::sleep(self.keepalive), if waiting_for_first => {
+                    if outbound.send(&ServerFrame::Keepalive, Mark::Plain).await.is_err() {
+                        return self.gone(None);
+                    }
+                    continue;
+                }
+                event = self.events.recv(), if room => event,
             };
             self.chaos.before(ActorKind::ChunkForwarder, "chunk").await;
             match event {
@@ -240,26 +287,7 @@ impl ForwarderState {
                     if self.first_event_at.is_none() {
                         self.first_event_at = Some(Instant::now());
                     }
-                    if let Some(inline) = &self.inline_enrichment {
-                        let series_ids = inline.series_ids.clone();
-                        let fields = inline.fields;
-                        // On the token path, as this mode is: the trace shows it so.
-                        let span = crate::hop_span!(
-                            parent: &self.span,
-                            "enrich.inline",
-                            path_type = crate::turn::CRITICAL_SYNC
-                        );
-                        let _ = inline
-                            .enricher
-                            .call(INLINE_LOOKUP_TIMEOUT, |reply| EnricherMsg::Lookup {
-                                series_ids,
-                                fields,
-                                reply,
-                                span,
-                                path_type: crate::turn::CRITICAL_SYNC,
-                            })
-                            .await;
-                    }
+                    self.inline_lookup().await;
                     self.answer.push_str(&text);
                     if let Some(p) = &mut pending {
                         p.text.push_str(&text);
@@ -267,95 +295,219 @@ impl ForwarderState {
                         continue;
                     }
                     match outbound.try_reserve() {
-                        Ok(Some(place)) => self.queue(place, Pending::new(text)),
+                        Ok(Some(place)) => {
+                            if let Some(h) = self.queue(place, Pending::new(text)) {
+                                return Step::Handover(h);
+                            }
+                        }
                         Ok(None) => pending = Some(Pending::new(text)),
-                        Err(_) => return self.wind_down().await,
+                        Err(_) => return self.gone(Some(Pending::new(text))),
                     }
                 }
                 Some(StreamEvent::End {
                     usage,
                     finish_reason,
                 }) => {
-                    if !self.flush(pending.take()).await {
-                        return self.wind_down().await;
+                    if let Some(h) = self.flush(pending.take()).await {
+                        self.adopt(h).await;
                     }
-                    tracing::info!(
-                        parent: &self.generate,
-                        output_tokens = usage.output_tokens,
-                        "stream_end"
-                    );
-                    return Forwarded::Finished {
-                        answer: std::mem::take(&mut self.answer),
-                        usage,
-                        finish_reason,
-                        next_seq: self.next_seq,
-                        first_token: self.first_event_at.zip(self.first_frame_at),
-                    };
+                    if self.log.is_none() && outbound.closing().is_cancelled() {
+                        return Step::Ended(self.disconnected(Some(usage)));
+                    }
+                    return Step::Ended(self.finished(usage, finish_reason));
                 }
                 Some(StreamEvent::Failed { message }) => {
-                    if !self.flush(pending.take()).await {
-                        return self.wind_down().await;
+                    if let Some(h) = self.flush(pending.take()).await {
+                        self.adopt(h).await;
                     }
-                    return Forwarded::Failed {
-                        message,
-                        next_seq: self.next_seq,
-                    };
+                    if self.log.is_none() && outbound.closing().is_cancelled() {
+                        return Step::Ended(self.disconnected(None));
+                    }
+                    return Step::Ended(self.failed(message));
                 }
-                None => {
-                    return Forwarded::Failed {
-                        message: "generation stopped without finishing".into(),
-                        next_seq: self.next_seq,
-                    };
-                }
+                None => return Step::Ended(self.failed("generation stopped without finishing")),
             }
         }
+    }
+
+    /// The connection is gone: tokens that were waiting for a place are recorded (a resume
+    /// sends them), and the stream goes on detached.
+    fn gone(&mut self, pending: Option<Pending>) -> Step {
+        if self.log.is_some()
+            && let Some(p) = pending
+            && let Some(h) = self.record(p)
+        {
+            return Step::Handover(h);
+        }
+        Step::Gone
+    }
+
+    /// No connection: record every frame until the stream ends or a client resumes the turn.
+    async fn detached(&mut self, log: &TurnLog) -> Step {
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = log.resumed() => {
+                    if let Some(h) = log.take_handover() {
+                        return Step::Handover(h);
+                    }
+                    continue;
+                }
+                event = self.events.recv() => event,
+            };
+            match event {
+                Some(StreamEvent::Token(text)) => {
+                    if self.first_event_at.is_none() {
+                        self.first_event_at = Some(Instant::now());
+                    }
+                    self.answer.push_str(&text);
+                    if let Some(h) = self.record(Pending::new(text)) {
+                        return Step::Handover(h);
+                    }
+                }
+                Some(StreamEvent::End {
+                    usage,
+                    finish_reason,
+                }) => return Step::Ended(self.finished(usage, finish_reason)),
+                Some(StreamEvent::Failed { message }) => return Step::Ended(self.failed(message)),
+                None => return Step::Ended(self.failed("generation stopped without finishing")),
+            }
+        }
+    }
+
+    /// A resumed connection takes the stream: the frames it missed first, then the rest.
+    async fn adopt(&mut self, h: Handover) {
+        crate::replay::send_missed(&h.outbound, h.missed).await;
+        self.outbound = h.outbound;
+    }
+
+    fn finished(&mut self, usage: Usage, finish_reason: FinishReason) -> Forwarded {
+        tracing::info!(
+            parent: &self.generate,
+            output_tokens = usage.output_tokens,
+            "stream_end"
+        );
+        Forwarded::Finished {
+            answer: std::mem::take(&mut self.answer),
+            usage,
+            finish_reason,
+            next_seq: self.next_seq,
+            first_token: self.first_event_at.zip(self.first_frame_at),
+        }
+    }
+
+    fn failed(&mut self, message: impl Into<String>) -> Forwarded {
+        Forwarded::Failed {
+            message: message.into(),
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// `--enrichment-mode inline` only: the lookup awaited before every token frame.
+    async fn inline_lookup(&self) {
+        let Some(inline) = &self.inline_enrichment else {
+            return;
+        };
+        let series_ids = inline.series_ids.clone();
+        let fields = inline.fields;
+        // On the token path, as this mode is: the trace shows it so.
+        let span = crate::hop_span!(
+            parent: &self.span,
+            "enrich.inline",
+            path_type = crate::turn::CRITICAL_SYNC
+        );
+        let _ = inline
+            .enricher
+            .call(INLINE_LOOKUP_TIMEOUT, |reply| EnricherMsg::Lookup {
+                series_ids,
+                fields,
+                reply,
+                span,
+                path_type: crate::turn::CRITICAL_SYNC,
+            })
+            .await;
     }
 
     /// Queues the last pending tokens (if any) before the turn learns the stream ended, waiting
-    /// for a place no longer than the slow-client timeout allows. False when the connection is
-    /// gone or was closed as a slow consumer.
-    async fn flush(&mut self, pending: Option<Pending>) -> bool {
-        let Some(p) = pending else {
-            return true;
-        };
+    /// for a place no longer than the slow-client timeout allows. When the connection is gone
+    /// (or was closed as a slow consumer), the tokens are recorded for a resume instead.
+    async fn flush(&mut self, pending: Option<Pending>) -> Option<Handover> {
+        let p = pending?;
         let outbound = self.outbound.clone();
         let deadline = p.since + outbound.slow_client_timeout();
         match tokio::time::timeout_at(deadline, outbound.reserve()).await {
-            Ok(Ok(place)) => {
-                self.queue(place, p);
-                true
-            }
-            Ok(Err(_)) => false,
+            Ok(Ok(place)) => self.queue(place, p),
+            Ok(Err(_)) => self.gone_with(p),
             Err(_) => {
                 outbound.close(CloseReason::SlowConsumer);
-                false
+                self.gone_with(p)
             }
         }
     }
 
-    /// Queues `p` as one token frame in a reserved place, counting the frames it saved.
-    fn queue(&mut self, place: Place<'_>, p: Pending) {
+    fn gone_with(&mut self, p: Pending) -> Option<Handover> {
+        match self.gone(Some(p)) {
+            Step::Handover(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The token frame of `p`, numbered.
+    fn frame(&mut self, p: Pending) -> (u64, String) {
+        let seq = self.next_seq;
         let frame = ServerFrame::Token {
             turn_id: self.turn_id.clone(),
-            seq: self.next_seq,
+            seq,
             text: p.text,
         };
         self.next_seq += 1;
         self.sent_len = self.answer.len();
-        place.send_text(frame.encode(), Mark::Token);
-        if self.first_frame_at.is_none() {
-            self.first_frame_at = Some(Instant::now());
-            // After the frame is queued: the event costs the token nothing.
-            tracing::info!(parent: &self.generate, "first_token");
-        }
         if p.tokens > 1 {
             self.metrics.emit(MetricEvent::TokensCoalesced {
                 frames: p.tokens - 1,
             });
         }
+        (seq, frame.encode())
     }
 
-    /// The connection is gone: stop the model at once and collect its partial usage.
+    /// Records `p` as a frame nobody can be sent now (the connection is gone); a resume waiting
+    /// for this step is returned.
+    fn record(&mut self, p: Pending) -> Option<Handover> {
+        let (seq, text) = self.frame(p);
+        self.log
+            .as_ref()
+            .and_then(|log| log.record(seq, &text, Mark::Token, false))
+    }
+
+    /// Records `p` as one token frame and queues it in a reserved place. A resume waiting for
+    /// this step is returned (its missed frames include this one).
+    fn queue(&mut self, place: Place<'_>, p: Pending) -> Option<Handover> {
+        let (seq, text) = self.frame(p);
+        let handover = self
+            .log
+            .as_ref()
+            .and_then(|log| log.record(seq, &text, Mark::Token, false));
+        place.send_text(text, Mark::Token);
+        if self.first_frame_at.is_none() {
+            self.first_frame_at = Some(Instant::now());
+            // After the frame is queued: the event costs the token nothing.
+            tracing::info!(parent: &self.generate, "first_token");
+        }
+        handover
+    }
+
+    /// The connection is gone and the stream ended with it (no replay buffer): only what
+    /// reached the queue is part of the answer.
+    fn disconnected(&mut self, usage: Option<Usage>) -> Forwarded {
+        self.answer.truncate(self.sent_len);
+        Forwarded::Disconnected {
+            answer: std::mem::take(&mut self.answer),
+            usage,
+        }
+    }
+
+    /// The connection is gone and nobody can resume the turn (no replay buffer): stop the model
+    /// at once and collect its partial usage.
     async fn wind_down(&mut self) -> Forwarded {
         self.cancel.cancel();
         // Only what reached the queue is part of the answer.
@@ -414,6 +566,7 @@ impl Actor for ForwarderActor {
             generate: args.generate,
             first_event_at: None,
             first_frame_at: None,
+            log: args.log,
         })
     }
 
@@ -469,6 +622,7 @@ mod tests {
                 metrics: MetricsHandle::new(WorkerSlot::empty(), 16),
                 span: tracing::Span::none(),
                 generate: tracing::Span::none(),
+                log: None,
             },
         )
         .await

@@ -15,6 +15,7 @@
 //! - [`supervisor`]: explicit restart policy, and [`supervisor::WorkerSlot`]s that always point
 //!   at a worker's current incarnation.
 //! - [`outbound`]: the per-connection bounded frame queue and its slow-client policy.
+//! - [`replay`]: a turn's bounded replay buffer, for clients that resume a dropped connection.
 //! - [`chaos`]: latency and panics injected into any actor's mailbox.
 //! - [`background`]: the bounded owner of the work beside the turns (deferrable enrichment,
 //!   shadow calls, model refinements), which sheds rather than queues.
@@ -56,6 +57,7 @@ pub mod low_hits;
 pub mod memory;
 pub mod metrics_sink;
 pub mod outbound;
+pub mod replay;
 pub mod retriever;
 pub mod session;
 pub mod supervisor;

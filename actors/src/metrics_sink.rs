@@ -192,6 +192,8 @@ pub struct MetricsState {
     cache: HashMap<(CacheTier, CacheResult), u64>,
     cache_errors: HashMap<(CacheTier, CacheErrorKind), u64>,
     appends_dropped: u64,
+    /// Resumes: `[replayed, expired]`.
+    resumes: [u64; 2],
     frames_coalesced: u64,
     models: HashMap<(TaskType, Arc<str>), ModelStats>,
     fallbacks: HashMap<(TaskType, Arc<str>, Failure), u64>,
@@ -438,6 +440,7 @@ impl MetricsState {
                 *self.cache_errors.entry((tier, kind)).or_default() += 1
             }
             MetricEvent::AppendDropped => self.appends_dropped += 1,
+            MetricEvent::Resumed { replayed } => self.resumes[usize::from(!replayed)] += 1,
             MetricEvent::BackgroundJob { job, outcome } => {
                 *self.background.entry((job, outcome)).or_default() += 1
             }
@@ -639,6 +642,15 @@ impl MetricsState {
             "product_cards appends dropped because their deferrable lookup missed enrichment.append_deadline_ms.",
         );
         let _ = writeln!(out, "append_dropped_total {}", self.appends_dropped);
+        header(
+            &mut out,
+            "stream_resumes_total",
+            "counter",
+            "Turns resumed with hello.resume_from, by outcome: replayed (the missed frames were sent) or expired (resume_expired).",
+        );
+        for (outcome, n) in ["replayed", "expired"].iter().zip(self.resumes) {
+            let _ = writeln!(out, "stream_resumes_total{{outcome=\"{outcome}\"}} {n}");
+        }
         header(
             &mut out,
             "background_jobs_total",
@@ -1080,6 +1092,7 @@ impl Actor for MetricsSink {
             cache: HashMap::new(),
             cache_errors: HashMap::new(),
             appends_dropped: 0,
+            resumes: [0; 2],
             frames_coalesced: 0,
             models: HashMap::new(),
             fallbacks: HashMap::new(),

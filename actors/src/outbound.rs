@@ -56,6 +56,9 @@ pub enum CloseReason {
     UserErased,
     /// `hello` was refused for its token.
     Unauthorized,
+    /// The client resumed this connection's session on a new connection (this one had not
+    /// noticed it dropped).
+    Superseded,
 }
 
 /// The queue is gone: the connection closed.

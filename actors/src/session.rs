@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use mangaassist_protocols::frame::{ErrorCode, UserMessage};
-use mangaassist_protocols::metrics::{ActorKind, BackgroundJob};
+use mangaassist_protocols::frame::{ErrorCode, ResumeFrom, UserMessage};
+use mangaassist_protocols::metrics::{ActorKind, BackgroundJob, MetricEvent};
 use mangaassist_protocols::turn::TurnRecord;
 use mangaassist_protocols::{SessionId, TurnId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -27,7 +27,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::memory::{self, SessionMemory};
-use crate::outbound::Outbound;
+use crate::outbound::{CloseReason, Outbound};
+use crate::replay::{Requested, TurnLog};
+use crate::supervisor::WorkerSlot;
 use crate::turn::{ASYNC_BACKGROUND, Pipeline, TurnControl, TurnCtx, run_turn};
 use mangaassist_protocols::memory::{PreferenceUpdate, Preferences, SummaryLine};
 
@@ -237,6 +239,55 @@ pub enum SessionMsg {
     /// The connection closed: cancel what runs, let it record itself, release the session for
     /// other connections, answer, and stop.
     Close(RpcReplyPort<()>),
+    /// The connection dropped without closing (a network error, a client that stopped
+    /// reading): when resume is on and the session has a turn to resume, it detaches instead of
+    /// closing: its turn streams on into the replay buffer and the session waits the resume
+    /// window for its client. Replies whether it detached (else it closed, as for `Close`).
+    Detach(RpcReplyPort<bool>),
+    /// The resume window of detachment `generation` passed: close, unless a client came back.
+    DetachExpired {
+        /// Which detachment.
+        generation: u64,
+    },
+    /// A client resumed the detached session on a new connection; replies with the turns the
+    /// session holds, or `None` when it is no longer detached (it closed, or its user was
+    /// erased): the connection opens the session afresh.
+    Reattach {
+        /// The new connection.
+        outbound: Outbound,
+        /// Turns held, or `None`.
+        reply: RpcReplyPort<Option<u32>>,
+    },
+    /// After `welcome`: send the frames of `from.turn_id` the client missed (then the rest of
+    /// the stream, if it is still streaming), or `resume_expired` when they are not held.
+    Resume {
+        /// Where the client left off.
+        from: ResumeFrom,
+        /// Answered once the missed frames are queued (or handed to the streaming turn).
+        reply: RpcReplyPort<()>,
+    },
+}
+
+/// The connection a session streams to. A client that resumes the session replaces it; every
+/// incarnation of the session shares it, so a session restarted after a resume streams to the
+/// connection that holds it now, not the one it was opened on.
+#[derive(Debug, Clone)]
+pub struct AttachedTo(Arc<Mutex<Outbound>>);
+
+impl AttachedTo {
+    /// Attached to `outbound`.
+    pub fn new(outbound: Outbound) -> Self {
+        Self(Arc::new(Mutex::new(outbound)))
+    }
+
+    /// The connection now.
+    pub fn get(&self) -> Outbound {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, outbound: Outbound) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = outbound;
+    }
 }
 
 /// Arguments of a session (cloned on restart).
@@ -248,8 +299,8 @@ pub struct SessionArgs {
     pub user_id: UserId,
     /// Shared pipeline.
     pub pipeline: Pipeline,
-    /// The connection's outbound queue.
-    pub outbound: Outbound,
+    /// The connection's outbound queue (replaced when a client resumes the session).
+    pub outbound: AttachedTo,
     /// Held for as long as any incarnation of this session may run (the supervisor keeps these
     /// arguments until the session stops for good), so the session cannot be opened elsewhere
     /// while its last turn is still being recorded.
@@ -285,6 +336,82 @@ pub struct SessionState {
     active: Option<ActiveTurn>,
     /// Owner of this session's turn tasks.
     tasks: TaskTracker,
+    /// The replay buffer of the streaming or last turn (with resume on).
+    log: Option<Arc<TurnLog>>,
+    /// While detached: which detachment (a resume window that passes after the client came
+    /// back, or after a later detachment began, is ignored).
+    detached: Option<u64>,
+    /// Detachments so far.
+    generation: u64,
+    /// When this incarnation started (an erasure after it ends a detached session).
+    started_ms: u64,
+}
+
+impl SessionState {
+    /// Cancels what runs, lets it record itself, releases the session for other connections,
+    /// and stops.
+    async fn close(&mut self, myself: &ActorRef<SessionMsg>, why: &str) {
+        self.detached = None;
+        if let Some(active) = self.active.take() {
+            active.control.cancel.cancel();
+        }
+        // Let the cancelled turn record itself before the session is released.
+        self.tasks.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(session = %self.args.session_id, "turn still running at close");
+        }
+        self.args.lease.release();
+        myself.stop(Some(why.into()));
+    }
+
+    /// Sends the frames of `from.turn_id` the client missed, or hands the resume to the turn
+    /// that still streams; `resume_expired` when they are not held here.
+    async fn resume(&mut self, from: ResumeFrom) {
+        let outbound = self.args.outbound.get();
+        let metrics = &self.args.pipeline.metrics;
+        let turn = from.turn_id.clone();
+        let expired = match &self.log {
+            Some(log) if *log.turn_id() == turn => match log.request(outbound.clone(), from) {
+                Requested::Ended(missed) => {
+                    metrics.emit(MetricEvent::Resumed { replayed: true });
+                    crate::replay::send_missed(&outbound, missed).await;
+                    return;
+                }
+                Requested::HandedOver => {
+                    metrics.emit(MetricEvent::Resumed { replayed: true });
+                    return;
+                }
+                Requested::Expired { dropped_through } => format!(
+                    "turn `{turn}`: frames up to seq {dropped_through} are no longer held \
+                         (server.replay_buffer_bytes); its record is in the transcript once it ends"
+                ),
+                Requested::Released => not_held(&turn),
+            },
+            _ => not_held(&turn),
+        };
+        metrics.emit(MetricEvent::Resumed { replayed: false });
+
+        metrics.emit(MetricEvent::ErrorSent {
+            code: ErrorCode::ResumeExpired,
+        });
+        let frame = mangaassist_protocols::ServerFrame::error(
+            Some(turn),
+            None,
+            ErrorCode::ResumeExpired,
+            expired,
+        );
+        let _ = outbound.send(&frame, crate::outbound::Mark::Plain).await;
+    }
+}
+
+fn not_held(turn: &TurnId) -> String {
+    format!(
+        "turn `{turn}` is not held here: it ended over server.resume_window_ms ago, or streamed \
+         on another server; committed turns are in the session's transcript"
+    )
 }
 
 impl Drop for SessionState {
@@ -353,6 +480,10 @@ impl Actor for SessionActor {
             next_index,
             active: None,
             tasks: TaskTracker::new(),
+            log: None,
+            detached: None,
+            generation: 0,
+            started_ms: mangaassist_protocols::unix_ms(),
         })
     }
 
@@ -399,6 +530,15 @@ impl Actor for SessionActor {
                     );
                     state.set_memory(memory);
                 }
+                let outbound = state.args.outbound.get();
+                let log = state.args.pipeline.settings.resume.map(|resume| {
+                    Arc::new(TurnLog::new(
+                        message.turn_id.clone(),
+                        resume.buffer_bytes,
+                        outbound.clone(),
+                    ))
+                });
+                state.log.clone_from(&log);
                 let ctx = TurnCtx {
                     pipeline: state.args.pipeline.clone(),
                     session_id: state.args.session_id.clone(),
@@ -409,7 +549,8 @@ impl Actor for SessionActor {
                     received_at,
                     history: state.history.clone(),
                     memory: state.memory.clone(),
-                    outbound: state.args.outbound.clone(),
+                    outbound: outbound.clone(),
+                    log,
                     control: control.clone(),
                     session: myself.get_cell(),
                     parent: span,
@@ -420,7 +561,7 @@ impl Actor for SessionActor {
                     control,
                 });
                 // Until the turn's last frame is written, a draining shutdown waits for it.
-                state.args.outbound.turn_opened();
+                outbound.turn_opened();
                 let me = myself.clone();
                 let turn_id = message.turn_id;
                 state.tasks.spawn(run_turn(ctx, move |record| {
@@ -471,6 +612,16 @@ impl Actor for SessionActor {
                 if state.active.as_ref().is_some_and(|a| a.turn_id == turn_id) {
                     state.active = None;
                 }
+                // The ended turn's frames are kept for the resume window, then let go.
+                if let (Some(resume), Some(log)) = (state.args.pipeline.settings.resume, &state.log)
+                    && *log.turn_id() == turn_id
+                {
+                    state
+                        .args
+                        .pipeline
+                        .replays
+                        .keep_until(log, Instant::now() + resume.window);
+                }
                 if let Some(record) = record {
                     let mut history: Vec<TurnRecord> = state.history.to_vec();
                     history.push(record);
@@ -496,20 +647,71 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Close(reply) => {
-                if let Some(active) = state.active.take() {
-                    active.control.cancel.cancel();
-                }
-                // Let the cancelled turn record itself before the session is released.
-                state.tasks.close();
-                if tokio::time::timeout(CLOSE_GRACE, state.tasks.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(session = %state.args.session_id, "turn still running at close");
-                }
-                state.args.lease.release();
+                state.close(&myself, "connection closed").await;
                 let _ = reply.send(());
-                myself.stop(Some("connection closed".into()));
+            }
+            SessionMsg::Detach(reply) => {
+                let Some(resume) = state.args.pipeline.settings.resume else {
+                    state.close(&myself, "connection dropped").await;
+                    let _ = reply.send(false);
+                    return Ok(());
+                };
+                if state.log.as_ref().is_none_or(|log| log.is_released()) {
+                    // Nothing to resume: a reconnecting client opens the session afresh.
+                    state.close(&myself, "connection dropped").await;
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                state.generation += 1;
+                let generation = state.generation;
+                state.detached = Some(generation);
+                tracing::info!(
+                    session = %state.args.session_id,
+                    streaming = state.active.is_some(),
+                    window_ms = resume.window.as_millis() as u64,
+                    "connection dropped; the session waits for its client to resume"
+                );
+                myself.send_after(resume.window, move || SessionMsg::DetachExpired {
+                    generation,
+                });
+                let _ = reply.send(true);
+            }
+            SessionMsg::DetachExpired { generation } => {
+                if state.detached == Some(generation) {
+                    tracing::info!(
+                        session = %state.args.session_id,
+                        "no client resumed the session within server.resume_window_ms; closing"
+                    );
+                    state.close(&myself, "resume window passed").await;
+                }
+            }
+            SessionMsg::Reattach { outbound, reply } => {
+                chaos.before(ActorKind::Session, "reattach").await;
+                if state.detached.is_none() {
+                    let _ = reply.send(None);
+                    return Ok(());
+                }
+                if state
+                    .args
+                    .pipeline
+                    .erasures
+                    .erased_since(&state.args.user_id, state.started_ms)
+                {
+                    state.close(&myself, "user erased while detached").await;
+                    let _ = reply.send(None);
+                    return Ok(());
+                }
+                state.detached = None;
+                if state.active.is_some() {
+                    outbound.turn_opened();
+                }
+                state.args.outbound.set(outbound);
+                tracing::info!(session = %state.args.session_id, "session resumed on a new connection");
+                let _ = reply.send(Some(state.next_index));
+            }
+            SessionMsg::Resume { from, reply } => {
+                state.resume(from).await;
+                let _ = reply.send(());
             }
         }
         Ok(())
@@ -540,14 +742,27 @@ impl Actor for SessionActor {
 pub struct SessionRegistry {
     open: Mutex<Open>,
     limits: SessionLimits,
+    /// Woken when a session detaches or closes (what a superseding resume waits for).
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
 struct Open {
-    /// Open sessions: their user and their connection's outbound queue (to end them).
-    sessions: HashMap<SessionId, (UserId, Outbound)>,
+    /// Open sessions.
+    sessions: HashMap<SessionId, Entry>,
     /// Open sessions per user, for the per-user limit.
     per_user: HashMap<UserId, usize>,
+}
+
+/// One open session.
+#[derive(Debug)]
+struct Entry {
+    /// Whose it is.
+    user: UserId,
+    /// Its connection's outbound queue (to end it).
+    outbound: Outbound,
+    /// Set while the session is detached (its connection dropped; it waits for a resume).
+    detached: Option<WorkerSlot<SessionMsg>>,
 }
 
 /// How many sessions may be open at once on this process (`0`: no limit).
@@ -604,6 +819,7 @@ impl SessionRegistry {
         Arc::new(Self {
             open: Mutex::default(),
             limits,
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -634,8 +850,14 @@ impl SessionRegistry {
                 max: per_user,
             });
         }
-        open.sessions
-            .insert(id.clone(), (user.clone(), outbound.clone()));
+        open.sessions.insert(
+            id.clone(),
+            Entry {
+                user: user.clone(),
+                outbound: outbound.clone(),
+                detached: None,
+            },
+        );
         open.per_user.insert(user.clone(), of_user + 1);
         Ok(SessionLease {
             registry: self.clone(),
@@ -649,9 +871,73 @@ impl SessionRegistry {
         self.lock()
             .sessions
             .iter()
-            .filter(|(_, (u, _))| u == user)
-            .map(|(id, (_, out))| (id.clone(), out.clone()))
+            .filter(|(_, e)| e.user == *user)
+            .map(|(id, e)| (id.clone(), e.outbound.clone()))
             .collect()
+    }
+
+    /// The session `id`'s connection dropped and the session (at `slot`) waits for a resume.
+    pub fn detach(&self, id: &SessionId, slot: WorkerSlot<SessionMsg>) {
+        if let Some(e) = self.lock().sessions.get_mut(id) {
+            e.detached = Some(slot);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// A client resumes session `id` while the connection holding it has not noticed that it
+    /// dropped: that connection is closed as [`CloseReason::Superseded`] (it detaches the
+    /// session), and within `timeout` the session's slot is taken over for the connection
+    /// owning `outbound`, as [`SessionRegistry::take_detached`] does. `None` when the session is
+    /// not `user`'s, closed instead of detaching, or did not detach in time.
+    pub async fn supersede(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+        outbound: &Outbound,
+        timeout: std::time::Duration,
+    ) -> Option<WorkerSlot<SessionMsg>> {
+        {
+            let open = self.lock();
+            let e = open.sessions.get(id)?;
+            if e.user != *user || e.outbound.same_connection(outbound) {
+                return None;
+            }
+            e.outbound.close(CloseReason::Superseded);
+        }
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(slot) = self.take_detached(id, user, outbound) {
+                    return Some(slot);
+                }
+                if !self.lock().sessions.contains_key(id) {
+                    return None;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Takes over session `id` for `user` on the connection owning `outbound`, when it is
+    /// detached: the session's slot, to send it [`SessionMsg::Reattach`]. `None` when it is not
+    /// open here, is attached to a connection, or is another user's.
+    pub fn take_detached(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+        outbound: &Outbound,
+    ) -> Option<WorkerSlot<SessionMsg>> {
+        let mut open = self.lock();
+        let e = open.sessions.get_mut(id)?;
+        if e.user != *user {
+            return None;
+        }
+        let slot = e.detached.take()?;
+        e.outbound = outbound.clone();
+        Some(slot)
     }
 
     /// Sessions open now.
@@ -671,9 +957,10 @@ impl SessionRegistry {
 
     fn remove(&self, id: &SessionId) {
         let mut open = self.lock();
-        let Some((user, _)) = open.sessions.remove(id) else {
+        let Some(Entry { user, .. }) = open.sessions.remove(id) else {
             return;
         };
+        self.changed.notify_waiters();
         if let std::collections::hash_map::Entry::Occupied(mut n) = open.per_user.entry(user) {
             *n.get_mut() -= 1;
             if *n.get() == 0 {

@@ -48,7 +48,8 @@ use crate::forwarder::{Forwarded, ForwarderActor, ForwarderArgs, InlineLookup};
 use crate::generator::GeneratorMsg;
 use crate::memory::SessionMemory;
 use crate::metrics_sink::MetricsHandle;
-use crate::outbound::{Mark, Outbound};
+use crate::outbound::{Closed, Mark, Outbound};
+use crate::replay::TurnLog;
 use crate::retriever::RetrieverMsg;
 use crate::supervisor::{CallError, WorkerSlot};
 
@@ -87,6 +88,27 @@ pub struct TurnSettings {
     pub append_deadline: Duration,
     /// Most bytes of token text merged into one frame while a client is not reading.
     pub coalesce_max_bytes: usize,
+    /// Resuming a dropped connection (`None`: off; a dropped connection ends its turn).
+    pub resume: Option<ResumePolicy>,
+}
+
+/// How a session whose connection dropped keeps its turn for a client that comes back
+/// (`server.resume_window_ms`, `server.replay_buffer_bytes`; docs/protocol.md#resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePolicy {
+    /// How long the session waits for the client; its turn streams on into the buffer.
+    pub window: Duration,
+    /// Bytes of frames kept per turn.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ResumePolicy {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(30),
+            buffer_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// The [`FieldPlan`] of every intent.
@@ -160,6 +182,7 @@ impl Default for TurnSettings {
             fields: FieldPolicy::default(),
             append_deadline: Duration::from_millis(250),
             coalesce_max_bytes: 16 * 1024,
+            resume: Some(ResumePolicy::default()),
         }
     }
 }
@@ -313,6 +336,8 @@ pub struct Pipeline {
     pub chaos: Arc<Chaos>,
     /// The owner of the work beside the turns (the deferrable lookup, model refinements).
     pub background: Background,
+    /// Ended turns' replay buffers, let go once the resume window after their end passes.
+    pub replays: Arc<crate::replay::Retention>,
     /// Limits.
     pub settings: Arc<TurnSettings>,
     /// The trace id of a turn's span.
@@ -383,6 +408,11 @@ pub struct TurnCtx {
     pub memory: Arc<SessionMemory>,
     /// The connection's outbound queue.
     pub outbound: Outbound,
+    /// The turn's replay buffer (`None` when resume is off). With one, every frame of the turn
+    /// is recorded and goes to whichever connection holds the session ([`TurnLog::current`]),
+    /// and a closed connection does not end the turn: the session does, when the client does
+    /// not come back within the resume window.
+    pub log: Option<Arc<TurnLog>>,
     /// Cancellation.
     pub control: TurnControl,
     /// The session actor, supervisor of this turn's forwarder.
@@ -483,8 +513,8 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
                 FinishReason::Cancelled => TurnOutcome::Cancelled,
             };
             ended(Some(record));
-            if let Some(done) = last {
-                let _ = ctx.outbound.send(&done, Mark::TurnEnd).await;
+            if let Some((done, seq)) = last {
+                let _ = emit(&ctx, &done, seq, Mark::TurnEnd).await;
             }
             metrics.emit(MetricEvent::TurnFinished { intent, outcome });
         }
@@ -496,7 +526,10 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
                 failure.message,
             );
             ended(None);
-            let _ = ctx.outbound.send(&frame, Mark::TurnEnd).await;
+            let seq = failure
+                .seq
+                .unwrap_or_else(|| ctx.log.as_ref().map_or(0, |log| log.next_seq()));
+            let _ = emit(&ctx, &frame, seq, Mark::TurnEnd).await;
             metrics.emit(MetricEvent::ErrorSent { code: failure.code });
             metrics.emit(MetricEvent::TurnFinished {
                 intent: intent.unwrap_or(Intent::Other),
@@ -507,6 +540,29 @@ pub async fn run_turn(ctx: TurnCtx, ended: impl FnOnce(Option<TurnRecord>)) {
     }
 }
 
+/// Queues one frame of the turn (numbered `seq`; a [`Mark::TurnEnd`] frame is its last).
+///
+/// Without a replay buffer this is the connection's queue, and a closed connection is an error
+/// (the turn ends quietly: nobody is left to tell). With one, the frame is recorded and sent to
+/// the connection that holds the session now, and a closed connection is not an error: the turn
+/// goes on for a client that may resume it. A resume waiting for this step gets the frames it
+/// missed, this one included.
+async fn emit(ctx: &TurnCtx, frame: &ServerFrame, seq: u64, mark: Mark) -> Result<(), Closed> {
+    let Some(log) = &ctx.log else {
+        return ctx.outbound.send(frame, mark).await;
+    };
+    let text = frame.encode();
+    match log.record(seq, &text, mark, mark == Mark::TurnEnd) {
+        Some(handover) => {
+            crate::replay::send_missed(&handover.outbound, handover.missed).await;
+        }
+        None => {
+            let _ = log.current().send_text(text, mark).await;
+        }
+    }
+    Ok(())
+}
+
 type BodyError = Option<(TurnFailure, Option<Intent>)>;
 
 /// Everything up to (not including) the turn's last frame, which [`run_turn`] sends once the
@@ -514,7 +570,7 @@ type BodyError = Option<(TurnFailure, Option<Intent>)>;
 async fn turn_body(
     ctx: &TurnCtx,
     trace_id: TraceId,
-) -> Result<(TurnRecord, Intent, Option<ServerFrame>), BodyError> {
+) -> Result<(TurnRecord, Intent, Option<(ServerFrame, u64)>), BodyError> {
     let p = &ctx.pipeline;
     let s = &p.settings;
     let fail = |f: TurnFailure, intent: Option<Intent>| Some((f, intent));
@@ -583,15 +639,16 @@ async fn turn_body(
         trace_id: trace_id.clone(),
         retrieval_mode,
     };
-    ctx.outbound
-        .send(
-            &started,
-            Mark::TurnStart {
-                received_at: ctx.received_at,
-            },
-        )
-        .await
-        .map_err(|_| None)?;
+    emit(
+        ctx,
+        &started,
+        0,
+        Mark::TurnStart {
+            received_at: ctx.received_at,
+        },
+    )
+    .await
+    .map_err(|_| None)?;
 
     // 3. Assemble.
     let t_asm = Instant::now();
@@ -673,7 +730,10 @@ async fn turn_body(
         ForwarderArgs {
             turn_id: ctx.turn_id.clone(),
             events: events_rx,
-            outbound: ctx.outbound.clone(),
+            outbound: ctx
+                .log
+                .as_ref()
+                .map_or_else(|| ctx.outbound.clone(), |log| log.current()),
             first_seq: 1,
             done: done_tx,
             chaos: p.chaos.clone(),
@@ -690,6 +750,7 @@ async fn turn_body(
             metrics: p.metrics.clone(),
             span: forward,
             generate: generate.clone(),
+            log: ctx.log.clone(),
         },
         ctx.session.clone(),
     )
@@ -806,11 +867,10 @@ async fn turn_body(
                     .map(|i| product_card(i, facts.get(&i.doc.series_id)))
                     .collect(),
             };
-            seq += 1;
-            ctx.outbound
-                .send(&cards, Mark::Plain)
+            emit(ctx, &cards, seq, Mark::Plain)
                 .await
                 .map_err(|_| None)?;
+            seq += 1;
         } else {
             p.metrics.emit(MetricEvent::AppendDropped);
         }
@@ -830,7 +890,7 @@ async fn turn_body(
         finish_reason,
         trace_id,
     };
-    Ok((record, intent, Some(done)))
+    Ok((record, intent, Some((done, seq))))
 }
 
 fn record_of(

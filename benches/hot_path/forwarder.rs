@@ -1,4 +1,5 @@
-//! The chunk-forwarder's per-chunk work, end to end through its public API: a real
+//! The chunk-forwarder's per-chunk work, end to end through its public API (with resume on, the
+//! default, unless said otherwise): a real
 //! [`ForwarderActor`] reading a bounded token channel (capacity 64, the default
 //! `turn.token_channel_capacity`) and queueing encoded frames on a real [`Outbound`] (256 frames,
 //! the default `server.outbound_queue`, unless said otherwise) that a task drains the way the
@@ -11,6 +12,8 @@
 //!   last token frame. The actor is spawned before the clock starts. Per-chunk cost = time / 1,000.
 //!   The outbound queue holds 1,024 frames here, so it never fills and every token becomes its own
 //!   frame (checked and printed): the per-chunk work without slow-client handling.
+//! - `stream_1000_chunks_no_replay`: the same with resume off (no replay buffer): the difference
+//!   is what recording each frame for a resuming client costs.
 //! - `stream_1000_chunks_queue_256`: the same with the default 256-frame queue. A flood of tokens
 //!   can outrun the drainer on two cores; when the queue is full the forwarder coalesces tokens
 //!   into fewer frames (printed), as it would for a slow client.
@@ -21,6 +24,7 @@
 //!   and the outcome.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -29,7 +33,9 @@ use mangaassist_actors::chaos::Chaos;
 use mangaassist_actors::forwarder::{Forwarded, ForwarderActor, ForwarderArgs};
 use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_actors::outbound::{Mark, OutFrame, Outbound};
+use mangaassist_actors::replay::TurnLog;
 use mangaassist_actors::supervisor::WorkerSlot;
+use mangaassist_actors::turn::ResumePolicy;
 use mangaassist_protocols::TurnId;
 use mangaassist_protocols::frame::FinishReason;
 use mangaassist_protocols::turn::{StreamEvent, Usage};
@@ -70,8 +76,9 @@ struct Stream {
 }
 
 /// Spawns a forwarder with the runtime's default settings, no chaos, no inline enrichment and
-/// no tracing (as for an unsampled turn), over an outbound queue of `queue` frames.
-async fn spawn_forwarder(queue: usize) -> Stream {
+/// no tracing (as for an unsampled turn), over an outbound queue of `queue` frames; with
+/// `replay`, each token frame is also recorded in a replay buffer (resume on, the default).
+async fn spawn_forwarder(queue: usize, replay: bool) -> Stream {
     let (tokens, events) = mpsc::channel(TOKEN_CHANNEL);
     let (outbound, frames) = Outbound::channel(queue, Duration::from_secs(5));
     let (done_tx, done) = oneshot::channel();
@@ -92,6 +99,13 @@ async fn spawn_forwarder(queue: usize) -> Stream {
             metrics: MetricsHandle::new(WorkerSlot::empty(), 1_024),
             span: tracing::Span::none(),
             generate: tracing::Span::none(),
+            log: replay.then(|| {
+                Arc::new(TurnLog::new(
+                    TurnId::parse("t1").expect("turn id"),
+                    ResumePolicy::default().buffer_bytes,
+                    outbound.clone(),
+                ))
+            }),
         },
     )
     .await
@@ -116,13 +130,13 @@ fn end() -> StreamEvent {
 
 /// One stream of `n` tokens pushed as fast as the channel takes them, over a queue of `queue`
 /// frames; the time from the first send to the drainer having read every token frame.
-async fn stream_batch(n: usize, queue: usize) -> Duration {
+async fn stream_batch(n: usize, queue: usize, replay: bool) -> Duration {
     let Stream {
         tokens,
         mut frames,
         outbound,
         done,
-    } = spawn_forwarder(queue).await;
+    } = spawn_forwarder(queue, replay).await;
     // The socket writer's stand-in: reads until the bench's sentinel (a `Plain` frame queued
     // after the forwarder reported its outcome, so after every token frame).
     let drain = tokio::spawn(async move {
@@ -164,7 +178,7 @@ async fn stream_batch(n: usize, queue: usize) -> Duration {
 
 /// `iters` tokens, one at a time: send, then wait for its frame.
 async fn round_trips(iters: u64) -> Duration {
-    let mut s = spawn_forwarder(OUTBOUND_QUEUE).await;
+    let mut s = spawn_forwarder(OUTBOUND_QUEUE, true).await;
     // The first token does one-off bookkeeping (first-token times, the `first_token` event).
     s.tokens
         .send(StreamEvent::Token(TOKEN.to_owned()))
@@ -192,7 +206,7 @@ async fn round_trips(iters: u64) -> Duration {
 async fn setups(iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
-        let s = spawn_forwarder(OUTBOUND_QUEUE).await;
+        let s = spawn_forwarder(OUTBOUND_QUEUE, true).await;
         s.tokens.send(end()).await.expect("forwarder reads");
         black_box(s.done.await.expect("forwarder outcome"));
     }
@@ -206,9 +220,10 @@ pub fn bench(c: &mut Criterion) {
 
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, queue) in [
-        ("stream_1000_chunks", ROOMY_QUEUE),
-        ("stream_1000_chunks_queue_256", OUTBOUND_QUEUE),
+    for (name, queue, replay) in [
+        ("stream_1000_chunks", ROOMY_QUEUE, true),
+        ("stream_1000_chunks_no_replay", ROOMY_QUEUE, false),
+        ("stream_1000_chunks_queue_256", OUTBOUND_QUEUE, true),
     ] {
         TOKENS_SENT.store(0, Ordering::Relaxed);
         FRAMES_READ.store(0, Ordering::Relaxed);
@@ -217,7 +232,7 @@ pub fn bench(c: &mut Criterion) {
                 rt.block_on(rt.spawn(async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        total += stream_batch(BATCH, queue).await;
+                        total += stream_batch(BATCH, queue, replay).await;
                     }
                     total
                 }))

@@ -264,6 +264,12 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     turn_timeout_secs: Duration,
 
+    /// When a session has sent its turns, close it and open a new one in its place, until
+    /// --max-secs: sessions churn at a steady rate (a soak). The report adds RSS and errors per
+    /// five-minute window.
+    #[arg(long)]
+    repeat: bool,
+
     #[command(flatten)]
     target: Target,
 }
@@ -433,6 +439,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress: !args.target.quiet,
         stall_threshold: args.pacing_ms.map(|p| p * scenario::file::STALL_FACTOR),
         send_for: None,
+        repeat: args.repeat,
     };
     let started = unix_ms();
     let out = scenario::run::execute(&cfg, &rss).await?;

@@ -622,6 +622,7 @@ mod tests {
             progress: false,
             stall_threshold: None,
             send_for: None,
+            repeat: false,
         };
         let mut stats = RunStats::new().unwrap();
         for &g in gaps_ms {

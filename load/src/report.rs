@@ -337,6 +337,9 @@ pub struct RunReport {
     pub disconnects: BTreeMap<String, u64>,
     /// The server's CPU over the run, from the once-a-second samples (`--server-pid` only).
     pub server_cpu: Option<CpuSummary>,
+    /// Memory and errors per five-minute window, for runs of ten minutes or more (a soak).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakSummary>,
     /// One point per second: server RSS and CPU, open sessions, turns, TTFT and chunk gaps.
     pub timeline: Vec<crate::scenario::TimelinePoint>,
 }
@@ -357,6 +360,83 @@ pub struct CpuSummary {
     pub mean_percent: f64,
     /// Largest sample.
     pub peak_percent: f64,
+}
+
+/// A long run's server memory and errors per window: flat RSS and no error growth from one window
+/// to the next is what a soak must show. The first window holds the warm-up (caches filling,
+/// the allocator's arenas growing), so growth is measured from the second to the last.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSummary {
+    /// Length of each window.
+    pub window_secs: u64,
+    /// The windows, in order (the last may be shorter).
+    pub windows: Vec<SoakWindow>,
+    /// Median RSS of the last window over that of the second, minus one, in percent.
+    pub rss_growth_percent: Option<f64>,
+}
+
+/// One window of a soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakWindow {
+    /// Seconds since the run's start.
+    pub from_secs: u64,
+    /// Seconds since the run's start.
+    pub to_secs: u64,
+    /// Median of the once-a-second RSS samples.
+    pub rss_median_bytes: Option<u64>,
+    /// Largest RSS sample.
+    pub rss_max_bytes: Option<u64>,
+    /// Turns finished in the window.
+    pub turns: u64,
+    /// Errors in the window.
+    pub errors: u64,
+}
+
+/// Soak windows are this long.
+pub const SOAK_WINDOW_SECS: u64 = 300;
+
+impl SoakSummary {
+    /// The windows of `timeline`, when it spans at least two of them.
+    pub fn of(timeline: &[crate::scenario::TimelinePoint], window_secs: u64) -> Option<Self> {
+        let last = timeline.last()?;
+        if last.t_secs < (2 * window_secs) as f64 {
+            return None;
+        }
+        let mut windows = Vec::new();
+        let (mut turns_before, mut errors_before) = (0, 0);
+        for chunk in timeline.chunk_by(|a, b| {
+            (a.t_secs as u64).saturating_sub(1) / window_secs
+                == (b.t_secs as u64).saturating_sub(1) / window_secs
+        }) {
+            let (first, end) = (&chunk[0], &chunk[chunk.len() - 1]);
+            let mut rss: Vec<u64> = chunk.iter().filter_map(|p| p.rss_bytes).collect();
+            rss.sort_unstable();
+            let from = (first.t_secs as u64).saturating_sub(1) / window_secs * window_secs;
+            windows.push(SoakWindow {
+                from_secs: from,
+                to_secs: end.t_secs.round() as u64,
+                rss_median_bytes: rss.get(rss.len() / 2).copied(),
+                rss_max_bytes: rss.last().copied(),
+                turns: end.turns_done.saturating_sub(turns_before),
+                errors: end.errors.saturating_sub(errors_before),
+            });
+            (turns_before, errors_before) = (end.turns_done, end.errors);
+        }
+        let rss_growth_percent = match (
+            windows.get(1).and_then(|w| w.rss_median_bytes),
+            windows.last().and_then(|w| w.rss_median_bytes),
+        ) {
+            (Some(second), Some(last)) if second > 0 => {
+                Some((last as f64 / second as f64 - 1.0) * 100.0)
+            }
+            _ => None,
+        };
+        Some(Self {
+            window_secs,
+            windows,
+            rss_growth_percent,
+        })
+    }
 }
 
 impl CpuSummary {
@@ -491,6 +571,7 @@ impl RunReport {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             server_cpu: CpuSummary::of(&out.timeline),
+            soak: SoakSummary::of(&out.timeline, SOAK_WINDOW_SECS),
             timeline: out.timeline.clone(),
         }
     }
@@ -600,12 +681,37 @@ impl RunReport {
                 ),
             );
         }
+        if let Some(soak) = &self.soak {
+            o.push('\n');
+            soak.render(&mut o);
+        }
         if let Some(hops) = &self.hops {
             o.push('\n');
             hops.render(&mut o);
         }
         failures(&mut o, &self.failure_samples);
         o
+    }
+}
+
+impl SoakSummary {
+    fn render(&self, o: &mut String) {
+        let _ = writeln!(o, "soak, per {}-minute window:", self.window_secs / 60);
+        for w in &self.windows {
+            let _ = writeln!(
+                o,
+                "  {:>5}-{:<5} RSS median {:>10}  max {:>10}  turns {:>8}  errors {}",
+                format!("{}m", w.from_secs / 60),
+                format!("{}m", w.to_secs.div_ceil(60)),
+                opt_mib(w.rss_median_bytes),
+                opt_mib(w.rss_max_bytes),
+                w.turns,
+                w.errors
+            );
+        }
+        if let Some(g) = self.rss_growth_percent {
+            kv(o, "RSS, last window vs second", format!("{g:+.1}%"));
+        }
     }
 }
 
@@ -1059,6 +1165,7 @@ mod tests {
             progress: false,
             stall_threshold: None,
             send_for: None,
+            repeat: false,
         };
         let mut stats = RunStats::new().unwrap();
         let t0 = Instant::now();
@@ -1205,5 +1312,57 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{o}");
         assert!(lines[2].ends_with('-'));
+    }
+
+    fn point(t: u64, rss: u64, turns: u64, errors: u64) -> crate::scenario::TimelinePoint {
+        crate::scenario::TimelinePoint {
+            t_secs: t as f64,
+            rss_bytes: Some(rss),
+            cpu_percent: None,
+            open_sessions: 10,
+            turns_done: turns,
+            errors,
+            ttft_p50_ms: None,
+            ttft_p99_ms: None,
+            gap_p99_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_soak_is_summed_per_window_and_growth_is_measured_past_the_warm_up() {
+        // 15 minutes: RSS climbs in the first window (warm-up), then holds; errors only in the
+        // last window; 10 turns a second.
+        let timeline: Vec<_> = (1..=900)
+            .map(|t| {
+                let rss = if t <= 300 { 100 + t } else { 400 + t % 2 };
+                point(t, rss * 1_000_000, t * 10, t.saturating_sub(890))
+            })
+            .collect();
+        let soak = SoakSummary::of(&timeline, 300).expect("15 minutes is a soak");
+        assert_eq!(soak.windows.len(), 3);
+        assert_eq!(
+            soak.windows
+                .iter()
+                .map(|w| (w.from_secs, w.to_secs, w.turns, w.errors))
+                .collect::<Vec<_>>(),
+            [(0, 300, 3000, 0), (300, 600, 3000, 0), (600, 900, 3000, 10)]
+        );
+        let growth = soak.rss_growth_percent.unwrap();
+        assert!(growth.abs() < 0.5, "flat after the warm-up: {growth}");
+        let mut o = String::new();
+        soak.render(&mut o);
+        assert!(o.contains("10m-15m") && o.contains("errors 10"), "{o}");
+
+        // A leak: 1 MB a second, all run long.
+        let leaking: Vec<_> = (1..=900)
+            .map(|t| point(t, (100 + t) * 1_000_000, t, 0))
+            .collect();
+        let growth = SoakSummary::of(&leaking, 300)
+            .unwrap()
+            .rss_growth_percent
+            .unwrap();
+        assert!(growth > 50.0, "a leak shows: {growth}");
+        // Under two windows there is nothing to compare.
+        assert!(SoakSummary::of(&leaking[..500], 300).is_none());
     }
 }

@@ -54,6 +54,8 @@ pub struct TimelinePoint {
     pub open_sessions: u64,
     /// Turns finished so far.
     pub turns_done: u64,
+    /// Errors so far (error frames, protocol errors, drops, timeouts, failed connections).
+    pub errors: u64,
     /// TTFT median of the turns recorded this second, in ms.
     pub ttft_p50_ms: Option<f64>,
     /// TTFT p99 of the turns recorded this second, in ms.
@@ -115,6 +117,7 @@ impl ProgressTask {
                     cpu_percent: None,
                     open_sessions: recorder.progress.open_now(),
                     turns_done: Progress::get(&recorder.progress.turns_done),
+                    errors: Progress::get(&recorder.progress.errors),
                     ttft_p50_ms: None,
                     ttft_p99_ms: None,
                     gap_p99_ms: None,

@@ -51,6 +51,28 @@ pub struct Hello {
     /// of the connection joins: the TCP front's stand-in for the WebSocket upgrade's header.
     #[serde(default)]
     pub trace_header: Option<String>,
+    /// Where a reconnecting client left a turn: the frames of that turn after `seq` are sent
+    /// again from the session's replay buffer, then the rest of the stream. Needs `session_id`.
+    #[serde(default)]
+    pub resume_from: Option<ResumeFrom>,
+}
+
+/// `hello.resume_from`: the last frame of a turn the client received.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ResumeFrom {
+    /// The turn that was streaming when the connection dropped.
+    pub turn_id: TurnId,
+    /// The `seq` of the last frame of that turn the client received; absent when it received
+    /// none (every frame of the turn is sent).
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+impl ResumeFrom {
+    /// Whether the client still needs the frame numbered `seq`.
+    pub fn wants(&self, seq: u64) -> bool {
+        self.seq.is_none_or(|last| seq > last)
+    }
 }
 
 /// A bearer token as the client sent it. Its `Debug` never shows it, so a logged frame cannot
@@ -140,11 +162,15 @@ pub enum ErrorCode {
     Overloaded,
     /// `user_message.text` is longer than `server.max_turn_chars`.
     TextTooLong,
+    /// `hello.resume_from` named a turn whose missed frames are no longer held (the replay
+    /// buffer overflowed, the resume window passed, or the turn streamed on another server);
+    /// the session itself is resumed, and its transcript holds every committed turn.
+    ResumeExpired,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive metric labels.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::TooLarge,
@@ -166,6 +192,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::TextTooLong,
+        ErrorCode::ResumeExpired,
     ];
 
     /// The wire (and metric label) spelling.
@@ -192,6 +219,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::ResumeExpired => "resume_expired",
         }
     }
 }
@@ -481,8 +509,27 @@ mod tests {
                 protocol: 1,
                 session_id: None,
                 token: None,
-                trace_header: None
+                trace_header: None,
+                resume_from: None,
             }))
+        );
+        let Ok(ClientFrame::Hello(h)) = dec(
+            r#"{"type":"hello","protocol":1,"session_id":"s1","resume_from":{"turn_id":"t7","seq":4}}"#,
+        ) else {
+            panic!("not a hello")
+        };
+        let from = h.resume_from.expect("resume_from decoded");
+        assert_eq!((from.turn_id.as_str(), from.seq), ("t7", Some(4)));
+        assert!(!from.wants(4) && from.wants(5));
+        let Ok(ClientFrame::Hello(h)) =
+            dec(r#"{"type":"hello","protocol":1,"resume_from":{"turn_id":"t7"}}"#)
+        else {
+            panic!("not a hello")
+        };
+        assert!(h.resume_from.unwrap().wants(0), "no seq: every frame");
+        assert_eq!(
+            dec(r#"{"type":"hello","protocol":1,"resume_from":{"seq":3}}"#).map_err(|e| e.code()),
+            Err(ErrorCode::BadRequest)
         );
         let Ok(ClientFrame::Hello(h)) = dec(r#"{"type":"hello","protocol":1,"token":"abc.def"}"#)
         else {

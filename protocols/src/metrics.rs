@@ -209,11 +209,13 @@ pub enum DisconnectReason {
     UserErased,
     /// `hello` was refused for its token.
     Unauthorized,
+    /// The client resumed the session on another connection.
+    Superseded,
 }
 
 impl DisconnectReason {
     /// Every reason.
-    pub const ALL: [DisconnectReason; 7] = [
+    pub const ALL: [DisconnectReason; 8] = [
         DisconnectReason::ClientClosed,
         DisconnectReason::IdleTimeout,
         DisconnectReason::SlowConsumer,
@@ -221,6 +223,7 @@ impl DisconnectReason {
         DisconnectReason::Error,
         DisconnectReason::UserErased,
         DisconnectReason::Unauthorized,
+        DisconnectReason::Superseded,
     ];
 
     /// The label spelling.
@@ -233,6 +236,7 @@ impl DisconnectReason {
             DisconnectReason::Error => "error",
             DisconnectReason::UserErased => "user_erased",
             DisconnectReason::Unauthorized => "unauthorized",
+            DisconnectReason::Superseded => "superseded",
         }
     }
 }
@@ -718,6 +722,12 @@ pub enum MetricEvent {
     },
     /// A `product_cards` append missed `enrichment.append_deadline_ms` and was dropped.
     AppendDropped,
+    /// A client resumed a turn with `hello.resume_from`.
+    Resumed {
+        /// True when the missed frames were sent (or handed to the streaming turn); false when
+        /// they were not held (`resume_expired`).
+        replayed: bool,
+    },
     /// Token frames merged into one because the client was not reading fast enough.
     TokensCoalesced {
         /// Frames saved (tokens merged minus one).

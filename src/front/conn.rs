@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use mangaassist_actors::metrics_sink::MetricsHandle;
 use mangaassist_actors::outbound::{CloseReason, Mark, OutFrame, Outbound};
-use mangaassist_actors::session::{ClaimError, Refusal, SessionActor, SessionArgs, SessionMsg};
+use mangaassist_actors::session::{
+    AttachedTo, ClaimError, Refusal, SessionActor, SessionArgs, SessionMsg,
+};
 use mangaassist_actors::supervisor::{CallError, ChildSpec, Restart, SupervisorMsg, WorkerSlot};
-use mangaassist_protocols::frame::{ErrorCode, FrameError, Hello, UserMessage, decode_client};
+use mangaassist_protocols::frame::{
+    ErrorCode, FrameError, Hello, ResumeFrom, UserMessage, decode_client,
+};
 use mangaassist_protocols::metrics::{
     ActorKind, DisconnectReason, GapBatch, MetricEvent, Transport,
 };
@@ -38,6 +42,8 @@ const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A session bound to this connection.
 struct Bound {
+    /// Which session.
+    id: SessionId,
     /// Where the session actor lives (updated if it is restarted).
     actor: WorkerSlot<SessionMsg>,
     /// Whose session it is.
@@ -207,6 +213,15 @@ impl Connection {
                 )
                 .await;
         }
+        if hello.resume_from.is_some() && hello.session_id.is_none() {
+            return self
+                .send_error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "`resume_from` needs `session_id`: the session whose turn to resume",
+                )
+                .await;
+        }
         if hello.protocol != PROTOCOL_VERSION {
             return self
                 .send_error(
@@ -261,7 +276,18 @@ impl Connection {
         if hello.trace_header.is_some() {
             self.trace_header = hello.trace_header;
         }
+        let resuming = hello.session_id.is_some();
         let session_id = hello.session_id.unwrap_or_else(SessionId::new_random);
+        // A session whose connection dropped waits here for its client: take it over.
+        if resuming
+            && let Some((slot, resumed_turns)) = self
+                .reattach(&session_id, &user, hello.resume_from.is_some())
+                .await
+        {
+            return self
+                .welcome(session_id, slot, user, resumed_turns, hello.resume_from)
+                .await;
+        }
         let lease = match self
             .state
             .registry
@@ -284,7 +310,7 @@ impl Connection {
             session_id: session_id.clone(),
             user_id: user.clone(),
             pipeline: self.state.pipeline.clone(),
-            outbound: self.outbound.clone(),
+            outbound: AttachedTo::new(self.outbound.clone()),
             lease: Arc::new(lease),
         };
         let spec = ChildSpec::new(
@@ -321,9 +347,54 @@ impl Connection {
                 )
                 .await;
         };
-        self.session = Some(Bound { actor: slot, user });
+        self.welcome(session_id, slot, user, resumed_turns, hello.resume_from)
+            .await;
+    }
+
+    /// Takes over session `id` of `user` if it is detached here (its connection dropped and it
+    /// waits for a resume). With `take_over` (the `hello` resumes a turn), a connection still
+    /// holding the session is closed as superseded first: the server may not have noticed yet
+    /// that it dropped. `None`: open the session afresh.
+    async fn reattach(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+        take_over: bool,
+    ) -> Option<(WorkerSlot<SessionMsg>, u32)> {
+        let registry = &self.state.registry;
+        let slot = match registry.take_detached(id, user, &self.outbound) {
+            Some(slot) => slot,
+            None if take_over => {
+                registry
+                    .supersede(id, user, &self.outbound, SESSION_CLOSE_TIMEOUT)
+                    .await?
+            }
+            None => return None,
+        };
+        let outbound = self.outbound.clone();
+        match slot
+            .call(SESSION_CALL_TIMEOUT, |reply| SessionMsg::Reattach {
+                outbound,
+                reply,
+            })
+            .await
+        {
+            Ok(Some(turns)) => Some((slot, turns)),
+            _ => None,
+        }
+    }
+
+    /// Binds the session, sends `welcome`, then the frames of `resume_from` the client missed.
+    async fn welcome(
+        &mut self,
+        session_id: SessionId,
+        slot: WorkerSlot<SessionMsg>,
+        user: UserId,
+        resumed_turns: u32,
+        resume_from: Option<ResumeFrom>,
+    ) {
         let welcome = ServerFrame::Welcome {
-            session_id,
+            session_id: session_id.clone(),
             protocol: PROTOCOL_VERSION,
             model: self
                 .state
@@ -332,6 +403,19 @@ impl Connection {
             resumed_turns,
         };
         let _ = self.outbound.send(&welcome, Mark::Plain).await;
+        if let Some(from) = resume_from {
+            let _ = slot
+                .call(SESSION_CALL_TIMEOUT, |reply| SessionMsg::Resume {
+                    from,
+                    reply,
+                })
+                .await;
+        }
+        self.session = Some(Bound {
+            id: session_id,
+            actor: slot,
+            user,
+        });
     }
 
     async fn on_user_message(&mut self, message: UserMessage, received_at: Instant) {
@@ -475,24 +559,50 @@ impl Connection {
 
     /// The connection is over: stop the session and account for it. `seen` is how the reader
     /// saw it end; a reason the server gave for closing (slow consumer, shutdown) takes precedence.
+    ///
+    /// A connection that was closed on purpose (by the client, a shutdown, an erasure) closes
+    /// its session. One that dropped (a read or write error, a client that stopped reading or
+    /// went silent, a resume from another connection) detaches it, when resume is on: its turn
+    /// streams on for the client to resume within `server.resume_window_ms`.
     pub async fn close(self, seen: DisconnectReason) {
         self.outbound.closing().cancel();
-        if let Some(session) = &self.session {
-            // Returns once the session's last turn is recorded and the session is free again,
-            // so a client that reconnects after seeing this socket close can resume it.
-            let _ = session
-                .actor
-                .call(SESSION_CLOSE_TIMEOUT, SessionMsg::Close)
-                .await;
-        }
         let reason = match self.outbound.close_reason() {
             Some(CloseReason::SlowConsumer) => DisconnectReason::SlowConsumer,
             Some(CloseReason::ServerShutdown) => DisconnectReason::ServerShutdown,
             Some(CloseReason::IdleTimeout) => DisconnectReason::IdleTimeout,
             Some(CloseReason::UserErased) => DisconnectReason::UserErased,
             Some(CloseReason::Unauthorized) => DisconnectReason::Unauthorized,
+            Some(CloseReason::Superseded) => DisconnectReason::Superseded,
             None => seen,
         };
+        if let Some(session) = &self.session {
+            let dropped = matches!(
+                reason,
+                DisconnectReason::Error
+                    | DisconnectReason::SlowConsumer
+                    | DisconnectReason::IdleTimeout
+                    | DisconnectReason::Superseded
+            );
+            if dropped {
+                let detached = session
+                    .actor
+                    .call(SESSION_CLOSE_TIMEOUT, SessionMsg::Detach)
+                    .await;
+                if matches!(detached, Ok(true)) {
+                    self.state
+                        .registry
+                        .detach(&session.id, session.actor.clone());
+                }
+            } else {
+                // Returns once the session's last turn is recorded and the session is free
+                // again, so a client that reconnects after seeing this socket close can resume
+                // it.
+                let _ = session
+                    .actor
+                    .call(SESSION_CLOSE_TIMEOUT, SessionMsg::Close)
+                    .await;
+            }
+        }
         let metrics = &self.state.pipeline.metrics;
         metrics.emit(MetricEvent::Disconnect { reason });
         metrics.emit(MetricEvent::Connection {
@@ -538,6 +648,12 @@ pub fn close_frame(reason: CloseReason) -> Option<ServerFrame> {
             ErrorCode::IdleTimeout,
             "no frame was read or written for server.idle_timeout_ms; closing",
         ),
+        CloseReason::Superseded => ServerFrame::error(
+            None,
+            None,
+            ErrorCode::SessionInUse,
+            "the session was resumed on another connection; closing this one",
+        ),
         CloseReason::UserErased => ServerFrame::error(
             None,
             None,
@@ -581,15 +697,18 @@ impl WriteTimer {
                 self.last_token = None;
             }
             Mark::Token => {
-                match self.last_token {
-                    Some(prev) => {
+                match (self.last_token, self.received_at) {
+                    (Some(prev), _) => {
                         if self.gaps.push(micros(now.duration_since(prev))) {
                             self.flush();
                         }
                     }
-                    None => self.metrics.emit(MetricEvent::FirstToken {
-                        ttft_us: micros(now.duration_since(self.received_at.unwrap_or(now))),
+                    (None, Some(received_at)) => self.metrics.emit(MetricEvent::FirstToken {
+                        ttft_us: micros(now.duration_since(received_at)),
                     }),
+                    // A turn resumed on this connection: its first token went out on another,
+                    // so gaps are timed from here and there is no time to first token.
+                    (None, None) => {}
                 }
                 self.last_token = Some(now);
             }

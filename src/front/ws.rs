@@ -74,6 +74,7 @@ async fn run(socket: WebSocket, state: FrontState, trace_header: Option<String>)
                     CloseReason::IdleTimeout => (1000, "idle_timeout"),
                     CloseReason::UserErased => (1000, "session_ended"),
                     CloseReason::Unauthorized => (1008, "unauthorized"),
+                    CloseReason::Superseded => (1000, "superseded"),
                 };
                 let _ = sink
                     .0

@@ -225,6 +225,38 @@ impl Client {
         assert!(ended.is_ok(), "the connection stayed open");
     }
 
+    /// Closes the connection the way a client that is done does: a WebSocket close (or the end
+    /// of the TCP stream), then waits for the server to close its side.
+    pub async fn close(self) {
+        match self {
+            Client::Ws(mut ws) => {
+                let _ = (*ws).close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            Client::Tcp { mut reader, writer } => {
+                drop(writer);
+                let mut rest = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut rest).await;
+            }
+        }
+    }
+
+    /// Drops the connection the way a network does: a TCP reset, no WebSocket close and no
+    /// end of stream, so the server sees a read error (a connection that dropped, not one the
+    /// client closed).
+    pub fn drop_abruptly(self) {
+        let stream = match self {
+            Client::Ws(ws) => match ws.into_inner() {
+                tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+                _ => unreachable!("the tests speak plain TCP"),
+            },
+            Client::Tcp { reader, writer } => reader.into_inner().reunite(writer).unwrap(),
+        };
+        // SO_LINGER 0: closing sends RST instead of FIN.
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    }
+
     pub async fn expect_error(&mut self) -> ErrorFrame {
         match self.next().await {
             ServerFrame::Error(e) => e,
@@ -287,8 +319,13 @@ pub async fn run_turn(client: &mut Client, text: &str) -> TurnResult {
 }
 
 pub async fn collect_turn(client: &mut Client, turn_id: &str) -> TurnResult {
+    collect_turn_from(client, turn_id, 0).await
+}
+
+/// The rest of a turn whose next frame is numbered `first_seq` (a resumed turn).
+pub async fn collect_turn_from(client: &mut Client, turn_id: &str, first_seq: u64) -> TurnResult {
     let mut r = TurnResult::default();
-    let mut expected_seq = 0u64;
+    let mut expected_seq = first_seq;
     loop {
         let f = client.next().await;
         let seq = match &f {

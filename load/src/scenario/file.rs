@@ -13,6 +13,7 @@
 //! turn_timeout_secs = 60
 //! pacing_ms = 25        # the server's model pacing: a gap over 10x this is a stall
 //! chaos = ["retriever=200ms"]   # optional: installed through POST /admin/chaos, removed after
+//! repeat = true         # optional: a session done with its turns is replaced by a new one
 //! ```
 //!
 //! Every field but `name`, `sessions` and `turns` has a default; unknown fields are refused, so
@@ -61,6 +62,10 @@ pub struct ScenarioFile {
     /// `POST /admin/chaos` before the run and removed after it.
     #[serde(default)]
     pub chaos: Vec<String>,
+    /// A session that has sent its turns closes and its slot opens a new one, until
+    /// `max_secs`: a steady churn of sessions (the soak).
+    #[serde(default)]
+    pub repeat: bool,
 }
 
 fn default_ramp() -> f64 {
@@ -154,6 +159,7 @@ impl ScenarioFile {
                 Some(h) => Some(ramp + secs("hold_secs", h)?),
                 None => None,
             },
+            repeat: self.repeat,
         })
     }
 }
@@ -172,7 +178,10 @@ mod tests {
             names.push(s.name);
         }
         names.sort();
-        assert_eq!(names, ["chaos", "flash-sale", "long-sessions", "steady"]);
+        assert_eq!(
+            names,
+            ["chaos", "flash-sale", "long-sessions", "soak", "steady"]
+        );
     }
 
     #[test]

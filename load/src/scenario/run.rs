@@ -71,6 +71,9 @@ pub struct RunConfig {
     /// No session starts a new turn after this long from the run's start (turns in flight
     /// finish); `None` sends every turn. The flash-sale scenario ramps, then holds until it.
     pub send_for: Option<Duration>,
+    /// A session that has sent its turns closes and its slot opens a new one, until the run
+    /// stops: sessions churn at a steady rate for as long as the run lasts (the soak).
+    pub repeat: bool,
 }
 
 /// Server RSS around a run.
@@ -185,8 +188,33 @@ async fn session(
     send_until: Option<Instant>,
     http: Option<reqwest::Client>,
 ) {
+    loop {
+        let connected = one_session(index, &cfg, &rec, &cancel, send_until, http.clone()).await;
+        let over = cancel.is_cancelled() || send_until.is_some_and(|t| Instant::now() >= t);
+        if !cfg.repeat || over {
+            return;
+        }
+        if !connected {
+            // A server that refuses connections is not hammered: one attempt a second per slot.
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// One session from `hello` to close; false when it could not connect.
+async fn one_session(
+    index: u64,
+    cfg: &RunConfig,
+    rec: &Arc<Recorder>,
+    cancel: &CancellationToken,
+    send_until: Option<Instant>,
+    http: Option<reqwest::Client>,
+) -> bool {
     match &cfg.upstream {
-        Upstream::WebSocket => ws_session(index, &cfg, &rec, &cancel, send_until).await,
+        Upstream::WebSocket => ws_session(index, cfg, rec, cancel, send_until).await,
         Upstream::OpenAi {
             base,
             model,
@@ -194,14 +222,15 @@ async fn session(
         } => {
             let progress = &rec.progress;
             let Some(http) = http else {
-                return;
+                return false;
             };
             let client = OpenAiSession::new(http, base, model, api_key.as_deref());
             rec.with(|s| s.record_connected(Duration::ZERO, &client.model_info()));
             Progress::bump(&progress.connected);
             let mut client = client;
-            turns(index, &cfg, &rec, &cancel, send_until, &mut client).await;
+            turns(index, cfg, rec, cancel, send_until, &mut client).await;
             Progress::bump(&progress.closed);
+            true
         }
     }
 }
@@ -284,18 +313,19 @@ async fn turns(
     }
 }
 
-/// One WebSocket session: connect, say hello, send the turns, close.
+/// One WebSocket session: connect, say hello, send the turns, close. False when it could not
+/// connect.
 async fn ws_session(
     index: u64,
     cfg: &RunConfig,
     rec: &Recorder,
     cancel: &CancellationToken,
     send_until: Option<Instant>,
-) {
+) -> bool {
     let progress = &rec.progress;
     let token = cfg.credentials.token(index);
     let opened = tokio::select! {
-        () = cancel.cancelled() => return,
+        () = cancel.cancelled() => return true,
         opened = Connection::open(&cfg.url, token.as_deref(), cfg.connect_timeout) => opened,
     };
     let mut conn = match opened {
@@ -304,7 +334,7 @@ async fn ws_session(
             rec.with(|s| e.record_into(s));
             Progress::bump(&progress.connect_failed);
             Progress::bump(&progress.errors);
-            return;
+            return false;
         }
     };
     rec.with(|s| s.record_connected(conn.connect_latency(), conn.model()));
@@ -312,6 +342,7 @@ async fn ws_session(
     turns(index, cfg, rec, cancel, send_until, &mut conn).await;
     conn.close().await;
     Progress::bump(&progress.closed);
+    true
 }
 
 #[cfg(test)]
@@ -336,6 +367,7 @@ mod tests {
             progress: false,
             stall_threshold: None,
             send_for: None,
+            repeat: false,
         }
     }
 
@@ -460,6 +492,37 @@ mod tests {
         assert_eq!(out.stats.sessions_connected, 2);
         assert_eq!(out.stats.turns_cut, 2);
         assert_eq!(out.stats.turns_failed(), 0);
+    }
+
+    #[tokio::test]
+    async fn repeat_replaces_each_finished_session_until_the_run_stops() {
+        let server = TestServer::start(Script::Stream {
+            tokens: 3,
+            gap: Duration::from_millis(2),
+        })
+        .await;
+        let mut cfg = config(server.url(), 2, 2);
+        cfg.repeat = true;
+        cfg.max = Duration::from_millis(800);
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        let s = &out.stats;
+        assert!(out.stopped_by_max, "a repeating run ends at max");
+        assert!(
+            s.sessions_connected > 4,
+            "new sessions replaced finished ones: {}",
+            s.sessions_connected
+        );
+        assert!(s.turns_ok >= 2 * (s.sessions_connected - 2), "{s:?}");
+        assert_eq!(s.turns_failed(), 0);
+        // The control: without repeat, the same two slots run two sessions and stop.
+        cfg.repeat = false;
+        let out = execute(&cfg, &RssSource::Unavailable("test".into()))
+            .await
+            .unwrap();
+        assert!(!out.stopped_by_max);
+        assert_eq!(out.stats.sessions_connected, 2);
     }
 
     /// A server streaming `tokens` tokens `gap` apart: far longer than the tests let it run.
