@@ -381,6 +381,8 @@ impl SessionState {
                     return;
                 }
                 Requested::HandedOver => {
+                    // The turn streams here now: a draining shutdown waits for its end.
+                    outbound.turn_opened();
                     metrics.emit(MetricEvent::Resumed { replayed: true });
                     return;
                 }
@@ -702,9 +704,6 @@ impl Actor for SessionActor {
                     return Ok(());
                 }
                 state.detached = None;
-                if state.active.is_some() {
-                    outbound.turn_opened();
-                }
                 state.args.outbound.set(outbound);
                 tracing::info!(session = %state.args.session_id, "session resumed on a new connection");
                 let _ = reply.send(Some(state.next_index));
