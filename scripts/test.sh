@@ -8,7 +8,8 @@
 # starts, kills and restarts its own redis-server processes on free ports), plus a shared instance
 # on 127.0.0.1:6379 for end-to-end tests (started here when nothing answers there); and an
 # OpenSearch-compatible server on 127.0.0.1:9200 (osmem-server from PyPI in a venv under target/,
-# started here when nothing answers there).
+# started here when nothing answers there); and for the chat page's browser test, Debian's
+# chromium, Node.js and playwright-core (`npm ci` in tests/browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +93,33 @@ if ! os_ping; then
   fi
 fi
 echo "opensearch: $(curl -s http://127.0.0.1:9200/ | sed -n 's/.*"distribution":"\([^"]*\)".*"number":"\([^"]*\)".*/\1 \2/p') answers on 127.0.0.1:9200"
+
+# --- Chromium and playwright-core ------------------------------------------------------------
+# tests/browser.rs drives the chat page in Debian's headless Chromium with playwright-core from
+# npm (pinned in tests/browser/package-lock.json; it never downloads a browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  step "installing chromium (apt-get)"
+  chromium_install() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+  chromium_install || { as_root apt-get update && chromium_install; } || true
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "ERROR: /usr/bin/chromium is missing and 'apt-get install -y chromium' failed." >&2
+    echo "       tests/browser.rs needs it; install Debian's chromium and re-run." >&2
+    exit 1
+  fi
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  step "installing nodejs and npm (apt-get)"
+  node_install() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
+  node_install || { as_root apt-get update && node_install; } || true
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    || { echo "ERROR: node/npm are missing and apt-get could not install them; tests/browser.rs needs them" >&2; exit 1; }
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  step "npm ci in tests/browser (playwright-core)"
+  (cd tests/browser && npm ci --no-audit --no-fund) \
+    || { echo "ERROR: 'npm ci' in tests/browser failed; tests/browser.rs needs playwright-core" >&2; exit 1; }
+fi
+echo "browser: $(/usr/bin/chromium --version 2>/dev/null), playwright-core $(node -p "require('./tests/browser/node_modules/playwright-core/package.json').version")"
 
 step "cargo test --workspace"
 log=$(mktemp)

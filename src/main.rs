@@ -488,13 +488,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     path.display()
                 );
                 let user = mangaassist_protocols::UserId::parse(mangaassist::auth::DEV_USER)?;
+                let token = runtime.auth.mint(&user, Duration::from_secs(24 * 3_600));
+                let admin = runtime.auth.mint_admin(Duration::from_secs(24 * 3_600));
+                eprintln!("a token for user `{user}`, valid 24h: {token}");
+                eprintln!("an admin token (/admin/*, loopback only), valid 24h: {admin}");
+                // The tokens ride in the fragment, which the browser never sends to a server.
                 eprintln!(
-                    "a token for user `{user}`, valid 24h: {}",
-                    runtime.auth.mint(&user, Duration::from_secs(24 * 3_600))
+                    "chat in a browser: http://{}/#token={token}&admin={admin}",
+                    runtime.http_addr
                 );
+            } else {
                 eprintln!(
-                    "an admin token (/admin/*, loopback only), valid 24h: {}",
-                    runtime.auth.mint_admin(Duration::from_secs(24 * 3_600))
+                    "chat in a browser: http://{}/ (paste a token from `mangaassist token --user ID`)",
+                    runtime.http_addr
                 );
             }
             eprintln!("chat with it: cargo run --release -- chat   (Ctrl-C to stop the server)");

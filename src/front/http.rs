@@ -1,4 +1,5 @@
-//! The HTTP listener: `GET /ws`, `GET /metrics`, `GET /healthz`, `GET /readyz`, `/admin/*`.
+//! The HTTP listener: `GET /` (the chat page), `GET /ws`, `GET /metrics`, `GET /healthz`,
+//! `GET /readyz`, `/admin/*`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -17,12 +18,35 @@ use super::{FrontState, ws};
 /// The router of the HTTP listener.
 pub fn router(state: FrontState) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(super::admin::routes(&state))
         .with_state(state)
+}
+
+/// The chat page (docs/page.md): one self-contained file built into the binary, no build step
+/// and nothing fetched from elsewhere. It speaks protocol v1 over `/ws` like any client.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Everything the page needs is in it or on this origin: no script, style or
+            // connection from anywhere else.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
