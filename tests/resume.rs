@@ -394,3 +394,26 @@ async fn an_ended_turn_is_let_go_once_its_window_passes() {
     assert_eq!(e.code, ErrorCode::ResumeExpired);
     assert!(e.message.contains("not held here"), "{}", e.message);
 }
+
+#[tokio::test]
+async fn a_turn_still_detached_at_shutdown_is_recorded_as_cancelled() {
+    let server = paced(25, |_| {}).await;
+    let mut c = Client::ws(&server).await;
+    let session = c.hello().await;
+    let (before, _) = ask_and_read(&mut c, "r1", "recommend a long fantasy series", 2).await;
+    c.drop_abruptly();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.runtime.registry.len(), 1, "detached, waiting");
+    let transcripts = server.runtime.pipeline.transcripts.clone();
+    let Server { runtime, _dir } = server;
+    runtime.shutdown().await;
+    let user = mangaassist_protocols::UserId::parse(common::READER).unwrap();
+    let turns = transcripts.load_session(&user, &session).await.unwrap();
+    assert_eq!(turns.len(), 1, "the answer nobody came back for is kept");
+    assert_eq!(turns[0].finish_reason, FinishReason::Cancelled);
+    assert!(
+        turns[0].answer_text.starts_with(&before),
+        "{:?} vs {before:?}",
+        turns[0].answer_text
+    );
+}

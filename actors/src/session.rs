@@ -716,6 +716,28 @@ impl Actor for SessionActor {
         Ok(())
     }
 
+    /// Stopped from outside (the runtime's shutdown stops every session) with a turn still
+    /// streaming, which happens to a detached session waiting for its client: the turn ends as a
+    /// closed connection's does, recorded as cancelled with what was generated, rather than as
+    /// a failure (which is [`SessionState`]'s `Drop`, for a session that panicked).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(active) = state.active.take() {
+            active.control.cancel.cancel();
+            state.tasks.close();
+            if tokio::time::timeout(CLOSE_GRACE, state.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(session = %state.args.session_id, "turn still running at stop");
+            }
+        }
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<Self::Msg>,
