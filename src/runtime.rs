@@ -494,7 +494,11 @@ impl Runtime {
             shutdown.clone(),
             &tasks,
         );
-        pipeline.replays.run(REPLAY_SWEEP, shutdown.clone(), &tasks);
+        let replays = pipeline.replays.clone();
+        every(REPLAY_SWEEP, shutdown.clone(), &tasks, move || {
+            replays.sweep(tokio::time::Instant::now());
+            std::future::ready(())
+        });
         let registry = SessionRegistry::with_limits(config.session_limits);
         let ready = Arc::new(AtomicBool::new(false));
         let front = FrontState {
@@ -635,6 +639,25 @@ const REPLAY_SWEEP: Duration = Duration::from_secs(1);
 /// How often idle sessions are looked for (and once at start).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(3600);
 
+/// Runs `job` at once and then every `period`, until `shutdown`, on `tasks`.
+fn every<F, Fut>(period: Duration, shutdown: CancellationToken, tasks: &TaskTracker, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            job().await;
+        }
+    });
+}
+
 /// Deletes sessions idle past `ttl` at start and then every [`EXPIRY_SWEEP`], until `shutdown`.
 fn expire_inactive(
     transcripts: Arc<dyn TranscriptStore>,
@@ -642,14 +665,9 @@ fn expire_inactive(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) {
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(EXPIRY_SWEEP);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+    every(EXPIRY_SWEEP, shutdown, tasks, move || {
+        let transcripts = transcripts.clone();
+        async move {
             match transcripts.expire_inactive(ttl).await {
                 Ok(e) if e.sessions > 0 => tracing::info!(
                     sessions = e.sessions,

@@ -14,6 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Server, collect_turn_from, metric, metrics_text, run_turn, start_with};
+use mangaassist_actors::turn::ResumePolicy;
 use mangaassist_protocols::frame::{ErrorCode, FinishReason};
 use mangaassist_protocols::turn::TurnRecord;
 use mangaassist_protocols::{ServerFrame, SessionId};
@@ -26,6 +27,14 @@ async fn paced(pacing_ms: u64, f: impl FnOnce(&mut mangaassist::config::Config))
         f(c);
     })
     .await
+}
+
+/// Resume on, with this window and buffer.
+fn resume(window: Duration, buffer_bytes: usize) -> Option<ResumePolicy> {
+    Some(ResumePolicy {
+        window,
+        buffer_bytes,
+    })
 }
 
 /// `hello` resuming `session` from frame `seq` of `turn` (`None`: no frame of it received).
@@ -206,13 +215,7 @@ async fn a_turn_that_ended_while_the_client_was_away_is_replayed_from_the_seq_it
 #[tokio::test]
 async fn a_resume_past_the_replay_buffer_gets_resume_expired_and_keeps_the_session() {
     // 300 bytes hold a few frames: the early ones of a whole answer are dropped.
-    let server = paced(2, |c| {
-        c.turn.resume = Some(mangaassist_actors::turn::ResumePolicy {
-            window: Duration::from_secs(30),
-            buffer_bytes: 300,
-        });
-    })
-    .await;
+    let server = paced(2, |c| c.turn.resume = resume(Duration::from_secs(30), 300)).await;
     let mut c = Client::ws(&server).await;
     let session = c.hello().await;
     let (_, last) = ask_and_read(&mut c, "r1", "recommend a long fantasy series", 1).await;
@@ -248,10 +251,7 @@ async fn a_resume_past_the_replay_buffer_gets_resume_expired_and_keeps_the_sessi
 #[tokio::test]
 async fn a_session_nobody_resumes_within_the_window_closes_and_records_its_turn() {
     let server = paced(25, |c| {
-        c.turn.resume = Some(mangaassist_actors::turn::ResumePolicy {
-            window: Duration::from_millis(300),
-            buffer_bytes: 256 * 1024,
-        });
+        c.turn.resume = resume(Duration::from_millis(300), 256 * 1024);
     })
     .await;
     let mut c = Client::ws(&server).await;
@@ -364,10 +364,7 @@ async fn resume_from_without_a_session_is_a_bad_request() {
 #[tokio::test]
 async fn an_ended_turn_is_let_go_once_its_window_passes() {
     let server = paced(2, |c| {
-        c.turn.resume = Some(mangaassist_actors::turn::ResumePolicy {
-            window: Duration::from_secs(1),
-            buffer_bytes: 256 * 1024,
-        });
+        c.turn.resume = resume(Duration::from_secs(1), 256 * 1024)
     })
     .await;
     let mut c = Client::ws(&server).await;

@@ -158,14 +158,6 @@ enum Step {
     Handover(Handover),
 }
 
-/// Returns when a resume is handed to the producer of `log` (never without a log).
-async fn resumed(log: Option<&TurnLog>) {
-    match log {
-        Some(log) => log.resumed().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// How long an inline lookup may hold a token (it has no budget: that is the point).
 const INLINE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -229,6 +221,11 @@ impl ForwarderState {
     /// Streams to the current connection until the stream ends, the connection goes, or a
     /// resume hands the turn to another connection.
     ///
+    /// Nothing here waits for a resume: one is only asked for once the connection it replaces
+    /// has closed, so the `closed` branch sends the stream to [`Self::detached`], which does. A
+    /// resume that comes between that close and this loop noticing it is taken by the next
+    /// [`TurnLog::record`]. So no chunk pays for watching the resume signal.
+    ///
     /// Per chunk: receive, mailbox chaos, encode, record, queue. The queue is never waited on
     /// while tokens arrive: when it is full, tokens are merged into one pending frame (up to
     /// `coalesce_max_bytes`) that goes out as soon as a place frees. If no place frees within
@@ -237,7 +234,6 @@ impl ForwarderState {
         let outbound = self.outbound.clone();
         let closed = outbound.closing().cancelled();
         tokio::pin!(closed);
-        let log = self.log.clone();
         let mut pending: Option<Pending> = None;
         loop {
             let room = pending
@@ -250,16 +246,6 @@ impl ForwarderState {
             let event = tokio::select! {
                 biased;
                 () = &mut closed => return self.gone(pending),
-                () = resumed(log.as_deref()) => {
-                    let handover = match pending.take() {
-                        Some(p) => self.record(p),
-                        None => log.as_ref().and_then(|l| l.take_handover()),
-                    };
-                    if let Some(h) = handover {
-                        return Step::Handover(h);
-                    }
-                    continue;
-                }
                 place = outbound.reserve(), if pending.is_some() => {
                     let Ok(place) = place else {
                         return self.gone(pending);

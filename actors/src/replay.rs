@@ -16,14 +16,11 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use mangaassist_protocols::TurnId;
 use mangaassist_protocols::frame::ResumeFrom;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::outbound::{Mark, Outbound};
 
@@ -228,7 +225,7 @@ impl TurnLog {
 }
 
 /// Lets ended turns' buffers go once the resume window after their end has passed: one queue
-/// and one task ([`Retention::run`]) for the process, not a timer per turn. Every entry waits
+/// for the process, swept by one periodic task (the runtime's), not a timer per turn. Every entry waits
 /// the same window, so the queue is in due order.
 #[derive(Debug, Default)]
 pub struct Retention {
@@ -274,27 +271,6 @@ impl Retention {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Weak<TurnLog>)>> {
         self.due.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Sweeps every `every` until `shutdown`, on `tasks`.
-    pub fn run(
-        self: &Arc<Self>,
-        every: Duration,
-        shutdown: CancellationToken,
-        tasks: &TaskTracker,
-    ) {
-        let this = self.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                this.sweep(Instant::now());
-            }
-        });
-    }
 }
 
 fn missed(frames: &VecDeque<Logged>, from: &ResumeFrom) -> Vec<Logged> {
@@ -326,6 +302,8 @@ pub async fn send_missed(outbound: &Outbound, missed: Vec<Logged>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn from(seq: Option<u64>) -> ResumeFrom {

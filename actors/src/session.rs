@@ -352,10 +352,18 @@ impl SessionState {
     /// and stops.
     async fn close(&mut self, myself: &ActorRef<SessionMsg>, why: &str) {
         self.detached = None;
+        // Let the cancelled turn record itself before the session is released.
+        self.end_turns().await;
+        self.args.lease.release();
+        myself.stop(Some(why.into()));
+    }
+
+    /// Cancels the streaming turn, if any, and waits (at most [`CLOSE_GRACE`]) for the turn
+    /// tasks to finish: a cancelled turn records itself as cancelled on its way out.
+    async fn end_turns(&mut self) {
         if let Some(active) = self.active.take() {
             active.control.cancel.cancel();
         }
-        // Let the cancelled turn record itself before the session is released.
         self.tasks.close();
         if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
             .await
@@ -363,8 +371,6 @@ impl SessionState {
         {
             tracing::warn!(session = %self.args.session_id, "turn still running at close");
         }
-        self.args.lease.release();
-        myself.stop(Some(why.into()));
     }
 
     /// Sends the frames of `from.turn_id` the client missed, or hands the resume to the turn
@@ -725,15 +731,8 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(active) = state.active.take() {
-            active.control.cancel.cancel();
-            state.tasks.close();
-            if tokio::time::timeout(CLOSE_GRACE, state.tasks.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(session = %state.args.session_id, "turn still running at stop");
-            }
+        if state.active.is_some() {
+            state.end_turns().await;
         }
         Ok(())
     }
