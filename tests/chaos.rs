@@ -6,11 +6,20 @@
 //! the model's pacing + 5 ms at p99, no answer may state a price (it missed its budget), and the
 //! product-cards appends that missed their deadline must be dropped, not sent late.
 //!
+//! "The pacing" is what this machine delivers at that moment, not the configured 25 ms: every
+//! check streams the same questions from a second server with no chaos rule, at the same time,
+//! in the same process ([`side_by_side`]). On a quiet machine the control's p99 is about 26 ms.
+//! On a shared one, the operating system now and then holds a thread for 5 to 15 ms (a thread
+//! that only sleeps 1 ms at a time sees it too), which delays a few dozen streams at once and
+//! pushes both servers' p99 past 30 ms together. An absolute bound measured the machine; the
+//! difference measures the rules. Which server's streams such a pause lands on is chance, so
+//! the main checks pool [`ROUNDS`] rounds, each on a fresh pair of servers. See [`no_stall`].
+//!
 //! Negative controls, in this file so they run with the check they guard: the same four seconds
 //! in the chunk-forwarder's mailbox, and the same two rules under `--enrichment-mode inline`,
-//! must each push the gap p99 above one second, and the same measurement must notice. (Inline
-//! mode with only the *source* slowed would not: the cache answers every lookup after the first.
-//! The mailbox is what each token waits on.)
+//! must each push the gap p99 above one second, and [`no_stall`] must say so. (Inline mode with
+//! only the *source* slowed would not: the cache answers every lookup after the first. The
+//! mailbox is what each token waits on.)
 //!
 //! The tests take a file-wide lock: they measure latency, and three runs of 50 streams competing
 //! for two cores would measure each other.
@@ -35,6 +44,10 @@ const SESSIONS: usize = 50;
 const PACING: Duration = Duration::from_millis(25);
 /// The injected delay.
 const DELAY: Duration = Duration::from_secs(4);
+/// What the chaos server's p99 chunk gap may exceed its control's by.
+const SLACK: Duration = Duration::from_millis(5);
+/// Rounds pooled by a main check.
+const ROUNDS: usize = 3;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -47,6 +60,11 @@ async fn chaos_server(mode: EnrichmentMode) -> Server {
         c.turn.enrichment_mode = mode;
     })
     .await
+}
+
+/// A server for the chaos rules and an identical control.
+async fn pair(mode: EnrichmentMode) -> (Server, Server) {
+    (chaos_server(mode).await, chaos_server(mode).await)
 }
 
 /// Four seconds in the enricher's mailbox and four in the enrichment source.
@@ -120,6 +138,20 @@ async fn observe_many(server: &Server, sessions: usize, max_gaps: usize) -> Vec<
     futures_util::future::join_all(runs).await
 }
 
+/// The same `sessions` sessions against `chaos` and against `control`, all at once, so both
+/// servers stream on the same machine at the same moment.
+async fn side_by_side(
+    chaos: &Server,
+    control: &Server,
+    sessions: usize,
+    max_gaps: usize,
+) -> (Vec<Observed>, Vec<Observed>) {
+    tokio::join!(
+        observe_many(chaos, sessions, max_gaps),
+        observe_many(control, sessions, max_gaps)
+    )
+}
+
 /// The `q` quantile (0..=1) of `gaps`, nearest-rank.
 fn quantile(gaps: &mut [Duration], q: f64) -> Duration {
     assert!(!gaps.is_empty(), "no gap measured");
@@ -128,90 +160,146 @@ fn quantile(gaps: &mut [Duration], q: f64) -> Duration {
     gaps[rank - 1]
 }
 
+/// Every mid-stream gap `runs` saw.
+fn gaps(runs: &[Observed]) -> Vec<Duration> {
+    runs.iter().flat_map(|r| r.gaps.clone()).collect()
+}
+
+/// Gaps seen from chaos servers and from their controls, over one round or more.
+#[derive(Default)]
+struct Pooled {
+    chaos: Vec<Duration>,
+    control: Vec<Duration>,
+}
+
+impl Pooled {
+    fn add(&mut self, chaos: &[Observed], control: &[Observed]) {
+        self.chaos.extend(gaps(chaos));
+        self.control.extend(gaps(control));
+    }
+
+    fn of(chaos: &[Observed], control: &[Observed]) -> Self {
+        let mut pooled = Self::default();
+        pooled.add(chaos, control);
+        pooled
+    }
+}
+
+/// The check every test here makes: the chaos servers' mid-stream p99 chunk gap is within their
+/// controls' + [`SLACK`]. `Ok` or `Err` carries both figures, for the log and the message.
+fn no_stall(pooled: Pooled) -> Result<String, String> {
+    let Pooled {
+        mut chaos,
+        mut control,
+    } = pooled;
+    let (p99, control_p99) = (quantile(&mut chaos, 0.99), quantile(&mut control, 0.99));
+    let figures = format!(
+        "{} gaps, p50 {:?} p99 {p99:?} max {:?}; control: {} gaps, p99 {control_p99:?}",
+        chaos.len(),
+        quantile(&mut chaos, 0.5),
+        chaos.last().unwrap(),
+        control.len(),
+    );
+    if p99 <= control_p99 + SLACK {
+        Ok(figures)
+    } else {
+        Err(format!(
+            "p99 chunk gap over the control's + {SLACK:?}: {figures}"
+        ))
+    }
+}
+
+/// The server's own p99 chunk gap, in milliseconds.
+async fn server_p99(server: &Server) -> f64 {
+    metric(
+        &metrics_text(server).await,
+        "stream_chunk_gap_ms{quantile=\"0.99\"}",
+    )
+}
+
+/// By how many milliseconds the chaos servers' own p99 exceeded their controls', in the median
+/// round: the servers' summaries cannot be pooled the way the clients' gaps are.
+fn median_excess(mut excess: Vec<f64>) -> f64 {
+    excess.sort_by(f64::total_cmp);
+    excess[excess.len() / 2]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_enricher_and_source_never_stall_fifty_streams() {
     let _serial = SERIAL.lock().await;
-    let server = chaos_server(EnrichmentMode::Preflight).await;
-    slow_enrichment(&server);
+    let mut pooled = Pooled::default();
+    let mut excess = Vec::new();
+    for round in 1..=ROUNDS {
+        let (server, control) = pair(EnrichmentMode::Preflight).await;
+        slow_enrichment(&server);
 
-    let started = Instant::now();
-    let runs = observe_many(&server, SESSIONS, usize::MAX).await;
-    let took = started.elapsed();
-
-    let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
-    let n = gaps.len();
-    let p99 = quantile(&mut gaps, 0.99);
-    let max = *gaps.last().unwrap();
-    eprintln!(
-        "{SESSIONS} sessions, {n} gaps: p50 {:?} p99 {p99:?} max {max:?}; all turns in {took:?}",
-        quantile(&mut gaps, 0.5)
-    );
-    assert!(runs.iter().all(|r| r.done), "every turn finished");
-    assert!(n >= SESSIONS * 10, "enough gaps to have a p99: {n}");
-    assert!(
-        p99 <= PACING + Duration::from_millis(5),
-        "mid-stream p99 chunk gap {p99:?} exceeds pacing + 5 ms"
-    );
-    assert!(
-        took < DELAY,
-        "no turn waited for the 4 s enrichment: {took:?}"
-    );
-    for r in &runs {
+        let started = Instant::now();
+        let (runs, control_runs) = side_by_side(&server, &control, SESSIONS, usize::MAX).await;
+        let took = started.elapsed();
+        eprintln!("round {round}: all turns in {took:?}");
+        assert!(runs.iter().all(|r| r.done), "every turn finished");
+        let n = gaps(&runs).len();
+        assert!(n >= SESSIONS * 10, "enough gaps to have a p99: {n}");
         assert!(
-            !r.answer.contains('¥') && !r.answer.contains(" yen"),
-            "the price missed its budget, so none is stated: {}",
-            r.answer
+            took < DELAY,
+            "no turn waited for the 4 s enrichment: {took:?}"
         );
-        assert_eq!(
-            r.appends, 0,
-            "an append that missed its deadline is dropped"
-        );
-    }
+        for r in &runs {
+            assert!(
+                !r.answer.contains('¥') && !r.answer.contains(" yen"),
+                "the price missed its budget, so none is stated: {}",
+                r.answer
+            );
+            assert_eq!(
+                r.appends, 0,
+                "an append that missed its deadline is dropped"
+            );
+        }
 
-    // The server saw the same: omissions and drops counted, gaps measured at the socket.
-    let m = metrics_text(&server).await;
-    let turns = SESSIONS as f64;
-    assert_eq!(
-        metric(&m, "enrichment_omitted_total{field=\"price\"}"),
-        turns
-    );
-    assert_eq!(metric(&m, "append_dropped_total"), turns);
-    let server_p99 = metric(&m, "stream_chunk_gap_ms{quantile=\"0.99\"}");
+        // The server saw the same: omissions and drops counted, gaps measured at the socket.
+        let m = metrics_text(&server).await;
+        let turns = SESSIONS as f64;
+        assert_eq!(
+            metric(&m, "enrichment_omitted_total{field=\"price\"}"),
+            turns
+        );
+        assert_eq!(metric(&m, "append_dropped_total"), turns);
+        excess.push(server_p99(&server).await - server_p99(&control).await);
+        pooled.add(&runs, &control_runs);
+    }
+    let figures = no_stall(pooled).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{SESSIONS} sessions, {ROUNDS} rounds: {figures}; server-side excess {excess:?} ms");
+    let excess = median_excess(excess);
     assert!(
-        server_p99 <= (PACING + Duration::from_millis(5)).as_secs_f64() * 1000.0,
-        "server-side p99 {server_p99} ms"
+        excess <= SLACK.as_secs_f64() * 1000.0,
+        "server-side p99 over the control's by {excess} ms in the median round"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_the_same_delay_in_the_forwarder_mailbox_stalls_the_stream() {
     let _serial = SERIAL.lock().await;
-    let server = chaos_server(EnrichmentMode::Preflight).await;
+    let (server, control) = pair(EnrichmentMode::Preflight).await;
     server
         .runtime
         .chaos
         .add(ChaosRule::delay(ActorKind::ChunkForwarder, DELAY));
     // Every chunk now waits 4 s: three gaps per stream are plenty to see it.
-    let runs = observe_many(&server, 10, 3).await;
-    let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
-    let p99 = quantile(&mut gaps, 0.99);
-    eprintln!(
-        "forwarder mailbox delayed: {} gaps, p99 {p99:?}",
-        gaps.len()
-    );
-    assert!(
-        p99 > Duration::from_secs(1),
-        "the measurement must notice a stalled forwarder: p99 {p99:?}"
-    );
+    let (runs, control_runs) = side_by_side(&server, &control, 10, 3).await;
+    let stalled = no_stall(Pooled::of(&runs, &control_runs))
+        .expect_err("the check must notice a stalled forwarder");
+    eprintln!("forwarder mailbox delayed: {stalled}");
+    let p99 = quantile(&mut gaps(&runs), 0.99);
+    assert!(p99 > Duration::from_secs(1), "p99 {p99:?}");
     // The server's own histogram notices too, though every client left mid-turn: a connection
     // that closes hands the gaps it measured to the metrics-sink.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = metrics_text(&server).await;
         let open = metric(&m, "connections_open{transport=\"websocket\"}");
-        let server_p99 = metric(&m, "stream_chunk_gap_ms{quantile=\"0.99\"}");
         if open == 0.0 {
-            assert!(server_p99 > 1000.0, "server-side p99 {server_p99} ms");
+            let p99 = server_p99(&server).await;
+            assert!(p99 > 1000.0, "server-side p99 {p99} ms");
             break;
         }
         assert!(Instant::now() < deadline, "connections did not close: {m}");
@@ -222,18 +310,16 @@ async fn negative_control_the_same_delay_in_the_forwarder_mailbox_stalls_the_str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_inline_enrichment_stalls_the_stream() {
     let _serial = SERIAL.lock().await;
-    let server = chaos_server(EnrichmentMode::Inline).await;
+    let (server, control) = pair(EnrichmentMode::Inline).await;
     // The same two rules as the main check. One session is enough, and more would only queue
     // behind each other in the one slow mailbox (every token of every session asks it).
     slow_enrichment(&server);
-    let runs = observe_many(&server, 1, 2).await;
-    let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
-    let p99 = quantile(&mut gaps, 0.99);
-    eprintln!("inline enrichment: {} gaps, p99 {p99:?}", gaps.len());
-    assert!(
-        p99 > Duration::from_secs(1),
-        "the measurement must notice inline stalls: p99 {p99:?}"
-    );
+    let (runs, control_runs) = side_by_side(&server, &control, 1, 2).await;
+    let stalled = no_stall(Pooled::of(&runs, &control_runs))
+        .expect_err("the check must notice inline stalls");
+    eprintln!("inline enrichment: {stalled}");
+    let p99 = quantile(&mut gaps(&runs), 0.99);
+    assert!(p99 > Duration::from_secs(1), "p99 {p99:?}");
 }
 
 /// Background work never moves the stream: four seconds in the metrics-sink's mailbox (every
@@ -243,32 +329,40 @@ async fn negative_control_inline_enrichment_stalls_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_metrics_sink_never_stalls_fifty_streams() {
     let _serial = SERIAL.lock().await;
-    let server = chaos_server(EnrichmentMode::Preflight).await;
-    server
-        .runtime
-        .chaos
-        .add(ChaosRule::delay(ActorKind::MetricsSink, DELAY));
+    let mut pooled = Pooled::default();
+    let (mut ttfts, mut control_ttfts) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let (server, control) = pair(EnrichmentMode::Preflight).await;
+        server
+            .runtime
+            .chaos
+            .add(ChaosRule::delay(ActorKind::MetricsSink, DELAY));
 
-    let started = Instant::now();
-    let runs = observe_many(&server, SESSIONS, usize::MAX).await;
-    let took = started.elapsed();
-    let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
-    let mut ttfts: Vec<Duration> = runs.iter().filter_map(|r| r.ttft).collect();
-    let p99 = quantile(&mut gaps, 0.99);
-    let ttft_p99 = quantile(&mut ttfts, 0.99);
-    eprintln!("slow metrics-sink: gap p99 {p99:?}, TTFT p99 {ttft_p99:?}, all turns in {took:?}");
-    assert!(runs.iter().all(|r| r.done), "every turn finished");
-    assert!(
-        p99 <= PACING + Duration::from_millis(5),
-        "mid-stream p99 chunk gap {p99:?} exceeds pacing + 5 ms"
+        let started = Instant::now();
+        let (runs, control_runs) = side_by_side(&server, &control, SESSIONS, usize::MAX).await;
+        let took = started.elapsed();
+        eprintln!("round {round}: all turns in {took:?}");
+        assert!(runs.iter().all(|r| r.done), "every turn finished");
+        assert!(
+            took < DELAY,
+            "no turn waited for the metrics-sink: {took:?}"
+        );
+        ttfts.extend(runs.iter().filter_map(|r| r.ttft));
+        control_ttfts.extend(control_runs.iter().filter_map(|r| r.ttft));
+        pooled.add(&runs, &control_runs);
+    }
+    let figures = no_stall(pooled).unwrap_or_else(|e| panic!("{e}"));
+    let (ttft, control_ttft) = (
+        quantile(&mut ttfts, 0.99),
+        quantile(&mut control_ttfts, 0.99),
     );
-    // 50 ms to the first token, plus the preflight; nowhere near the 4 s.
-    assert!(
-        ttft_p99 < Duration::from_millis(500),
-        "TTFT p99 {ttft_p99:?}"
+    eprintln!(
+        "slow metrics-sink, {ROUNDS} rounds: {figures}; TTFT p99 {ttft:?} (control {control_ttft:?})"
     );
+    // 50 ms to the first token, plus the preflight, in both. A wait on the sink would add 4 s;
+    // 150 first tokens per side make a p99 that moves by tens of milliseconds between runs.
     assert!(
-        took < DELAY,
-        "no turn waited for the metrics-sink: {took:?}"
+        ttft <= control_ttft + Duration::from_millis(100),
+        "TTFT p99 {ttft:?} against the control's {control_ttft:?}"
     );
 }
