@@ -179,6 +179,9 @@ pub struct RunSettings {
     pub sessions: u64,
     /// Turns per session.
     pub turns: u64,
+    /// Whether a session done with its turns was replaced by a new one until the deadline:
+    /// then `sessions` is the number open at a time, not the number opened.
+    pub repeat: bool,
     /// Ramp over which sessions start.
     pub ramp_secs: f64,
     /// Think time between turns.
@@ -503,6 +506,7 @@ impl RunReport {
                 },
                 sessions: cfg.sessions,
                 turns: cfg.turns,
+                repeat: cfg.repeat,
                 ramp_secs: secs(cfg.ramp),
                 think_ms: secs(cfg.think) * 1000.0,
                 max_secs: secs(cfg.max),
@@ -608,10 +612,18 @@ impl RunReport {
         let ss = &self.sessions;
         let t = &self.turns;
         o.push('\n');
+        let repeat = self.settings.repeat;
         kv(
             &mut o,
             "sessions connected",
-            format!("{} / {}", ss.connected, ss.requested),
+            if repeat {
+                format!(
+                    "{} ({} at a time, each replaced when done)",
+                    ss.connected, ss.requested
+                )
+            } else {
+                format!("{} / {}", ss.connected, ss.requested)
+            },
         );
         kv(
             &mut o,
@@ -629,7 +641,11 @@ impl RunReport {
         kv(
             &mut o,
             "turns ok",
-            format!("{} / {} planned", t.ok, t.planned),
+            if repeat {
+                format!("{} ({} per session)", t.ok, self.settings.turns)
+            } else {
+                format!("{} / {} planned", t.ok, t.planned)
+            },
         );
         kv(&mut o, "turns/s (ok)", format!("{:.1}", t.ok_per_sec));
         kv(
@@ -1248,6 +1264,42 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("their chunk gaps"), "{text}");
+    }
+
+    #[test]
+    fn a_repeating_run_counts_sessions_opened_not_slots() {
+        let (mut cfg, mut out) = sample_run();
+        let report = |cfg: &RunConfig, out: &RunOutcome| {
+            RunReport::new(
+                CommandLine::from_args(vec!["x".into()]),
+                1,
+                cfg,
+                &RssSource::Proc(1),
+                None,
+                out,
+            )
+            .render(&out.stats)
+        };
+        out.stats.sessions_connected = 2;
+        let once = report(&cfg, &out);
+        assert!(once.contains("sessions connected       2 / 2"), "{once}");
+        assert!(
+            once.contains("turns ok                 1 / 2 planned"),
+            "{once}"
+        );
+
+        cfg.repeat = true;
+        out.stats.sessions_connected = 96;
+        out.stats.turns_ok = 95;
+        let repeated = report(&cfg, &out);
+        assert!(
+            repeated.contains("sessions connected       96 (2 at a time, each replaced when done)"),
+            "{repeated}"
+        );
+        assert!(
+            repeated.contains("turns ok                 95 (1 per session)"),
+            "{repeated}"
+        );
     }
 
     #[test]
