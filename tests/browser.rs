@@ -155,6 +155,20 @@ async fn the_chat_page_streams_tokens_and_renders_a_product_card_in_chromium() {
         report["cards"][0].as_str().unwrap().contains("Frieren"),
         "the product card names the series: {report}"
     );
+    // The server's panel drew /metrics' chunk-gap buckets: 13 bars, and at 15 ms pacing the
+    // fullest is 10 to 20 ms.
+    let bars: Vec<(String, u64)> = report["serverGapBars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let (name, n) = b.as_str().unwrap().rsplit_once(": ").unwrap();
+            (name.to_owned(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(bars.len(), 13, "{report}");
+    let fullest = bars.iter().max_by_key(|(_, n)| *n).unwrap();
+    assert!(fullest.0 == "10ms–20ms" && fullest.1 > 0, "{bars:?}");
     // The switch went through the admin route: the enricher is slowed by 4 s, and the answer
     // asked meanwhile streamed all the same.
     let rules: Vec<String> = server

@@ -515,6 +515,18 @@ impl MetricsState {
             &[],
             &self.chunk_gap_us,
         );
+        histogram_ms(
+            &mut out,
+            "stream_ttft_histogram_ms",
+            "stream_ttft_ms as cumulative buckets, milliseconds.",
+            &self.ttft_us,
+        );
+        histogram_ms(
+            &mut out,
+            "stream_chunk_gap_histogram_ms",
+            "stream_chunk_gap_ms as cumulative buckets, milliseconds.",
+            &self.chunk_gap_us,
+        );
         header(
             &mut out,
             "hop_latency_ms",
@@ -985,6 +997,40 @@ fn summary_ms(
 
 const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
 
+/// Upper bounds of the stream histograms' buckets, in milliseconds: the chat page's twelve
+/// (docs/page.md), 25, 30 and 40 around the usual token pacing, and 10 s.
+pub const STREAM_BUCKETS_MS: [u64; 16] = [
+    1, 2, 5, 10, 20, 25, 30, 40, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000,
+];
+
+/// A histogram of microseconds as Prometheus cumulative buckets in milliseconds, plus `_sum`
+/// and `_count`, from the same hdrhistogram as its summary. A value counts toward a bound when
+/// the lowest value its hdrhistogram bucket holds is within it: edges are exact to the
+/// histogram's three significant figures.
+fn histogram_ms(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    header(out, name, "histogram", help);
+    let mut recorded = h.iter_recorded().peekable();
+    let mut within = 0;
+    for le in STREAM_BUCKETS_MS {
+        while let Some(v) =
+            recorded.next_if(|v| h.lowest_equivalent(v.value_iterated_to()) <= le * 1_000)
+        {
+            within += v.count_at_value();
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {within}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum {:.3}", sum(h) / 1000.0);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+/// The sum of every recorded value.
+fn sum(h: &Histogram<u64>) -> f64 {
+    h.iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum()
+}
+
 /// A summary of microseconds, exposed in milliseconds with three decimals.
 fn summary_body(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram<u64>) {
     summary_lines(out, name, labels, h, |v| format!("{:.3}", v / 1000.0));
@@ -1010,16 +1056,12 @@ fn summary_lines(
         };
         let _ = writeln!(out, "{name}{{{base}quantile=\"{q}\"}} {}", show(v as f64));
     }
-    let sum: f64 = h
-        .iter_recorded()
-        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-        .sum();
     let braces = if base.is_empty() {
         String::new()
     } else {
         format!("{{{}}}", base.trim_end_matches(','))
     };
-    let _ = writeln!(out, "{name}_sum{braces} {}", show(sum));
+    let _ = writeln!(out, "{name}_sum{braces} {}", show(sum(h)));
     let _ = writeln!(out, "{name}_count{braces} {}", h.len());
 }
 
@@ -1174,6 +1216,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_at_the_count() {
+        let mut h = histogram().unwrap();
+        // 0.4 ms, 24.99 ms, 25.01 ms, 26 ms twice, 6 s, 50 min (beyond the last bound).
+        for us in [
+            400,
+            24_990,
+            25_010,
+            26_000,
+            26_000,
+            6_000_000,
+            3_000_000_000,
+        ] {
+            h.record(us).unwrap();
+        }
+        let mut out = String::new();
+        histogram_ms(&mut out, "gap_ms", "help", &h);
+        let bucket = |le: &str| -> u64 {
+            let prefix = format!("gap_ms_bucket{{le=\"{le}\"}} ");
+            let line = out.lines().find(|l| l.starts_with(&prefix)).unwrap();
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert_eq!(bucket("1"), 1, "{out}");
+        assert_eq!(bucket("20"), 1);
+        assert_eq!(
+            bucket("25"),
+            2,
+            "24.99 ms is within 25 ms, 25.01 ms is not: {out}"
+        );
+        assert_eq!(bucket("30"), 5);
+        assert_eq!(bucket("5000"), 5);
+        assert_eq!(bucket("10000"), 6);
+        assert_eq!(bucket("+Inf"), 7);
+        assert!(out.contains("gap_ms_count 7"), "{out}");
+        let counts: Vec<u64> = out
+            .lines()
+            .filter(|l| l.starts_with("gap_ms_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts.len(), STREAM_BUCKETS_MS.len() + 1);
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    }
+
     #[tokio::test]
     async fn events_become_prometheus_text_and_overflow_is_counted() {
         let slot = WorkerSlot::empty();
@@ -1208,6 +1293,17 @@ mod tests {
             text.contains("stream_chunk_gap_ms{quantile=\"0.99\"} 25.0"),
             "{text}"
         );
+        // The same gap in the histogram: 25 ms is within its 25 ms bound, not the 20 ms one.
+        for line in [
+            "# TYPE stream_chunk_gap_histogram_ms histogram",
+            "stream_chunk_gap_histogram_ms_bucket{le=\"20\"} 0",
+            "stream_chunk_gap_histogram_ms_bucket{le=\"25\"} 1",
+            "stream_chunk_gap_histogram_ms_bucket{le=\"+Inf\"} 1",
+            "stream_chunk_gap_histogram_ms_count 1",
+            "stream_ttft_histogram_ms_bucket{le=\"+Inf\"} 0",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
         assert!(text.contains("stream_chunk_gap_ms_count 1"), "{text}");
         assert!(
             text.contains("turns_started_total{intent=\"search\"} 1")

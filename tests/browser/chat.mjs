@@ -86,6 +86,11 @@ try {
     () => /count [1-9]/.test(document.querySelector('#server-ttft')?.textContent ?? ''),
   );
   const serverPanel = (await page.textContent('#server-ttft')) ?? '';
+  // And its chunk-gap histogram, bucket by bucket ("10ms–20ms: 41"), drawn from /metrics' buckets.
+  await page.waitForFunction(
+    () => /count [1-9]/.test(document.querySelector('#server-gap')?.textContent ?? ''),
+  );
+  const serverGapBars = await page.$$eval('#server-gap rect.bar', (rs) => rs.map((r) => r.textContent));
 
   if (answer.length <= firstSeen.trim().length) {
     problems.push('the answer did not grow after its first tokens: it did not stream');
@@ -122,6 +127,7 @@ try {
     chaosAnswer,
     ttftPanel: squash(ttftPanel),
     serverPanel: squash(serverPanel),
+    serverGapBars,
   }));
 } catch (e) {
   failed = e;
