@@ -87,6 +87,10 @@ pub struct OpenSessions<'a> {
     pub spare: Option<&'a Outbound>,
 }
 
+/// How long an erasure waits for a write of the user's data already in flight: longer than
+/// any store's timeout, so only a write that hung is not waited for.
+const WRITES_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Erases `user`: ends their open sessions (on a running server), deletes their transcripts,
 /// and appends the audit record.
 pub async fn erase_user(
@@ -111,6 +115,17 @@ pub async fn erase_user(
             }
             end(&outbound);
             tracing::info!(%session, "session ended: its user was erased");
+        }
+    }
+    // A turn record or a profile of theirs being written now lands before the delete, not
+    // after it; none can begin from here on.
+    if let Some(open) = &open {
+        let erasures = open.erasures;
+        if tokio::time::timeout(WRITES_WAIT, erasures.writes_done(user))
+            .await
+            .is_err()
+        {
+            tracing::warn!(user = %user, "erasing while a write of this user's data is still in flight after {WRITES_WAIT:?}");
         }
     }
     let erased = transcripts.erase_user(user).await?;

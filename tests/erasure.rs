@@ -402,3 +402,47 @@ async fn a_turn_in_flight_during_an_erasure_is_not_recorded_afterwards() {
     let bob = transcript_of(&server, &user("bob"), &sb).await;
     assert_eq!(bob.len(), 1, "the control: a cancelled turn is recorded");
 }
+
+/// An erasure waits for a write of the user's data already in flight (a turn's record or a
+/// session's profile, each held by a `Writing` guard until its store answers), so the write
+/// cannot land after the delete; writes that would begin meanwhile are refused. The control: a
+/// write of another user's does not hold the erasure, which answers at once.
+#[tokio::test]
+async fn an_erasure_waits_for_a_write_of_the_user_already_in_flight() {
+    use mangaassist_protocols::unix_ms;
+    use std::time::Duration;
+
+    let server = start().await;
+    let erasures = &server.runtime.pipeline.erasures;
+    let bob = user("bob");
+
+    let bobs = erasures.begin_write(&bob, unix_ms()).unwrap();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        http(&server, "POST", "/admin/erase", r#"{"user_id":"alice"}"#),
+    )
+    .await
+    .expect("bob's write does not hold alice's erasure");
+    assert_eq!(status, 200, "{body}");
+    drop(bobs);
+
+    let since = unix_ms();
+    let writing = erasures.begin_write(&bob, since).unwrap();
+    let erase = http(&server, "POST", "/admin/erase", r#"{"user_id":"bob"}"#);
+    tokio::pin!(erase);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut erase)
+            .await
+            .is_err(),
+        "the erasure waits for bob's write in flight"
+    );
+    assert!(
+        erasures.begin_write(&bob, since).is_none(),
+        "and no write of bob's begins meanwhile"
+    );
+    drop(writing);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), erase)
+        .await
+        .expect("the erasure goes on once the write ended");
+    assert_eq!(status, 200, "{body}");
+}

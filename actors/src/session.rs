@@ -59,9 +59,10 @@ fn save_profiles(
     let started_ms = mangaassist_protocols::unix_ms();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
-            if erasures.erased_since(&user, started_ms) {
+            // Held until both saves answered: an erasure of this user waits for them.
+            let Some(_writing) = erasures.begin_write(&user, started_ms) else {
                 return;
-            }
+            };
             let m = rx.borrow_and_update().clone();
             let profile = mangaassist_protocols::ports::Profile {
                 preferences: m.preferences.clone(),

@@ -344,36 +344,106 @@ pub struct Pipeline {
     pub trace_context: Arc<dyn TraceContext>,
 }
 
-/// When users were erased (unix ms), so that a turn in flight during an erasure is not
-/// recorded afterwards. Entries older than [`Erasures::KEEP_MS`] are forgotten: no turn runs
-/// that long.
+/// When users were erased (unix ms), and which of their writes are in flight, so that nothing a
+/// session of theirs writes lands after their erasure deleted it.
+///
+/// A writer of a user's data (a turn's record, a session's profile) takes a [`Writing`] guard
+/// with [`Erasures::begin_write`] and holds it until the store answered; an erasure
+/// [`Erasures::mark`]s the user, then waits with [`Erasures::writes_done`] for the guards taken
+/// before the mark, then deletes. Both steps happen under one lock, so every write either began
+/// before the mark (and the erasure waits for it) or sees the mark (and is skipped). Entries
+/// older than [`Erasures::KEEP_MS`] are forgotten: no turn or session outlives that unnoticed.
+///
+/// In one process: a session on another node writing while this node erases is not waited
+/// for (docs/memory.md).
 #[derive(Debug, Default)]
 pub struct Erasures {
-    at: std::sync::Mutex<HashMap<UserId, u64>>,
+    state: std::sync::Mutex<ErasureState>,
+    /// Woken when a user's last write in flight ends.
+    written: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct ErasureState {
+    /// When each user was last erased.
+    at: HashMap<UserId, u64>,
+    /// Writes in flight per user.
+    writing: HashMap<UserId, usize>,
+}
+
+/// A write of one user's data in flight; an erasure of that user waits until it is dropped.
+#[derive(Debug)]
+#[must_use = "the write is only waited for while the guard is held"]
+pub struct Writing<'a> {
+    erasures: &'a Erasures,
+    user: UserId,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut state = self.erasures.lock();
+        if let Some(n) = state.writing.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                state.writing.remove(&self.user);
+                drop(state);
+                self.erasures.written.notify_waiters();
+            }
+        }
+    }
 }
 
 impl Erasures {
     /// How long an erasure is remembered (one hour).
     pub const KEEP_MS: u64 = 3_600_000;
 
-    /// Records that `user` is being erased now.
+    fn lock(&self) -> std::sync::MutexGuard<'_, ErasureState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `user` is being erased now: writes that begin from here on are refused.
     pub fn mark(&self, user: &UserId) {
         let now = unix_ms();
-        let mut at = self
+        let mut state = self.lock();
+        state
             .at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        at.retain(|_, t| now.saturating_sub(*t) < Self::KEEP_MS);
-        at.insert(user.clone(), now);
+            .retain(|_, t| now.saturating_sub(*t) < Self::KEEP_MS);
+        state.at.insert(user.clone(), now);
     }
 
     /// Whether `user` was erased at or after `since_ms`.
     pub fn erased_since(&self, user: &UserId, since_ms: u64) -> bool {
-        self.at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(user)
-            .is_some_and(|t| *t >= since_ms)
+        self.lock().at.get(user).is_some_and(|t| *t >= since_ms)
+    }
+
+    /// A write of `user`'s data, by something that started at `since_ms` (a turn, a session):
+    /// `None` if the user was erased since then, and nothing may be written.
+    pub fn begin_write(&self, user: &UserId, since_ms: u64) -> Option<Writing<'_>> {
+        let mut state = self.lock();
+        if state.at.get(user).is_some_and(|t| *t >= since_ms) {
+            return None;
+        }
+        *state.writing.entry(user.clone()).or_default() += 1;
+        Some(Writing {
+            erasures: self,
+            user: user.clone(),
+        })
+    }
+
+    /// Waits until no write of `user`'s data is in flight. After [`Erasures::mark`], no new one
+    /// can begin, so this waits only for those that began before it.
+    pub async fn writes_done(&self, user: &UserId) {
+        loop {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if !self.lock().writing.contains_key(user) {
+                return;
+            }
+            written.await;
+        }
     }
 }
 
@@ -920,12 +990,14 @@ fn record_of(
 /// Writes the record durably, timing it; the error says why it was not written.
 async fn save(ctx: &TurnCtx, record: &TurnRecord) -> Result<(), String> {
     let p = &ctx.pipeline;
-    if p.erasures
-        .erased_since(&record.user_id, record.started_at_ms)
-    {
+    // Held until the store answered: an erasure of this user waits for the write.
+    let Some(_writing) = p
+        .erasures
+        .begin_write(&record.user_id, record.started_at_ms)
+    else {
         tracing::info!(session = %ctx.session_id, turn = %ctx.turn_id, "turn not recorded: its user was erased while it ran");
         return Ok(());
-    }
+    };
     let t0 = Instant::now();
     let saved = tokio::time::timeout(
         p.settings.transcript_timeout,
@@ -1314,5 +1386,67 @@ fn product_card(item: &ContextItem, facts: Option<&Enrichment>) -> ProductCard {
         cover_url: facts.and_then(|f| f.cover_url.clone()),
         review_blurb: facts.and_then(|f| f.review_blurb.clone()),
         related: facts.and_then(|f| f.related.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    /// Whether `writes_done` finishes within 100 ms.
+    async fn done_soon(e: &Erasures, user: &UserId) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), e.writes_done(user))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_erasure_waits_for_the_writes_that_began_before_it_and_refuses_later_ones() {
+        let e = Erasures::default();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let started = unix_ms();
+        let first = e.begin_write(&alice, started).expect("not erased yet");
+        let second = e.begin_write(&alice, started).expect("not erased yet");
+        let bobs = e.begin_write(&bob, started).expect("not erased");
+
+        e.mark(&alice);
+        assert!(
+            e.begin_write(&alice, started).is_none(),
+            "a write that begins after the mark is refused"
+        );
+        assert!(!done_soon(&e, &alice).await, "two writes in flight");
+        drop(first);
+        assert!(!done_soon(&e, &alice).await, "one write in flight");
+        drop(second);
+        assert!(done_soon(&e, &alice).await, "none in flight");
+        // Another user's write neither holds nor is refused by alice's erasure.
+        assert!(!done_soon(&e, &bob).await);
+        drop(bobs);
+        assert!(e.begin_write(&bob, started).is_some());
+        // Something that starts after the erasure (a new session) may write again.
+        assert!(e.begin_write(&alice, unix_ms() + 1).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_erasure_wakes_when_the_last_write_ends() {
+        let e = Arc::new(Erasures::default());
+        let alice = user("alice");
+        let writing = e.begin_write(&alice, unix_ms()).unwrap();
+        e.mark(&alice);
+        let waiter = tokio::spawn({
+            let (e, alice) = (e.clone(), alice.clone());
+            async move { e.writes_done(&alice).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "waits while the write is in flight");
+        drop(writing);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the write's end")
+            .unwrap();
     }
 }
