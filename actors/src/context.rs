@@ -57,8 +57,8 @@ impl Default for ContextBudget {
 /// customer's preferences.
 #[derive(Debug, Clone, Copy)]
 pub struct TranscriptView<'a> {
-    /// Turns the session holds in memory, oldest first.
-    pub recent: &'a [TurnRecord],
+    /// Turns the session holds in memory, oldest first, with their summary lines.
+    pub recent: &'a memory::History,
     /// The rolling summary of turns older than `recent`.
     pub summary: &'a SessionSummary,
     /// Stated preferences.
@@ -308,47 +308,44 @@ pub fn assemble(
 
     // 4 and 5. Verbatim turns (newest first, within the window and the room left after the
     //    summary's reservation), then the summary of everything else.
-    let recent = view.recent;
+    // Positions in `recent`, which is oldest first.
+    let recent = view.recent.turns();
     let window_start = recent.len().saturating_sub(budget.max_history_turns);
     let reserve = budget.summary_tokens.min(room(used));
     let mut verbatim: Vec<&TurnRecord> = Vec::new();
-    let mut left_out: Vec<&TurnRecord> = recent[..window_start].iter().collect();
+    let mut left_out: Vec<usize> = (0..window_start).collect();
     let mut history_room = room(used + reserve);
     let mut full = false;
-    for t in recent[window_start..].iter().rev() {
+    for (at, t) in recent.iter().enumerate().skip(window_start).rev() {
         if memory::is_navigation(&t.user_text) {
-            left_out.push(t);
+            left_out.push(at);
             continue;
         }
         let cost = turn_tokens(t);
         if full || cost > history_room {
             full = true;
-            left_out.push(t);
+            left_out.push(at);
             continue;
         }
         history_room -= cost;
         verbatim.push(t);
     }
     verbatim.reverse();
-    left_out.sort_by_key(|t| t.index);
+    left_out.sort_unstable();
     report.slots.history = verbatim.iter().map(|t| turn_tokens(t)).sum();
     used += report.slots.history;
 
     let mut summary = view.summary.clone();
     let stored_lines = summary.lines.len();
     let mut summarized: Vec<u32> = Vec::new();
-    for t in &left_out {
-        if let Some(line) = memory::summarize_turn(t) {
-            summarized.push(t.index);
-            summary.lines.push(line);
+    for at in left_out {
+        if let Some(line) = view.recent.line(at) {
+            summarized.push(recent[at].index);
+            summary.lines.push(line.clone());
         }
     }
     let summary_room = budget.summary_tokens.min(room(used));
-    let mut summary_text = memory::render_summary(&summary);
-    while !summary.lines.is_empty() && block_tokens(&summary_text) > summary_room {
-        summary.lines.remove(0);
-        summary_text = memory::render_summary(&summary);
-    }
+    let summary_text = memory::trim_oldest(&mut summary, |text| block_tokens(text) <= summary_room);
     let sent: Vec<u32> = summary.lines.iter().map(|l| l.turn).collect();
     report.history_summarized = summarized.iter().filter(|i| sent.contains(i)).count();
     report.summary_lines = sent.len() - report.history_summarized;
@@ -461,7 +458,7 @@ mod tests {
             }
         }
 
-        fn view<'a>(&'a self, recent: &'a [TurnRecord]) -> TranscriptView<'a> {
+        fn view<'a>(&'a self, recent: &'a memory::History) -> TranscriptView<'a> {
             TranscriptView {
                 recent,
                 summary: &self.summary,
@@ -493,7 +490,7 @@ mod tests {
         let (req, _) = assemble(
             Intent::PurchaseIntent,
             "how much?",
-            m.view(&[]),
+            m.view(&memory::History::default()),
             vec![item(None)],
             ContextBudget::default(),
         );
@@ -503,7 +500,7 @@ mod tests {
         let (req, _) = assemble(
             Intent::PurchaseIntent,
             "how much?",
-            m.view(&[]),
+            m.view(&memory::History::default()),
             vec![item(Some(500))],
             ContextBudget::default(),
         );
@@ -517,7 +514,7 @@ mod tests {
         let (req, _) = assemble(
             Intent::Search,
             "zzz",
-            m.view(&[]),
+            m.view(&memory::History::default()),
             vec![],
             ContextBudget::default(),
         );
@@ -532,7 +529,7 @@ mod tests {
         let (req, _) = assemble(
             Intent::Other,
             "hi",
-            m.view(&[]),
+            m.view(&memory::History::default()),
             vec![],
             ContextBudget::default(),
         );
@@ -544,15 +541,27 @@ mod tests {
     fn history_fills_the_budget_newest_first() {
         let m = Memory::empty();
         let history: Vec<TurnRecord> = (0..5).map(|i| turn(i, 70)).collect(); // 20+20 tokens each
-        let base = assemble(Intent::Other, "hi", m.view(&[]), vec![], budget(8_000))
-            .1
-            .estimated_tokens;
+        let base = assemble(
+            Intent::Other,
+            "hi",
+            m.view(&memory::History::default()),
+            vec![],
+            budget(8_000),
+        )
+        .1
+        .estimated_tokens;
         let b = ContextBudget {
             max_input_tokens: base + 2 * 40 + 10,
             summary_tokens: 0,
             ..ContextBudget::default()
         };
-        let (req, report) = assemble(Intent::Other, "hi", m.view(&history), vec![], b);
+        let (req, report) = assemble(
+            Intent::Other,
+            "hi",
+            m.view(&memory::History::new(history.clone())),
+            vec![],
+            b,
+        );
         assert_eq!(report.history_included, 2);
         // "uuuu..." says nothing worth a summary line: the three older turns are dropped.
         assert_eq!((report.history_summarized, report.history_dropped), (0, 3));
@@ -573,7 +582,7 @@ mod tests {
         let (req, report) = assemble(
             Intent::Other,
             "hi",
-            m.view(&history),
+            m.view(&memory::History::new(history.clone())),
             vec![],
             ContextBudget::default(),
         );
@@ -617,7 +626,7 @@ mod tests {
         let (req, report) = assemble(
             Intent::Recommend,
             "recommend something",
-            m.view(&history),
+            m.view(&memory::History::new(history.clone())),
             vec![item(Some(500))],
             b,
         );
@@ -650,7 +659,13 @@ mod tests {
             summary_tokens: 100,
             ..ContextBudget::default()
         };
-        let (req, report) = assemble(Intent::Other, "hi", m.view(&[]), vec![], b);
+        let (req, report) = assemble(
+            Intent::Other,
+            "hi",
+            m.view(&memory::History::default()),
+            vec![],
+            b,
+        );
         assert!(report.slots.summary <= 100, "{report:?}");
         assert!(
             report.summary_lines > 0 && report.summary_lines < 40,
@@ -671,14 +686,20 @@ mod tests {
         let with_one = assemble(
             Intent::Search,
             "find",
-            m.view(&[]),
+            m.view(&memory::History::default()),
             vec![items[0].clone()],
             budget(8_000),
         )
         .1
         .estimated_tokens;
         let b = budget(with_one + 2 * one + 1);
-        let (req, report) = assemble(Intent::Search, "find", m.view(&[]), items, b);
+        let (req, report) = assemble(
+            Intent::Search,
+            "find",
+            m.view(&memory::History::default()),
+            items,
+            b,
+        );
         assert_eq!(report.items_trimmed, 7, "{report:?}");
         let kept: Vec<&str> = req
             .context
@@ -705,13 +726,25 @@ mod tests {
             summary_tokens: 50,
             max_history_turns: 8,
         };
-        let (req, report) = assemble(Intent::Other, &huge, m.view(&[]), vec![], b);
+        let (req, report) = assemble(
+            Intent::Other,
+            &huge,
+            m.view(&memory::History::default()),
+            vec![],
+            b,
+        );
         assert!(report.request_chars_cut > 0, "{report:?}");
         assert!(report.estimated_tokens <= 256, "{report:?}");
         assert_eq!(measured(&req), report.estimated_tokens);
         assert!((report.utilization() - f64::from(report.estimated_tokens) / 256.0).abs() < 1e-9);
         // At the edge: exactly the fixed slots fit, nothing is cut.
-        let (_, fits) = assemble(Intent::Other, "hi", m.view(&[]), vec![], b);
+        let (_, fits) = assemble(
+            Intent::Other,
+            "hi",
+            m.view(&memory::History::default()),
+            vec![],
+            b,
+        );
         assert_eq!(fits.request_chars_cut, 0);
         assert!(!fits.compressed());
     }
@@ -744,7 +777,7 @@ mod tests {
             let (req, report) = assemble(
                 Intent::Search,
                 "and this one?",
-                m.view(&history),
+                m.view(&memory::History::new(history.clone())),
                 items.clone(),
                 b,
             );

@@ -6,7 +6,7 @@
 //! These are the `preference_extraction` and `summarization` tasks' local defaults; an
 //! LLM-backed version would implement the same contracts.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use mangaassist_protocols::catalog::GENRES;
 use mangaassist_protocols::memory::{
@@ -407,9 +407,7 @@ pub fn fold_into(summary: &mut SessionSummary, turns: &[TurnRecord], max_tokens:
         }
         summary.turns_covered = t.index + 1;
     }
-    while !summary.lines.is_empty() && estimate_tokens(&render_summary(summary)) > max_tokens {
-        summary.lines.remove(0);
-    }
+    trim_oldest(summary, |text| estimate_tokens(text) <= max_tokens);
     added
 }
 
@@ -427,22 +425,99 @@ pub fn replace_lines(
         .retain(|old| !lines.iter().any(|l| l.turn == old.turn));
     summary.lines.extend(lines);
     summary.lines.sort_by_key(|l| l.turn);
-    while !summary.lines.is_empty() && estimate_tokens(&render_summary(summary)) > max_tokens {
-        summary.lines.remove(0);
-    }
+    trim_oldest(summary, |text| estimate_tokens(text) <= max_tokens);
     n
 }
 
 /// The summary block as sent to the model; empty when there is nothing.
 pub fn render_summary(summary: &SessionSummary) -> String {
-    if summary.lines.is_empty() {
+    render_lines(&summary.lines)
+}
+
+fn render_lines(lines: &[SummaryLine]) -> String {
+    use std::fmt::Write as _;
+    if lines.is_empty() {
         return String::new();
     }
     let mut out = String::from("Earlier in this conversation, the customer said:\n");
-    for l in &summary.lines {
-        out.push_str(&format!("- (turn {}) {}\n", l.turn + 1, l.text));
+    for l in lines {
+        let _ = writeln!(out, "- (turn {}) {}", l.turn + 1, l.text);
     }
     out
+}
+
+/// Drops the oldest lines of `summary` until its block `fits` (or no line is left), and
+/// returns the block. A block with fewer lines is never longer, so the fewest lines to drop
+/// are found by bisection: a handful of renders, not one per line dropped.
+pub fn trim_oldest(summary: &mut SessionSummary, fits: impl Fn(&str) -> bool) -> String {
+    let whole = render_summary(summary);
+    if fits(&whole) {
+        return whole;
+    }
+    // Dropping `lo` lines does not fit; dropping `hi` does (all of them is accepted as is).
+    let (mut lo, mut hi) = (0, summary.lines.len());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(&render_lines(&summary.lines[mid..])) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    summary.lines.drain(..hi);
+    render_summary(summary)
+}
+
+/// The turns a session holds in memory, oldest first, each with its summary line
+/// ([`summarize_turn`]) worked out once, when the turn joins: assembly needs the lines of every
+/// turn outside the verbatim window on every turn, and the extractor behind them costs
+/// microseconds per message. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct History {
+    turns: Arc<[TurnRecord]>,
+    lines: Arc<[Option<SummaryLine>]>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl History {
+    /// `turns` (oldest first), with their summary lines.
+    pub fn new(turns: Vec<TurnRecord>) -> Self {
+        let lines = turns.iter().map(summarize_turn).collect();
+        Self {
+            turns: turns.into(),
+            lines,
+        }
+    }
+
+    /// The turns, oldest first.
+    pub fn turns(&self) -> &[TurnRecord] {
+        &self.turns
+    }
+
+    /// The summary line of the turn at `position` in [`History::turns`], if it has one.
+    pub fn line(&self, position: usize) -> Option<&SummaryLine> {
+        self.lines.get(position)?.as_ref()
+    }
+
+    /// This history with `record` added, holding at most `keep` turns; and the turns that left
+    /// it, oldest first.
+    pub fn push(&self, record: TurnRecord, keep: usize) -> (Self, Vec<TurnRecord>) {
+        let mut lines = self.lines.to_vec();
+        lines.push(summarize_turn(&record));
+        let mut turns = self.turns.to_vec();
+        turns.push(record);
+        let leave = turns.len().saturating_sub(keep);
+        let kept = Self {
+            turns: turns.split_off(leave).into(),
+            lines: lines.split_off(leave).into(),
+        };
+        (kept, turns)
+    }
 }
 
 #[cfg(test)]
@@ -564,6 +639,53 @@ mod tests {
             finish_reason: FinishReason::Stop,
             retrieval_mode: None,
         }
+    }
+
+    #[test]
+    fn trimming_by_bisection_drops_what_dropping_line_by_line_would() {
+        let lines: Vec<SummaryLine> = (0..40)
+            .map(|i| SummaryLine {
+                turn: i,
+                text: "x".repeat(5 + (i as usize * 7) % 60),
+            })
+            .collect();
+        let whole = SessionSummary {
+            lines,
+            ..SessionSummary::default()
+        };
+        for max in [0, 1, 14, 15, 40, 100, 333, 500, 10_000] {
+            let fits = |text: &str| estimate_tokens(text) <= max;
+            let mut one_by_one = whole.clone();
+            while !one_by_one.lines.is_empty() && !fits(&render_summary(&one_by_one)) {
+                one_by_one.lines.remove(0);
+            }
+            let mut bisected = whole.clone();
+            let text = trim_oldest(&mut bisected, fits);
+            assert_eq!(bisected.lines, one_by_one.lines, "max {max}");
+            assert_eq!(text, render_summary(&one_by_one), "max {max}");
+        }
+    }
+
+    #[test]
+    fn a_history_works_each_line_out_once_and_keeps_the_newest_turns() {
+        let (history, left) = History::default().push(turn(0, "I hate horror manga"), 2);
+        assert!(left.is_empty());
+        let (history, left) = history.push(turn(1, "thanks"), 2);
+        assert!(left.is_empty());
+        let (history, left) = history.push(turn(2, "do you have Frieren?"), 2);
+        assert_eq!(left.iter().map(|t| t.index).collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            history.turns().iter().map(|t| t.index).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(history.line(0), None, "\"thanks\" has nothing to keep");
+        assert_eq!(
+            history.line(1),
+            summarize_turn(&turn(2, "do you have Frieren?")).as_ref()
+        );
+        assert_eq!(history.line(2), None, "past the end");
+        let rebuilt = History::new(history.turns().to_vec());
+        assert_eq!(rebuilt.line(1), history.line(1));
     }
 
     #[test]

@@ -325,7 +325,7 @@ struct ActiveTurn {
 pub struct SessionState {
     args: SessionArgs,
     /// Recent turns, oldest first; shared with the turn task without copying.
-    history: Arc<[TurnRecord]>,
+    history: memory::History,
     /// Preferences and the summary of turns older than `history`; replaced, never mutated in
     /// place, so a running turn keeps the copy it started with.
     memory: Arc<SessionMemory>,
@@ -485,7 +485,7 @@ impl Actor for SessionActor {
             memory,
             memory_tx,
             args,
-            history: all[keep..].to_vec().into(),
+            history: memory::History::new(all[keep..].to_vec()),
             next_index,
             active: None,
             tasks: TaskTracker::new(),
@@ -632,11 +632,8 @@ impl Actor for SessionActor {
                         .keep_until(log, Instant::now() + resume.window);
                 }
                 if let Some(record) = record {
-                    let mut history: Vec<TurnRecord> = state.history.to_vec();
-                    history.push(record);
                     let in_memory = state.args.pipeline.settings.rolling_summary_after_turns;
-                    let keep = history.len().saturating_sub(in_memory);
-                    let kept = history.split_off(keep);
+                    let (kept, history) = state.history.push(record, in_memory);
                     if !history.is_empty() {
                         // Turns leaving memory go into the rolling summary.
                         let mut memory = (*state.memory).clone();
@@ -652,7 +649,7 @@ impl Actor for SessionActor {
                         state.set_memory(memory);
                         refine_summary(&state.args, &myself, history);
                     }
-                    state.history = kept.into();
+                    state.history = kept;
                 }
             }
             SessionMsg::Close(reply) => {

@@ -473,7 +473,7 @@ pub struct TurnCtx {
     /// When the message was read from the socket.
     pub received_at: Instant,
     /// Recent turns, oldest first.
-    pub history: Arc<[TurnRecord]>,
+    pub history: crate::memory::History,
     /// The session's preferences and summary of older turns, as of this message.
     pub memory: Arc<SessionMemory>,
     /// The connection's outbound queue.

@@ -8,9 +8,11 @@
 //! and an answer of 200 characters. With the default budget (8 verbatim turns, a 400-token
 //! summary) the 52 turns outside the window are summarized or dropped, and the summary is cut to
 //! fit: the compressed case. `assemble_empty_history` is the same request with no history, for
-//! comparison, and `summarize_52_turns` is the part of assembly that grows with history:
-//! [`memory::summarize_turn`] over the 52 turns outside the verbatim window (assembly calls it on
-//! each turn it does not send verbatim).
+//! comparison, and `summarize_52_turns` is what assembly used to redo on every turn:
+//! [`memory::summarize_turn`] over the 52 turns outside the verbatim window. A session now
+//! keeps each turn's line in its [`memory::History`], worked out once when the turn joins;
+//! `assemble_60_turns_cold` builds that history inside the loop, which is what every assembly
+//! cost before (the lines of all 60 turns, and a copy of them).
 
 use std::hint::black_box;
 
@@ -134,10 +136,11 @@ pub fn bench(c: &mut Criterion) {
     let budget = ContextBudget::default();
     let memory = SessionMemory::rebuild(&all, IN_MEMORY, budget.summary_tokens);
     let recent = &all[all.len() - IN_MEMORY..];
+    let history = memory::History::new(recent.to_vec());
     let items = items();
     let text = "Can you recommend a finished fantasy series, at most 12 volumes, in English?";
     let view = TranscriptView {
-        recent,
+        recent: &history,
         summary: &memory.summary,
         preferences: &memory.preferences,
     };
@@ -148,9 +151,10 @@ pub fn bench(c: &mut Criterion) {
         memory.preferences.render(budget.preference_tokens)
     );
     let empty_summary = SessionSummary::default();
+    let no_history = memory::History::default();
     let no_preferences = Preferences::default();
     let empty = TranscriptView {
-        recent: &[],
+        recent: &no_history,
         summary: &empty_summary,
         preferences: &no_preferences,
     };
@@ -162,6 +166,22 @@ pub fn bench(c: &mut Criterion) {
                 Intent::Recommend,
                 black_box(text),
                 black_box(view),
+                items.clone(),
+                budget,
+            )
+        })
+    });
+    group.bench_function("assemble_60_turns_cold", |b| {
+        b.iter(|| {
+            let history = memory::History::new(black_box(recent).to_vec());
+            let view = TranscriptView {
+                recent: &history,
+                ..view
+            };
+            context::assemble(
+                Intent::Recommend,
+                black_box(text),
+                view,
                 items.clone(),
                 budget,
             )
