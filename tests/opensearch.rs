@@ -182,23 +182,30 @@ async fn the_golden_set_scores_on_opensearch_like_on_tantivy() {
 
 mod common;
 
+/// How the turn whose frames these are was grounded (its `turn_started`).
+fn retrieval_mode(
+    frames: &[mangaassist_protocols::ServerFrame],
+) -> mangaassist_protocols::turn::RetrievalMode {
+    match frames.first() {
+        Some(mangaassist_protocols::ServerFrame::TurnStarted { retrieval_mode, .. }) => {
+            *retrieval_mode
+        }
+        other => panic!("expected turn_started, got {other:?}"),
+    }
+}
+
 /// `retrieval.backend = "opensearch"`: turns are grounded on what the alias serves; with the
 /// cluster unreachable, turns answer from the fallback template instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_grounds_turns_on_opensearch_and_falls_back_when_it_is_down() {
     use common::{Client, run_turn, start_with};
     use mangaassist::config::RetrievalBackendConfig;
-    use mangaassist_protocols::ServerFrame;
     use mangaassist_protocols::turn::RetrievalMode;
 
     let client = server().await;
     let (alias, v1, _) = names();
     load(&client, &v1, &catalog()).await;
     admin::swap_alias(&client, &alias, &v1, None).await.unwrap();
-    let mode = |frames: &[ServerFrame]| match frames.first() {
-        Some(ServerFrame::TurnStarted { retrieval_mode, .. }) => *retrieval_mode,
-        other => panic!("expected turn_started, got {other:?}"),
-    };
 
     let mut settings = OpenSearchSettings::new(URL);
     settings.alias = alias.clone();
@@ -208,7 +215,7 @@ async fn the_runtime_grounds_turns_on_opensearch_and_falls_back_when_it_is_down(
     let mut c = Client::ws(&up).await;
     c.hello().await;
     let r = run_turn(&mut c, "do you have frieren").await;
-    assert_eq!(mode(&r.frames), RetrievalMode::Grounded);
+    assert_eq!(retrieval_mode(&r.frames), RetrievalMode::Grounded);
     assert!(r.answer().contains("Frieren"), "{}", r.answer());
 
     // Control: nothing listens where the cluster should be.
@@ -226,7 +233,7 @@ async fn the_runtime_grounds_turns_on_opensearch_and_falls_back_when_it_is_down(
     c.hello().await;
     let r = run_turn(&mut c, "do you have frieren").await;
     assert!(r.error.is_none(), "{:?}", r.error);
-    assert_eq!(mode(&r.frames), RetrievalMode::Fallback);
+    assert_eq!(retrieval_mode(&r.frames), RetrievalMode::Fallback);
     assert!(r.answer().contains("couldn't find"), "{}", r.answer());
     admin::delete_index(&client, &v1).await.unwrap();
 }
@@ -241,14 +248,14 @@ mod tcp_proxy;
 async fn turns_fall_back_while_opensearch_is_down_and_are_grounded_once_it_is_back() {
     use common::{Client, run_turn, start_with};
     use mangaassist::config::RetrievalBackendConfig;
-    use mangaassist_protocols::ServerFrame;
     use mangaassist_protocols::turn::RetrievalMode;
 
     let client = server().await;
     let (alias, v1, _) = names();
     load(&client, &v1, &catalog()).await;
     admin::swap_alias(&client, &alias, &v1, None).await.unwrap();
-    let proxy = tcp_proxy::Proxy::start("127.0.0.1:9200".parse().unwrap()).await;
+    let cluster = URL.trim_start_matches("http://").parse().unwrap();
+    let proxy = tcp_proxy::Proxy::start(cluster).await;
     let mut settings = OpenSearchSettings::new(format!("http://{}", proxy.addr()));
     settings.alias = alias.clone();
     settings.timeout = Duration::from_millis(300);
@@ -264,10 +271,7 @@ async fn turns_fall_back_while_opensearch_is_down_and_are_grounded_once_it_is_ba
             "a turn never fails for retrieval: {:?}",
             r.error
         );
-        match r.frames.first() {
-            Some(ServerFrame::TurnStarted { retrieval_mode, .. }) => *retrieval_mode,
-            other => panic!("expected turn_started, got {other:?}"),
-        }
+        retrieval_mode(&r.frames)
     };
     assert_eq!(ask().await, RetrievalMode::Grounded, "up");
 

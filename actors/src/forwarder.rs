@@ -438,45 +438,49 @@ impl ForwarderState {
         }
     }
 
-    /// The token frame of `p`, numbered.
-    fn frame(&mut self, p: Pending) -> (u64, String) {
+    /// The token frame of `p`, numbered, and recorded in the replay buffer (if any): a resume
+    /// waiting for this step is returned (its missed frames include this frame).
+    fn frame(&mut self, p: &mut Pending) -> (String, Option<Handover>) {
         let seq = self.next_seq;
         let frame = ServerFrame::Token {
             turn_id: self.turn_id.clone(),
             seq,
-            text: p.text,
+            text: std::mem::take(&mut p.text),
         };
         self.next_seq += 1;
         self.sent_len = self.answer.len();
+        let text = frame.encode();
+        let handover = self
+            .log
+            .as_ref()
+            .and_then(|log| log.record(seq, &text, Mark::Token, false));
+        (text, handover)
+    }
+
+    /// Counts the frames that merging `p`'s tokens saved, once its frame is out of the way.
+    fn coalesced(&self, p: &Pending) {
         if p.tokens > 1 {
             self.metrics.emit(MetricEvent::TokensCoalesced {
                 frames: p.tokens - 1,
             });
         }
-        (seq, frame.encode())
     }
 
-    /// Records `p` as a frame nobody can be sent now (the connection is gone); a resume waiting
-    /// for this step is returned.
-    fn record(&mut self, p: Pending) -> Option<Handover> {
-        let (seq, text) = self.frame(p);
-        self.log
-            .as_ref()
-            .and_then(|log| log.record(seq, &text, Mark::Token, false))
+    /// Records `p` as a frame nobody can be sent now (the connection is gone).
+    fn record(&mut self, mut p: Pending) -> Option<Handover> {
+        let (_, handover) = self.frame(&mut p);
+        self.coalesced(&p);
+        handover
     }
 
-    /// Records `p` as one token frame and queues it in a reserved place. A resume waiting for
-    /// this step is returned (its missed frames include this one).
-    fn queue(&mut self, place: Place<'_>, p: Pending) -> Option<Handover> {
-        let (seq, text) = self.frame(p);
-        let handover = self
-            .log
-            .as_ref()
-            .and_then(|log| log.record(seq, &text, Mark::Token, false));
+    /// Records `p` as one token frame and queues it in a reserved place.
+    fn queue(&mut self, place: Place<'_>, mut p: Pending) -> Option<Handover> {
+        let (text, handover) = self.frame(&mut p);
         place.send_text(text, Mark::Token);
+        // After the frame is queued: these cost the token nothing.
+        self.coalesced(&p);
         if self.first_frame_at.is_none() {
             self.first_frame_at = Some(Instant::now());
-            // After the frame is queued: the event costs the token nothing.
             tracing::info!(parent: &self.generate, "first_token");
         }
         handover

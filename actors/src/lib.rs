@@ -45,6 +45,24 @@ macro_rules! hop_span {
     }};
 }
 
+/// Waits until `ready` gives a value: it is checked now, then again after every wake of
+/// `changed`. The waiter is registered before each check, so a change made between the check
+/// and the wait still wakes it. The one shape of every "wait for this state" in the crate.
+pub(crate) async fn wait_for<T>(
+    changed: &tokio::sync::Notify,
+    mut ready: impl FnMut() -> Option<T>,
+) -> T {
+    loop {
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(value) = ready() {
+            return value;
+        }
+        woken.await;
+    }
+}
+
 pub mod background;
 pub mod chaos;
 pub mod classifier;

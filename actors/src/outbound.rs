@@ -224,15 +224,10 @@ impl Outbound {
     /// Returns once no turn of this connection is streaming: at once when none is, else when
     /// the streaming turn's last frame has been written to the socket.
     pub async fn turn_idle(&self) {
-        loop {
-            let written = self.shared.turn_written.notified();
-            tokio::pin!(written);
-            written.as_mut().enable();
-            if !self.shared.turn_open.load(Ordering::Acquire) {
-                return;
-            }
-            written.await;
-        }
+        crate::wait_for(&self.shared.turn_written, || {
+            (!self.shared.turn_open.load(Ordering::Acquire)).then_some(())
+        })
+        .await;
     }
 
     /// The token the connection's tasks watch to know it is closing.

@@ -657,17 +657,14 @@ impl Actor for SessionActor {
                 let _ = reply.send(());
             }
             SessionMsg::Detach(reply) => {
-                let Some(resume) = state.args.pipeline.settings.resume else {
+                // With resume off, or nothing to resume (a reconnecting client then opens the
+                // session afresh), a drop closes the session as a close does.
+                let resumable = state.log.as_ref().is_some_and(|log| !log.is_released());
+                let Some(resume) = state.args.pipeline.settings.resume.filter(|_| resumable) else {
                     state.close(&myself, "connection dropped").await;
                     let _ = reply.send(false);
                     return Ok(());
                 };
-                if state.log.as_ref().is_none_or(|log| log.is_released()) {
-                    // Nothing to resume: a reconnecting client opens the session afresh.
-                    state.close(&myself, "connection dropped").await;
-                    let _ = reply.send(false);
-                    return Ok(());
-                }
                 state.generation += 1;
                 let generation = state.generation;
                 state.detached = Some(generation);
@@ -922,21 +919,15 @@ impl SessionRegistry {
             }
             e.outbound.close(CloseReason::Superseded);
         }
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if let Some(slot) = self.take_detached(id, user, outbound) {
-                    return Some(slot);
-                }
-                if !self.lock().sessions.contains_key(id) {
-                    return None;
-                }
-                changed.await;
+        // Detached (the slot), or closed instead (`None`).
+        let settled = crate::wait_for(&self.changed, || {
+            match self.take_detached(id, user, outbound) {
+                Some(slot) => Some(Some(slot)),
+                None if !self.lock().sessions.contains_key(id) => Some(None),
+                None => None,
             }
-        };
-        tokio::time::timeout(timeout, wait).await.ok().flatten()
+        });
+        tokio::time::timeout(timeout, settled).await.ok().flatten()
     }
 
     /// Takes over session `id` for `user` on the connection owning `outbound`, when it is

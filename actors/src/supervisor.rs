@@ -79,18 +79,10 @@ impl<M: Send + 'static> WorkerSlot<M> {
     /// A running incarnation other than `dead` (the one a send just failed on), waiting at most
     /// `wait` for the supervisor to restart it.
     pub async fn next_incarnation(&self, dead: ActorId, wait: Duration) -> Option<ActorRef<M>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let notified = self.0.changed.notified();
-            if let Some(actor) = self.get()
-                && actor.get_id() != dead
-            {
-                return Some(actor);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
+        let next = crate::wait_for(&self.0.changed, || {
+            self.get().filter(|actor| actor.get_id() != dead)
+        });
+        tokio::time::timeout(wait, next).await.ok()
     }
 }
 

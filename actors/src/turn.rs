@@ -379,6 +379,12 @@ pub struct Writing<'a> {
     user: UserId,
 }
 
+impl ErasureState {
+    fn erased_since(&self, user: &UserId, since_ms: u64) -> bool {
+        self.at.get(user).is_some_and(|t| *t >= since_ms)
+    }
+}
+
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         let mut state = self.erasures.lock();
@@ -415,14 +421,14 @@ impl Erasures {
 
     /// Whether `user` was erased at or after `since_ms`.
     pub fn erased_since(&self, user: &UserId, since_ms: u64) -> bool {
-        self.lock().at.get(user).is_some_and(|t| *t >= since_ms)
+        self.lock().erased_since(user, since_ms)
     }
 
     /// A write of `user`'s data, by something that started at `since_ms` (a turn, a session):
     /// `None` if the user was erased since then, and nothing may be written.
     pub fn begin_write(&self, user: &UserId, since_ms: u64) -> Option<Writing<'_>> {
         let mut state = self.lock();
-        if state.at.get(user).is_some_and(|t| *t >= since_ms) {
+        if state.erased_since(user, since_ms) {
             return None;
         }
         *state.writing.entry(user.clone()).or_default() += 1;
@@ -435,15 +441,10 @@ impl Erasures {
     /// Waits until no write of `user`'s data is in flight. After [`Erasures::mark`], no new one
     /// can begin, so this waits only for those that began before it.
     pub async fn writes_done(&self, user: &UserId) {
-        loop {
-            let written = self.written.notified();
-            tokio::pin!(written);
-            written.as_mut().enable();
-            if !self.lock().writing.contains_key(user) {
-                return;
-            }
-            written.await;
-        }
+        crate::wait_for(&self.written, || {
+            (!self.lock().writing.contains_key(user)).then_some(())
+        })
+        .await;
     }
 }
 
